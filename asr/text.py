@@ -378,6 +378,9 @@ def save_processor(processor: Wav2Vec2Processor, normalizer: TextNormalizer, out
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(str(out))
+    # transformers 5 writes one processor_config.json; older loaders (and tools such as
+    # pyctcdecode's processor-with-LM) look for the feature extractor's own file too.
+    processor.feature_extractor.save_pretrained(str(out))
     normalizer.save(out)
     return out
 

@@ -1,0 +1,145 @@
+"""Building a CTC model: any CTC-capable checkpoint (hub id or local dir), or an architecture from scratch.
+
+The CTC head is (re)sized to our vocabulary with `pad_token_id` as the blank; the loss is the
+mean over the batch with `ctc_zero_infinity` so one impossible alignment cannot make it infinite.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    """Which network, and the regularisation it trains with."""
+
+    name_or_path: str | None = None  # hub id or local dir of a CTC/pretraining checkpoint (wav2vec2, HuBERT, WavLM, XLS-R)
+    architecture: dict[str, Any] | None = None  # from scratch: config kwargs incl. model_type (used when name_or_path is None)
+    freeze_feature_encoder: bool = True  # the conv encoder is already good after pretraining; saves ~1/3 of a step
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    mask_time_prob: float = 0.05  # SpecAugment: fraction of frames starting a time mask
+    mask_time_length: int = 10  # SpecAugment: frames per time mask
+    mask_feature_prob: float = 0.0  # SpecAugment: fraction of channels starting a feature mask
+    mask_feature_length: int = 10  # SpecAugment: channels per feature mask
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    attention_dropout: float = 0.1
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.0  # dropout before the CTC head
+    layerdrop: float = 0.0  # >0 skips whole layers at random: with DDP it needs find_unused_parameters (see train)
+    ctc_zero_infinity: bool = True  # an infeasible alignment gives loss 0 and no gradient instead of inf
+    trust_remote_code: bool = False  # never run code from a checkpoint unless you opt in
+    extra: dict[str, Any] = field(default_factory=dict)  # any other config attribute to set on the model
+
+
+def conv_output_frames(num_samples: int, kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Output frames of a stack of unpadded 1-D convolutions (the wav2vec2 feature encoder)."""
+    length = num_samples
+    for k, s in zip(kernels, strides):
+        length = (length - k) // s + 1
+        if length <= 0:
+            return 0
+    return length
+
+
+def frames_fn_for(config: Any) -> functools.partial:
+    """A picklable `samples -> frames` function with the model's real frame rate."""
+    return functools.partial(
+        conv_output_frames, kernels=tuple(config.conv_kernel), strides=tuple(config.conv_stride)
+    )
+
+
+def load_model_config(cfg: ModelConfig):
+    """The checkpoint's (or the from-scratch) transformers config, before our vocab/regularisation changes."""
+    from transformers import AutoConfig
+
+    if cfg.name_or_path:
+        try:
+            return AutoConfig.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise ValueError(
+                f"model.name_or_path {cfg.name_or_path!r} is neither a local model directory nor a reachable hub id "
+                f"({str(e).splitlines()[0]}); check the path, or set HF_HUB_OFFLINE=0 with network access"
+            ) from e
+    if cfg.architecture:
+        arch = dict(cfg.architecture)
+        return AutoConfig.for_model(arch.pop("model_type", "wav2vec2"), **arch)
+    raise ValueError("set model.name_or_path (a checkpoint) or model.architecture (a config from scratch)")
+
+
+def feature_extractor_settings(cfg: ModelConfig, config) -> tuple[bool, bool]:
+    """(return_attention_mask, do_normalize) as the checkpoint's feature extractor says.
+
+    Without a saved feature extractor, follow the architecture: models with a layer-norm feature
+    encoder (large-lv60, XLS-R, WavLM-large) take an attention mask; group-norm ones (base) are
+    trained on zero-padded audio without one.
+    """
+    if cfg.name_or_path:
+        from transformers import AutoFeatureExtractor
+
+        try:
+            fe = AutoFeatureExtractor.from_pretrained(cfg.name_or_path)
+            return bool(getattr(fe, "return_attention_mask", False)), bool(getattr(fe, "do_normalize", True))
+        except (OSError, ValueError):
+            logger.info("no feature extractor in %s: deriving its settings from the model config", cfg.name_or_path)
+    return getattr(config, "feat_extract_norm", "group") == "layer", True
+
+
+def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
+    """Loads or creates the CTC model, sized to `vocab`, with the config's regularisation.
+
+    Raises:
+        ValueError: no model given, the pad id is not in the vocab, or the checkpoint is not CTC-capable.
+    """
+    from transformers import AutoModelForCTC
+
+    if pad_token_id not in vocab.values():
+        raise ValueError(f"pad_token_id {pad_token_id} is not an id of the vocabulary; [PAD] must be the CTC blank")
+    overrides = dict(
+        vocab_size=len(vocab),
+        pad_token_id=pad_token_id,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=cfg.ctc_zero_infinity,
+        mask_time_prob=cfg.mask_time_prob,
+        mask_time_length=cfg.mask_time_length,
+        mask_feature_prob=cfg.mask_feature_prob,
+        mask_feature_length=cfg.mask_feature_length,
+        hidden_dropout=cfg.hidden_dropout,
+        activation_dropout=cfg.activation_dropout,
+        attention_dropout=cfg.attention_dropout,
+        feat_proj_dropout=cfg.feat_proj_dropout,
+        final_dropout=cfg.final_dropout,
+        layerdrop=cfg.layerdrop,
+        **cfg.extra,
+    )
+    config = load_model_config(cfg)
+    old_vocab = getattr(config, "vocab_size", None)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    if not cfg.name_or_path:
+        model = AutoModelForCTC.from_config(config)
+    else:
+        try:
+            # Weights load from safetensors, or .bin with torch.load(weights_only=True) (transformers' default).
+            model = AutoModelForCTC.from_pretrained(
+                cfg.name_or_path,
+                config=config,
+                ignore_mismatched_sizes=True,  # a new CTC head when our vocab differs from the checkpoint's
+                trust_remote_code=cfg.trust_remote_code,
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"{cfg.name_or_path} cannot be loaded as a CTC model ({e}); use a wav2vec2/HuBERT/WavLM/XLS-R checkpoint"
+            ) from e
+        if old_vocab != len(vocab):
+            logger.info("new CTC head: checkpoint vocab %s -> ours %d", old_vocab, len(vocab))
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

@@ -1,0 +1,238 @@
+"""Pieces of the training recipe (`scripts/train.py` runs them): config, optimiser, schedule, eval, outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+
+from asr.data import DataConfig
+from asr.decoding import greedy_decode
+from asr.metrics import error_rates
+from asr.model import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 1e-4  # peak learning rate after warmup
+    weight_decay: float = 0.005  # not applied to biases and norm weights
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 500  # linear warmup from 0; CTC collapses to blanks with too high an early LR
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup to 0 at max_steps
+    max_grad_norm: float | None = 1.0  # clip the global grad norm; None disables
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class LoopConfig:
+    """How long to train, and when to evaluate, save and log."""
+
+    output_dir: str = "runs/default"  # everything the run writes: checkpoints/, model/, logs
+    seed: int = 0
+    max_steps: int = 1000  # optimizer steps
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # bf16 on Ampere+; fp16 uses a loss scaler
+    eval_every: int = 200  # steps; also evaluated at the end
+    save_every: int = 200  # steps; also saved at the end
+    save_total_limit: int | None = 2  # checkpoints kept (oldest removed first)
+    log_every: int = 10  # steps between metric log lines
+    eval_samples_logged: int = 4  # example predictions printed/logged at each eval
+    eval_max_batch_seconds: float | None = None  # eval batch size in padded seconds (None: data.max_batch_seconds x 2)
+    inject_nan_at: list[int] = field(default_factory=list)  # testing only: micro-batches whose loss is made NaN on rank 0
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: data, model, optimiser, loop."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+
+_NO_DECAY = ("bias", "layer_norm", "layernorm", "norm.weight", "masked_spec_embed", "pos_conv")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only (biases, norms and embeddings excluded)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or any(k in name.lower() for k in _NO_DECAY) else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int):
+    """Linear warmup, then linear/cosine decay to 0 at `max_steps` (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+        return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def output_frames(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """[B] valid logit frames per utterance, from the padded audio lengths."""
+    lengths = batch.get("input_lengths")
+    if lengths is None:
+        return None
+    return model._get_feat_extract_output_lengths(lengths).long()
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: int) -> dict[str, Any]:
+    """Greedy WER/CER over the whole (rank-sharded) dev set, gathered on every rank.
+
+    Returns:
+        {"wer", "cer", "loss", "n", "samples": [(id, reference, hypothesis), ...] sorted by id}.
+    """
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model)
+    id_to_token = {i: t for t, i in vocab.items()}
+    rows: list[tuple[str, str, str]] = []
+    loss_sum, loss_n = 0.0, 0
+    for batch in dataloader:
+        if batch is None:
+            continue
+        ids = batch.pop("ids")
+        lengths = output_frames(unwrapped, batch)
+        inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k != "input_lengths"}
+        out = model(**inputs)
+        if torch.isfinite(out.loss):
+            loss_sum += out.loss.item() * len(ids)
+            loss_n += len(ids)
+        hyps = greedy_decode(out.logits.float().cpu().numpy(), lengths.numpy() if lengths is not None else None,
+                             vocab, blank_id)
+        labels = batch["labels"].numpy()
+        refs = ["".join(" " if id_to_token[t] == "|" else id_to_token[t] for t in row[row >= 0]) for row in labels]
+        rows.extend(zip(ids, [" ".join(r.split()) for r in refs], hyps))
+    # gather_object concatenates every rank's list; the dict drops nothing (ids are unique per rank)
+    all_rows = sorted({r[0]: r for r in gather_object(rows)}.values())
+    losses = gather_object([(loss_sum, loss_n)])
+    model.train()
+    rates = error_rates([r[1] for r in all_rows], [r[2] for r in all_rows])
+    total_n = sum(n for _, n in losses)
+    return {
+        "wer": rates.wer,
+        "cer": rates.cer,
+        "loss": sum(s for s, _ in losses) / max(1, total_n),
+        "n": len(all_rows),
+        "samples": all_rows,
+    }
+
+
+class MetricsLog:
+    """Appends one JSON object per line (main process); flushed so a crash loses nothing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
+    """PNG with the training loss and the dev WER/CER against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    dev = [r for r in records if r.get("kind") == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if train:
+        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if dev:
+        ax1.plot([r["step"] for r in dev], [r["loss"] for r in dev], "o-", label="dev loss")
+        ax2.plot([r["step"] for r in dev], [100 * r["wer"] for r in dev], "o-", label="dev WER")
+        ax2.plot([r["step"] for r in dev], [100 * r["cer"] for r in dev], "s-", label="dev CER")
+    ax1.set(xlabel="step", ylabel="CTC loss", title="loss")
+    ax2.set(xlabel="step", ylabel="%", title="dev error rates (greedy)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def model_card(cfg: TrainConfig, data_summary: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """README.md for the exported model directory."""
+    base = cfg.model.name_or_path or f"{cfg.model.architecture.get('model_type', 'wav2vec2')} (from scratch)"
+    lines = [
+        "---",
+        "pipeline_tag: automatic-speech-recognition",
+        "tags: [ctc, asr-toolkit]",
+        "---",
+        f"# CTC speech recogniser fine-tuned from {base}",
+        "",
+        "## Training data",
+        "",
+        "| split | source | utterances | hours | dropped |",
+        "|---|---|---|---|---|",
+    ]
+    for split, s in data_summary.items():
+        lines.append(f"| {split} | {s['source']} | {s['utterances']} | {s['hours']:.2f} | {s['dropped']} |")
+    lines += [
+        "",
+        "## Results (greedy CTC decoding on the dev set)",
+        "",
+        "| WER | CER | step |",
+        "|---|---|---|",
+        f"| {100 * metrics['wer']:.2f}% | {100 * metrics['cer']:.2f}% | {metrics['step']} |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        'asr = pipeline("automatic-speech-recognition", model="<this directory>")',
+        'print(asr("audio.wav")["text"])',
+        "```",
+        "",
+        f"Training: {metrics['step']} steps, peak LR {cfg.optim.lr}, {cfg.optim.schedule} schedule, "
+        f"{cfg.data.max_batch_seconds} s of audio per batch per process. The resolved config is train_config.yaml.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def finite_on_all_ranks(accelerator, loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank (one all-reduce), so all skip a bad batch together."""
+    flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
+
+
+def seconds_in_batch(batch: dict[str, torch.Tensor]) -> float:
+    """Unpadded audio seconds in a batch."""
+    from asr.constants import SAMPLE_RATE
+
+    return float(np.asarray(batch["input_lengths"]).sum()) / SAMPLE_RATE

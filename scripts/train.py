@@ -1,0 +1,336 @@
+"""Fine-tune a CTC speech recogniser with Accelerate: one process, many GPUs, many nodes, DeepSpeed ZeRO.
+
+    $ accelerate launch scripts/train.py --config configs/train/tiny_cpu.yaml
+    $ accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/train.py \
+          --config configs/train/librispeech_base.yaml optim.lr=5e-5 train.max_steps=20000
+    $ accelerate launch ... scripts/train.py --config ... --resume latest    # continue exactly
+
+Everything the run writes goes to `train.output_dir`: `checkpoints/step_<n>/` (full state, atomic),
+`model/` (the best model by dev WER as a standard Hugging Face directory with processor, config,
+metrics and a model card), `metrics.jsonl`, `curves.png`, `tensorboard/`, `train_config.yaml`,
+and the data reports (`data/*.dropped.jsonl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from tqdm.auto import tqdm
+
+from asr.checkpoint import TrainerState, begin_save, checkpoint_dir, finish_save, resolve_resume
+from asr.collate import CTCCollator
+from asr.config import ConfigError, load_config, save_config, to_dict
+from asr.constants import PAD
+from asr.data import SpeechDataset, prepare_split
+from asr.model import build_model, feature_extractor_settings, frames_fn_for, load_model_config
+from asr.sampler import DurationBatchSampler
+from asr.sources import load_source
+from asr.text import build_vocab, load_processor, make_processor, save_processor, vocab_from_tokenizer
+from asr.train import (
+    MetricsLog,
+    TrainConfig,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    finite_on_all_ranks,
+    model_card,
+    plot_curves,
+    seconds_in_batch,
+)
+
+logger = logging.getLogger("train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML run config (configs/train/*.yaml)")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder; continues exactly")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
+    return parser.parse_args(argv)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """Accelerator for the launch environment; gloo on CPU (DeepSpeed otherwise sees world=1)."""
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=cfg.model.layerdrop > 0)]
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard",
+        project_dir=cfg.train.output_dir,
+        kwargs_handlers=handlers,
+        step_scheduler_with_optimizer=False,  # we step the LR schedule once per optimizer step ourselves
+    )
+
+
+def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
+    """Vocabulary/processor (once, main process) and the cached train/dev tables (once per machine)."""
+    model_config = load_model_config(cfg.model)
+    frames_fn = frames_fn_for(model_config)
+    return_mask, do_normalize = feature_extractor_settings(cfg.model, model_config)
+    processor_dir = out / "processor"
+    train_utts = None
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and not (processor_dir / "vocab.json").exists():
+            normalizer = cfg.data.normalizer
+            train_utts = load_source(cfg.data.train)
+            texts = [normalizer(u.text) for u in train_utts]
+            if cfg.data.vocab:
+                from transformers import Wav2Vec2CTCTokenizer
+
+                vocab, coverage = vocab_from_tokenizer(Wav2Vec2CTCTokenizer.from_pretrained(cfg.data.vocab), texts)
+                (out / "data").mkdir(parents=True, exist_ok=True)
+                (out / "data" / "vocab_coverage.json").write_text(json.dumps(coverage.to_dict(), indent=2))
+            else:
+                vocab = build_vocab(texts)
+            processor = make_processor(vocab, return_attention_mask=return_mask, do_normalize=do_normalize)
+            save_processor(processor, normalizer, processor_dir)
+        processor, normalizer = load_processor(processor_dir)
+    vocab = processor.tokenizer.get_vocab()
+    splits = {}
+    with accelerator.local_main_process_first():
+        for name, source in (("train", cfg.data.train), ("dev", cfg.data.dev)):
+            splits[name] = prepare_split(
+                source, normalizer, vocab, cfg.data.filters, frames_fn, cfg.data.cache_dir,
+                progress=accelerator.is_local_main_process,
+                utterances=train_utts if name == "train" else None,
+            )
+    if accelerator.is_main_process:
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        for name, split in splits.items():
+            shutil.copy(split.report_path, out / "data" / f"{name}.dropped.jsonl")
+    return processor, normalizer, vocab, splits, return_mask, do_normalize
+
+
+def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *, train: bool):
+    """DataLoader over our duration sampler (not prepared by Accelerate: the sampler already shards)."""
+    seconds = cfg.data.max_batch_seconds if train else (cfg.train.eval_max_batch_seconds or 2 * cfg.data.max_batch_seconds)
+    try:
+        sampler = DurationBatchSampler(
+            split.durations, seconds, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+            shuffle=train, seed=cfg.train.seed, max_batch_size=cfg.data.max_batch_size,
+        )
+    except ValueError as e:
+        raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}") from e
+
+    def collate(items):
+        good = [item for item in items if item is not None]
+        if len(good) < len(items):
+            logger.warning("skipped %d unreadable item(s) in a batch", len(items) - len(good))
+        if not good:
+            return None
+        batch = collator(good)
+        batch["ids"] = [item["id"] for item in good]
+        return batch
+
+    loader = torch.utils.data.DataLoader(
+        SpeechDataset(split.table, do_normalize), batch_sampler=sampler, collate_fn=collate,
+        num_workers=cfg.data.num_workers, persistent_workers=False,
+        # Its own generator: worker seeding must not draw from the global RNG, or a resumed run
+        # (which starts its DataLoader iterator mid-epoch) would see different dropout/SpecAugment.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+    return loader, sampler
+
+
+def save_checkpoint(accelerator, state: TrainerState, sampler, root: Path, cfg: TrainConfig) -> None:
+    """Full state into step_<n>/ atomically (every rank writes its part, the main process finalises)."""
+    tmp = root / f"step_{state.step}.tmp"
+    if accelerator.is_main_process:
+        begin_save(root, state.step)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "sampler.json").write_text(json.dumps(sampler.state_dict(batches_done=state.batches_in_epoch)))
+        save_config(cfg, tmp / "train_config.yaml")
+        finish_save(tmp, state, cfg.train.save_total_limit)
+    accelerator.wait_for_everyone()
+
+
+def export_model(accelerator, model, processor, normalizer, cfg, out: Path, metrics: dict, data_summary: dict) -> None:
+    """The model as a standard HF directory (full weights gathered under ZeRO-3), written atomically."""
+    state_dict = accelerator.get_state_dict(model)  # collective: every rank must call it
+    if accelerator.is_main_process:
+        tmp = out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        save_processor(processor, normalizer, tmp)
+        save_config(cfg, tmp / "train_config.yaml")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "README.md").write_text(model_card(cfg, data_summary, metrics))
+        shutil.rmtree(out / "model", ignore_errors=True)
+        tmp.rename(out / "model")
+    accelerator.wait_for_everyone()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    accelerator = make_accelerator(cfg)
+    logging.basicConfig(
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+        format=f"%(asctime)s [rank {accelerator.process_index}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    set_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    ckpt_root = out / "checkpoints"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "train_config.yaml")
+    try:
+        resume_dir = resolve_resume(args.resume, ckpt_root)
+        processor, normalizer, vocab, splits, return_mask, do_normalize = prepare_data(cfg, accelerator, out)
+        model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])
+        collator = CTCCollator(return_attention_mask=return_mask)
+        train_loader, train_sampler = make_loader(splits["train"], cfg, accelerator, collator, do_normalize, train=True)
+        dev_loader, _ = make_loader(splits["dev"], cfg, accelerator, collator, do_normalize, train=False)
+    except ValueError as e:  # ConfigError included: bad input, reported in one line before any training
+        logger.error("%s", e)
+        return 2
+
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    if accelerator.state.deepspeed_plugin is not None:
+        # Our batches vary in size; DeepSpeed only needs a number here to build its engine.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainerState()
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        state = TrainerState.load(resume_dir)
+        train_sampler.load_state_dict(json.loads((resume_dir / "sampler.json").read_text()))
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
+                    state.batches_in_epoch)
+    elif args.resume == "latest":
+        logger.info("no checkpoint under %s: starting from scratch", ckpt_root)
+
+    data_summary = {
+        name: {"source": getattr(cfg.data, name).path, "utterances": len(s), "hours": s.hours,
+               "dropped": sum(s.drop_counts.values())}
+        for name, s in splits.items()
+    }
+    metrics_log = MetricsLog(out / "metrics.jsonl")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in to_dict(cfg.optim).items()})
+        logger.info("train: %d utt, %.2f h; dev: %d utt, %.2f h; %d processes, %d batches/epoch/process",
+                    len(splits["train"]), splits["train"].hours, len(splits["dev"]), splits["dev"].hours,
+                    accelerator.num_processes, len(train_sampler))
+        logger.info("model: %.2f M parameters (%.2f M trainable)",
+                    sum(p.numel() for p in model.parameters()) / 1e6,
+                    sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+
+    def run_eval() -> dict:
+        result = evaluate(accelerator, model, dev_loader, vocab, blank_id=vocab[PAD])
+        record = {"kind": "eval", "step": state.step, "wer": result["wer"], "cer": result["cer"],
+                  "loss": result["loss"], "n": result["n"]}
+        if accelerator.is_main_process:
+            metrics_log.write(record)
+            accelerator.log({"dev/wer": result["wer"], "dev/cer": result["cer"], "dev/loss": result["loss"]},
+                            step=state.step)
+            logger.info("step %d dev: WER %.2f%% CER %.2f%% loss %.3f (%d utt)", state.step, 100 * result["wer"],
+                        100 * result["cer"], result["loss"], result["n"])
+            for uid, ref, hyp in result["samples"][: cfg.train.eval_samples_logged]:
+                logger.info("  %s\n    ref: %s\n    hyp: %s", uid, ref, hyp)
+        if state.best_wer is None or result["wer"] < state.best_wer:
+            state.best_wer, state.best_step = result["wer"], state.step
+            metrics = {"step": state.step, "wer": result["wer"], "cer": result["cer"], "dev_loss": result["loss"]}
+            export_model(accelerator, model, processor, normalizer, cfg, out, metrics, data_summary)
+        return record
+
+    model.train()
+    progress = tqdm(total=cfg.train.max_steps, initial=state.step, disable=not accelerator.is_main_process,
+                    desc="train", dynamic_ncols=True)
+    window = {"loss": 0.0, "n": 0, "seconds": 0.0, "t0": time.perf_counter()}
+    inject_nan = set(cfg.train.inject_nan_at)
+    last_eval_step = -1
+    while state.step < cfg.train.max_steps:
+        train_sampler.set_epoch(state.epoch)
+        for batch in train_loader:
+            state.batches_in_epoch += 1
+            state.micro_batches += 1
+            with accelerator.accumulate(model):
+                if batch is None:  # every item failed to decode: skip it on all ranks like a NaN loss
+                    ids, seconds = ["<unreadable batch>"], 0.0
+                    loss = torch.tensor(float("nan"), device=accelerator.device)
+                else:
+                    ids = batch.pop("ids")
+                    seconds = seconds_in_batch(batch)
+                    inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k != "input_lengths"}
+                    loss = model(**inputs).loss
+                if state.micro_batches in inject_nan and accelerator.is_main_process:
+                    loss = loss * float("nan")  # fault injection for the non-finite guard's test
+                if finite_on_all_ranks(accelerator, loss):
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    window["loss"] += loss.item()
+                    window["n"] += 1
+                else:
+                    state.skipped_nonfinite += 1
+                    logger.warning("non-finite loss at micro-batch %d (%s...): skipped on every rank",
+                                   state.micro_batches, ids[0])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window["seconds"] += seconds
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            progress.update(1)
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                elapsed = time.perf_counter() - window["t0"]
+                audio = accelerator.reduce(torch.tensor([window["seconds"]], device=accelerator.device), "sum").item()
+                state.audio_seconds += audio
+                record = {"kind": "train", "step": state.step, "epoch": state.epoch,
+                          "loss": window["loss"] / max(1, window["n"]), "lr": scheduler.get_last_lr()[0],
+                          "audio_s_per_s": audio / max(elapsed, 1e-9), "skipped": state.skipped_nonfinite}
+                if accelerator.is_main_process:
+                    metrics_log.write(record)
+                    accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")},
+                                    step=state.step)
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                         audio_s_per_s=f"{record['audio_s_per_s']:.1f}")
+                window = {"loss": 0.0, "n": 0, "seconds": 0.0, "t0": time.perf_counter()}
+            if state.step % cfg.train.eval_every == 0:
+                run_eval()
+                last_eval_step = state.step
+            if state.step % cfg.train.save_every == 0 or state.step == cfg.train.max_steps:
+                save_checkpoint(accelerator, state, train_sampler, ckpt_root, cfg)
+            if state.step >= cfg.train.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    progress.close()
+    if last_eval_step != state.step:
+        run_eval()
+    if accelerator.is_main_process:
+        plot_curves(metrics_log.read(), out / "curves.png")
+        logger.info("best dev WER %.2f%% at step %s; model: %s", 100 * (state.best_wer or 0), state.best_step,
+                    out / "model")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
