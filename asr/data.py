@@ -4,7 +4,10 @@
 (writing the drop report) and caches the result as an arrow table keyed by everything that
 affects it. `SpeechDataset` decodes audio on demand in DataLoader workers, so a corpus never has
 to fit in memory as float arrays. `StreamingSpeechDataset` reads a `datasets` stream sharded
-across ranks, for corpora larger than the disk.
+across ranks and DataLoader workers, filtering on the fly, for corpora larger than the disk.
+
+    split = prepare_split(cfg.data.train, normalizer, vocab, cfg.data.filters, frames_fn, cfg.data.cache_dir)
+    loader = DataLoader(SpeechDataset(split.table), batch_sampler=..., collate_fn=collate_skip_none(collator))
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +25,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.audio import AudioError, load_audio
+from asr.audio import load_audio, normalize_audio
 from asr.config import to_dict
-from asr.filters import Drop, FilterConfig, FramesFn, apply_filters, check_utterance, write_report
-from asr.sources import SourceConfig, Utterance, iter_hf, load_source, open_hf_dataset
+from asr.filters import Drop, FilterConfig, FramesFn, apply_filters, check_and_decode, summarize, write_report
+from asr.sources import SourceConfig, Utterance, detect_kind, iter_hf, load_source, open_hf_dataset
 from asr.text import TextNormalizer
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cached table's columns or meaning change
+CACHE_VERSION = 2  # bump when the cached table's columns or meaning change
 _FRAMES_PROBE = (400, 16_000, 123_457, 480_000)  # sample counts that fingerprint a model's frame rate
+
+
+def _table_features() -> dict[str, Any]:
+    """Column types of a prepared table."""
+    import datasets
+
+    return {
+        "id": datasets.Value("string"), "text": datasets.Value("string"),
+        "labels": datasets.List(datasets.Value("int32")), "duration": datasets.Value("float64"),
+        "audio_path": datasets.Value("string"), "audio_bytes": datasets.Value("binary"),
+        "speaker": datasets.Value("string"),
+    }
 
 
 @dataclass
@@ -46,6 +61,7 @@ class DataConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     max_batch_seconds: float = 80.0  # padded audio seconds per batch per process (batch_size x longest)
     max_batch_size: int | None = None  # cap on utterances per batch, e.g. for attention memory
+    shuffle: bool = True  # False: batches in ascending length, same every epoch (debugging, equivalence tests)
     num_workers: int = 2  # DataLoader workers decoding audio; 0 decodes in the training process
     cache_dir: str = "data/cache"  # prepared tables, one folder per (source, normaliser, vocab, filters)
 
@@ -64,6 +80,7 @@ class PreparedSplit:
 
     @property
     def hours(self) -> float:
+        """Audio kept, in hours."""
         return sum(self.durations) / 3600
 
 
@@ -80,48 +97,89 @@ def prepare_split(
 ) -> PreparedSplit:
     """Reads, normalises, encodes and filters one split, or loads it from the cache.
 
+    The cache entry `<cache_dir>/<name>-<hash>` is keyed by the source config, the sizes and
+    modification times of its files, the normaliser, the vocabulary, the filters and the model's
+    frame rate; changing any of them prepares the split again. An entry counts only once its
+    `done.json` exists (it is renamed into place whole), so an interrupted run is redone.
+
     Call it under `accelerator.main_process_first()`: the main process prepares, the others
     then find the cache. The drop report is `<cache entry>/dropped.jsonl`.
 
     Args:
+        source: where the split comes from.
+        normalizer: applied to every transcript.
+        vocab: token -> id for the labels.
+        filters: what to drop.
+        frames_fn: samples -> model output frames, for the CTC feasibility check; None skips it.
+        cache_dir: root of the cache.
+        num_workers: filter processes (see `apply_filters`).
+        progress: show a tqdm bar while checking audio.
         utterances: the source's records when already read (saves reading it twice).
+
+    Returns:
+        The prepared split (memory-mapped table, durations, drop counts, report path).
+
+    Raises:
+        ValueError: the source cannot be read, or every utterance was dropped (the report says why).
     """
     import datasets
 
-    key = _cache_key(source, normalizer, vocab, filters, frames_fn)
-    entry = Path(cache_dir) / key
-    if (entry / "done.json").exists():
-        meta = json.loads((entry / "done.json").read_text())
-        table = datasets.load_from_disk(str(entry / "table"))
-        return PreparedSplit(table, list(table["duration"]), meta["drop_counts"], entry / "dropped.jsonl")
+    entry = Path(cache_dir) / _cache_key(source, normalizer, vocab, filters, frames_fn)
+    cached = _load_entry(entry)
+    if cached is not None:
+        logger.info("using the prepared %s from %s", source.path, entry)
+        return cached
 
     utterances = utterances if utterances is not None else load_source(source)
     kept, drops = apply_filters(utterances, normalizer, vocab, filters, frames_fn, num_workers, progress)
     if not kept:
+        # The report goes where it would have been; without done.json the entry is redone next time.
+        counts = write_report(drops, entry / "dropped.jsonl", total=len(utterances))
         raise ValueError(
-            f"every one of the {len(utterances)} utterances of {source.path} was dropped; "
-            f"see {entry / 'dropped.jsonl'} (check filters.min_duration/max_duration and the audio files)"
+            f"all {len(utterances)} utterances of {source.path} were dropped ({summarize(counts)}); "
+            f"see {entry / 'dropped.jsonl'} and fix the audio files or filters.min_duration/max_duration"
         )
-    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+    tmp = entry.with_name(f".{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     counts = write_report(drops, tmp / "dropped.jsonl", total=len(utterances))
-    columns = {name: [getattr(item, name) for item in kept] for name in
-               ("id", "text", "labels", "duration", "audio_path", "audio_bytes", "speaker")}
-    features = datasets.Features({
-        "id": datasets.Value("string"), "text": datasets.Value("string"),
-        "labels": datasets.Sequence(datasets.Value("int32")), "duration": datasets.Value("float64"),
-        "audio_path": datasets.Value("string"), "audio_bytes": datasets.Value("binary"),
-        "speaker": datasets.Value("string"),
-    })
+    features = datasets.Features(_table_features())
+    columns = {name: [getattr(item, name) for item in kept] for name in features}
     datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(tmp / "table"))
-    meta = {"source": to_dict(source), "kept": len(kept), "dropped": len(drops), "drop_counts": counts}
+    meta = {
+        "version": CACHE_VERSION, "source": to_dict(source), "total": len(utterances),
+        "kept": len(kept), "dropped": len(drops), "drop_counts": counts,
+    }
     (tmp / "done.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(entry, ignore_errors=True)
-    os.replace(tmp, entry)  # atomic: a half-written entry never has done.json under the final name
+    shutil.rmtree(entry, ignore_errors=True)  # a half-written or all-dropped entry from an earlier run
+    try:
+        os.replace(tmp, entry)  # atomic: a half-written entry never has done.json under the final name
+    except OSError:
+        if not (entry / "done.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same entry first
     logger.info("prepared %s: %d kept, %d dropped -> %s", source.path, len(kept), len(drops), entry)
-    table = datasets.load_from_disk(str(entry / "table"))
-    return PreparedSplit(table, list(table["duration"]), counts, entry / "dropped.jsonl")
+    prepared = _load_entry(entry)
+    if prepared is None:
+        raise RuntimeError(f"the cache entry {entry} vanished right after it was written; check {cache_dir}")
+    return prepared
+
+
+def _load_entry(entry: Path) -> PreparedSplit | None:
+    """The prepared split of a complete cache entry, None when there is none (or it is unreadable)."""
+    import datasets
+
+    if not (entry / "done.json").is_file():
+        return None
+    try:
+        meta = json.loads((entry / "done.json").read_text())
+        if meta.get("version") != CACHE_VERSION:
+            return None
+        table = datasets.load_from_disk(str(entry / "table"))
+    except (OSError, ValueError) as e:  # a damaged entry is redone, not fatal
+        logger.warning("ignoring the unreadable cache entry %s (%s); preparing it again", entry, e)
+        return None
+    return PreparedSplit(table, [float(d) for d in table["duration"]], meta["drop_counts"], entry / "dropped.jsonl")
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -129,6 +187,10 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     A file that fails to decode at training time (changed since preparation) yields None, which
     `collate_skip_none` drops with a warning instead of stopping the run.
+
+    Args:
+        table: a prepared table (`PreparedSplit.table`).
+        do_normalize: zero mean and unit variance per utterance, as the feature extractor does.
     """
 
     def __init__(self, table: Any, do_normalize: bool = True):
@@ -139,15 +201,27 @@ class SpeechDataset(torch.utils.data.Dataset):
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        row = self.table[int(index)]
-        return _features(row, self.do_normalize)
+        return _features(self.table[int(index)], self.do_normalize)
 
 
 class StreamingSpeechDataset(torch.utils.data.IterableDataset):
-    """Streams a `datasets` source, sharded across ranks, filtering on the fly.
+    """Streams a `datasets` source, sharded across ranks and DataLoader workers, filtering on the fly.
 
-    Every rank reads a disjoint shard (`split_dataset_by_node`); within a rank, DataLoader workers
-    split it again. Dropped items are appended to `report_path` (one file per rank).
+    Rank r of R with worker w of W reads part r * W + w of R * W (`split_dataset_by_node`): whole
+    files when the file count is a multiple of R * W, else every (R * W)-th row. So every row is
+    read by exactly one worker of one rank, for any number of workers (including 0). Dropped
+    items are appended to `report_path` (one JSONL line per drop per pass; give each rank its
+    own file); the audio of kept items is decoded once.
+
+    Args:
+        source: a `datasets` source (kind `hf`, or `auto` resolving to it).
+        normalizer, vocab, filters, frames_fn: as for `prepare_split`.
+        rank, world_size: this process's rank and the number of ranks.
+        report_path: where drops are appended; None only logs them at debug level.
+        do_normalize: as for `SpeechDataset`.
+
+    Raises:
+        ValueError: the source is not a `datasets` source, or rank is not in [0, world_size).
     """
 
     def __init__(
@@ -162,8 +236,14 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
         report_path: str | Path | None = None,
         do_normalize: bool = True,
     ):
-        if source.kind not in ("hf", "auto"):
-            raise ValueError(f"streaming needs a datasets source (kind: hf), got kind: {source.kind}")
+        kind = detect_kind(source.path, source.split) if source.kind == "auto" else source.kind
+        if kind != "hf":
+            raise ValueError(
+                f"streaming needs a datasets source (kind: hf), but {source.path} is kind: {kind}; "
+                "prepare it with prepare_split instead, or convert it to parquet"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size}); pass the process index and count")
         self.source = SourceConfig(**{**to_dict(source), "streaming": True, "kind": "hf"})
         self.args = (normalizer, vocab, filters, frames_fn)
         self.rank, self.world_size = rank, world_size
@@ -175,32 +255,47 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        # Ranks get whole files when the file count allows it (else every rank skips the others' rows);
-        # the DataLoader workers of a rank then take every num_workers-th row of its shard.
-        ds = split_dataset_by_node(open_hf_dataset(self.source), rank=self.rank, world_size=self.world_size)
-        report = open(self.report_path, "a", encoding="utf-8") if self.report_path else None
+        ds = split_dataset_by_node(
+            open_hf_dataset(self.source),
+            rank=self.rank * num_workers + worker,
+            world_size=self.world_size * num_workers,
+        )
+        for utt in iter_hf(self.source, ds):
+            checked, samples = check_and_decode(utt, *self.args)
+            if isinstance(checked, Drop):
+                self._report(checked)
+                continue
+            row = {"id": checked.id, "labels": checked.labels, "audio_path": checked.audio_path,
+                   "audio_bytes": checked.audio_bytes}
+            features = _features(row, self.do_normalize, samples)
+            if features is not None:
+                yield features
+
+    def _report(self, drop: Drop) -> None:
+        """Appends one drop to the report; one write() with O_APPEND, so workers' lines never interleave."""
+        logger.debug("dropped %s: %s (%s)", drop.id, drop.reason, drop.detail)
+        if self.report_path is None:
+            return
+        self.report_path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(drop.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.report_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            for i, utt in enumerate(iter_hf(self.source, ds)):
-                if i % num_workers != worker:
-                    continue
-                checked = check_utterance(utt, *self.args)
-                if isinstance(checked, Drop):
-                    if report:
-                        report.write(json.dumps(checked.to_dict(), ensure_ascii=False) + "\n")
-                        report.flush()
-                    continue
-                features = _features(
-                    {"id": checked.id, "labels": checked.labels, "audio_path": checked.audio_path,
-                     "audio_bytes": checked.audio_bytes}, self.do_normalize)
-                if features is not None:
-                    yield features
+            os.write(fd, line)
         finally:
-            if report:
-                report.close()
+            os.close(fd)
 
 
-def collate_skip_none(collator):
-    """Wraps a collator so items that failed to decode (None) are dropped from the batch."""
+def collate_skip_none(
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> Callable[[list[dict[str, Any] | None]], dict[str, Any] | None]:
+    """Wraps a collator so items that failed to decode (None) are dropped from the batch.
+
+    Args:
+        collator: e.g. `CTCCollator`.
+
+    Returns:
+        A collate function returning the collated good items, or None when none is left.
+    """
 
     def collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
         good = [item for item in items if item is not None]
@@ -211,20 +306,26 @@ def collate_skip_none(collator):
     return collate
 
 
-def _features(row: dict[str, Any], do_normalize: bool) -> dict[str, Any] | None:
-    """Decodes one row's audio into model inputs; None (with a warning) if it cannot be read."""
-    try:
-        audio = load_audio(row["audio_bytes"] if row.get("audio_bytes") is not None else row["audio_path"])
-    except AudioError as e:
-        logger.warning("skipping %s: %s", row["id"], e)
-        return None
-    if do_normalize:
-        # Same as Wav2Vec2FeatureExtractor(do_normalize=True): zero mean, unit variance per utterance.
-        audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
-    return {"input_values": audio.astype(np.float32), "labels": list(row["labels"]), "id": row["id"]}
+def _features(row: dict[str, Any], do_normalize: bool, samples: np.ndarray | None = None) -> dict[str, Any] | None:
+    """Model inputs of one row, decoding its audio unless `samples` are given; None (with a warning) if unreadable."""
+    if samples is None:
+        audio = row["audio_bytes"] if row.get("audio_bytes") is not None else row["audio_path"]
+        try:
+            samples = load_audio(audio)
+        except Exception as e:  # a file changed since preparation costs one item, not the run
+            logger.warning("skipping %s: %s", row["id"], e)
+            return None
+    samples = normalize_audio(samples) if do_normalize else samples.astype(np.float32, copy=False)
+    return {"input_values": samples, "labels": list(row["labels"]), "id": row["id"]}
 
 
-def _cache_key(source, normalizer, vocab, filters, frames_fn) -> str:
+def _cache_key(
+    source: SourceConfig,
+    normalizer: TextNormalizer,
+    vocab: dict[str, int],
+    filters: FilterConfig,
+    frames_fn: FramesFn | None,
+) -> str:
     """Hash of everything that changes a prepared table, including the source files' sizes and times."""
     parts = {
         "version": CACHE_VERSION,
@@ -233,18 +334,22 @@ def _cache_key(source, normalizer, vocab, filters, frames_fn) -> str:
         "vocab": vocab,
         "filters": to_dict(filters),
         "frames": [frames_fn(n) for n in _FRAMES_PROBE] if frames_fn else None,
-        "files": _fingerprint(source.path),
+        "files": _fingerprint(source),
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{Path(source.path).name or 'source'}-{digest}"
 
 
-def _fingerprint(path: str) -> str:
-    """Sizes and modification times of the files under `path` (a hub name fingerprints as itself)."""
-    p = Path(path)
-    if not p.exists():
-        return path
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+def _fingerprint(source: SourceConfig) -> str:
+    """Sizes and modification times of the source's files (a hub name fingerprints as itself)."""
+    root = Path(source.path)
+    if source.split and (root / source.split).is_dir():
+        root = root / source.split  # only this split's files: editing dev must not invalidate train
+    if not root.exists():
+        return source.path
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    if source.transcript_file and Path(source.transcript_file).is_file():
+        files.append(Path(source.transcript_file))
     h = hashlib.sha256()
     for f in files:
         st = f.stat()

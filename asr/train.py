@@ -49,7 +49,15 @@ class LoopConfig:
     log_every: int = 10  # steps between metric log lines
     eval_samples_logged: int = 4  # example predictions printed/logged at each eval
     eval_max_batch_seconds: float | None = None  # eval batch size in padded seconds (None: data.max_batch_seconds x 2)
-    inject_nan_at: list[int] = field(default_factory=list)  # testing only: micro-batches whose loss is made NaN on rank 0
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection, for testing the loop's guards; leave empty in real runs."""
+
+    nan_at: list[int] = field(default_factory=list)  # micro-batches (1-based) whose loss becomes NaN on `rank`
+    raise_at: int | None = None  # micro-batch at which `rank` raises RuntimeError
+    rank: int = 0  # the process the faults happen on
 
 
 @dataclass
@@ -60,6 +68,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 _NO_DECAY = ("bias", "layer_norm", "layernorm", "norm.weight", "masked_spec_embed", "pos_conv")

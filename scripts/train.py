@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from asr.checkpoint import TrainerState, begin_save, checkpoint_dir, finish_save, resolve_resume
@@ -62,9 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """Accelerator for the launch environment; gloo on CPU (DeepSpeed otherwise sees world=1)."""
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=cfg.model.layerdrop > 0)]
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not torch.cuda.is_available() and world_size > 1:
+        # Multi-process on CPU: accelerate launch ignores a config file's `use_cpu` (every process
+        # then believes it is alone), and DeepSpeed needs gloo named explicitly.
+        os.environ["ACCELERATE_USE_CPU"] = "true"
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
@@ -72,6 +76,12 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         kwargs_handlers=handlers,
         step_scheduler_with_optimizer=False,  # we step the LR schedule once per optimizer step ourselves
     )
+    if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
+        raise RuntimeError(
+            f"launched as {world_size} processes but Accelerate set up none of them as distributed; "
+            "launch with `accelerate launch --multi_gpu` (add ACCELERATE_USE_CPU=true on CPU)"
+        )
+    return accelerator
 
 
 def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
@@ -119,7 +129,7 @@ def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *,
     try:
         sampler = DurationBatchSampler(
             split.durations, seconds, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-            shuffle=train, seed=cfg.train.seed, max_batch_size=cfg.data.max_batch_size,
+            shuffle=train and cfg.data.shuffle, seed=cfg.train.seed, max_batch_size=cfg.data.max_batch_size,
         )
     except ValueError as e:
         raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}") from e
@@ -209,8 +219,10 @@ def main(argv=None) -> int:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     if accelerator.state.deepspeed_plugin is not None:
-        # Our batches vary in size; DeepSpeed only needs a number here to build its engine.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = 1  # our batches vary in size; DeepSpeed only needs a number
+        ds["gradient_accumulation_steps"] = cfg.optim.grad_accum_steps
+        ds["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0  # DeepSpeed clips inside its step
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -261,7 +273,6 @@ def main(argv=None) -> int:
     progress = tqdm(total=cfg.train.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="train", dynamic_ncols=True)
     window = {"loss": 0.0, "n": 0, "seconds": 0.0, "t0": time.perf_counter()}
-    inject_nan = set(cfg.train.inject_nan_at)
     last_eval_step = -1
     while state.step < cfg.train.max_steps:
         train_sampler.set_epoch(state.epoch)
@@ -277,8 +288,11 @@ def main(argv=None) -> int:
                     seconds = seconds_in_batch(batch)
                     inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k != "input_lengths"}
                     loss = model(**inputs).loss
-                if state.micro_batches in inject_nan and accelerator.is_main_process:
-                    loss = loss * float("nan")  # fault injection for the non-finite guard's test
+                if accelerator.process_index == cfg.faults.rank:
+                    if state.micro_batches in cfg.faults.nan_at:
+                        loss = loss * float("nan")
+                    if state.micro_batches == cfg.faults.raise_at:
+                        raise RuntimeError(f"injected fault at micro-batch {state.micro_batches}")
                 if finite_on_all_ranks(accelerator, loss):
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.optim.max_grad_norm:
@@ -299,10 +313,11 @@ def main(argv=None) -> int:
             progress.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
                 elapsed = time.perf_counter() - window["t0"]
-                audio = accelerator.reduce(torch.tensor([window["seconds"]], device=accelerator.device), "sum").item()
+                sums = torch.tensor([window["seconds"], window["loss"], window["n"]], device=accelerator.device)
+                audio, loss_sum, loss_n = accelerator.reduce(sums, "sum").tolist()  # over all ranks
                 state.audio_seconds += audio
                 record = {"kind": "train", "step": state.step, "epoch": state.epoch,
-                          "loss": window["loss"] / max(1, window["n"]), "lr": scheduler.get_last_lr()[0],
+                          "loss": loss_sum / max(1, loss_n), "lr": scheduler.get_last_lr()[0],
                           "audio_s_per_s": audio / max(elapsed, 1e-9), "skipped": state.skipped_nonfinite}
                 if accelerator.is_main_process:
                     metrics_log.write(record)
