@@ -3,58 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from asr.audio import load_audio
-from asr.corpus import CorpusOptions, make_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# A model small enough that a step takes well under a second on one core.
-TINY = [
-    "model.architecture.hidden_size=32",
-    "model.architecture.num_hidden_layers=2",
-    "model.architecture.num_attention_heads=2",
-    "model.architecture.intermediate_size=64",
-    "model.architecture.conv_dim=[32,32,32,32,32,32,32]",
-    "model.architecture.num_conv_pos_embeddings=16",
-    "model.architecture.num_conv_pos_embedding_groups=4",
-    "data.max_batch_seconds=20",
-    "data.num_workers=0",
-    "optim.warmup_steps=2",
-]
+from trainrun import run_train
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    make_corpus(CorpusOptions(train=16, dev=4, test=4, seed=1, engines=("espeak-ng", "flite")), out,
-                progress=False, workers=2)
-    return out
-
-
-def run_train(corpus: Path, out: Path, *overrides: str, resume: str | None = None,
-              launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs scripts/train.py in a fresh process (as a user would) with the tiny config."""
-    args = [
-        *(launcher or [sys.executable]), str(ROOT / "scripts" / "train.py"),
-        "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
-        f"data.train.path={corpus / 'train.jsonl'}", f"data.dev.path={corpus / 'dev.jsonl'}",
-        f"data.cache_dir={out / 'cache'}", f"train.output_dir={out / 'run'}", *TINY, *overrides,
-    ]
-    if resume:
-        args += ["--resume", resume]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+@pytest.fixture()
+def corpus(synth_corpus) -> Path:
+    return synth_corpus
 
 
 def read_metrics(run: Path) -> list[dict]:
