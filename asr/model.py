@@ -141,5 +141,10 @@ def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing works with frozen inputs and DDP; transformers 5 renamed the method.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model

@@ -1,0 +1,81 @@
+"""Model building: CTC head sized to the vocab, frame rate, gradient checkpointing equivalence, loading checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.model import ModelConfig, build_model, conv_output_frames, feature_extractor_settings, frames_fn_for, load_model_config
+
+VOCAB = {"[PAD]": 0, "[UNK]": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghij")}}
+ARCH = dict(model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+
+
+def tiny(**kw) -> ModelConfig:
+    return ModelConfig(architecture=dict(ARCH), hidden_dropout=0.0, attention_dropout=0.0, mask_time_prob=0.0,
+                       freeze_feature_encoder=False, **kw)
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    audio = torch.randn(2, 16000, generator=g)
+    labels = torch.tensor([[3, 4, 2, 5, 6], [7, 8, 9, -100, -100]])
+    return {"input_values": audio, "labels": labels}
+
+
+def test_head_sized_to_vocab_with_blank_as_pad():
+    model = build_model(tiny(), VOCAB, pad_token_id=0)
+    assert model.config.vocab_size == len(VOCAB)
+    assert model.lm_head.out_features == len(VOCAB)
+    assert model.config.pad_token_id == 0 and model.config.ctc_zero_infinity
+
+
+def test_pad_id_outside_vocab_is_rejected():
+    with pytest.raises(ValueError, match="not an id of the vocabulary"):
+        build_model(tiny(), VOCAB, pad_token_id=99)
+
+
+def test_frame_rate_matches_the_model():
+    config = load_model_config(tiny())
+    fn = frames_fn_for(config)
+    model = build_model(tiny(), VOCAB, pad_token_id=0)
+    for n in (400, 401, 16000, 123_457):
+        assert fn(n) == int(model._get_feat_extract_output_lengths(torch.tensor(n)))
+    assert conv_output_frames(16000, (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)) == 49  # 20 ms frames
+
+
+def test_gradient_checkpointing_gives_same_loss_and_gradients():
+    torch.manual_seed(0)
+    plain = build_model(tiny(), VOCAB, pad_token_id=0)
+    checkpointed = build_model(tiny(gradient_checkpointing=True), VOCAB, pad_token_id=0)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    plain.train(), checkpointed.train()
+    losses = []
+    for model in (plain, checkpointed):
+        loss = model(**batch()).loss
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for (name, p), (_, q) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_local_checkpoint_gets_a_new_head_and_keeps_the_encoder(tmp_path):
+    base = build_model(tiny(), VOCAB, pad_token_id=0)
+    base.save_pretrained(tmp_path / "base")
+    vocab = {**VOCAB, "k": 13, "l": 14}
+    model = build_model(ModelConfig(name_or_path=str(tmp_path / "base"), freeze_feature_encoder=True), vocab,
+                        pad_token_id=0)
+    assert model.lm_head.out_features == 15
+    torch.testing.assert_close(model.wav2vec2.encoder.layers[0].attention.q_proj.weight,
+                               base.wav2vec2.encoder.layers[0].attention.q_proj.weight)
+    assert not any(p.requires_grad for p in model.wav2vec2.feature_extractor.parameters())
+    # no feature extractor saved: a group-norm (base-style) model takes no attention mask
+    assert feature_extractor_settings(ModelConfig(name_or_path=str(tmp_path / "base")), model.config) == (False, True)
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match="neither a local model directory nor a reachable hub id"):
+        load_model_config(ModelConfig(name_or_path=str(tmp_path / "nope")))
