@@ -101,3 +101,12 @@ def test_a_rank_that_raises_ends_the_job_promptly(synth_corpus, tmp_path):
     assert proc.returncode != 0
     assert "injected fault at micro-batch 2" in proc.stderr
     assert time.time() - start < 120
+
+
+def test_layerdrop_with_ddp_and_gradient_checkpointing(synth_corpus, tmp_path):
+    # Ranks drop different layers, so DDP must be told some parameters may get no gradient
+    # (find_unused_parameters, switched on by the loop when layerdrop > 0).
+    run_train(synth_corpus, tmp_path, "train.max_steps=4", "train.log_every=1", "model.layerdrop=0.5",
+              "model.gradient_checkpointing=true", kind="ddp2")
+    train = metrics(tmp_path / "run", "train")
+    assert len(train) == 4 and all(np.isfinite(r["loss"]) for r in train)
