@@ -1,4 +1,4 @@
-"""CTC decoding: greedy (best path) here; beam search with an n-gram LM lives beside it later."""
+"""Greedy (best-path) CTC decoding on logits; beam search with an n-gram LM is in asr/beam.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,631 @@
+"""CTC beam search with a KenLM n-gram LM over cached log-probs: pyctcdecode and flashlight-text.
+
+Both decoders (and a greedy one, for comparison) share one small interface:
+
+    >>> decoder = FlashlightBeam.from_dir("runs/x/final")          # model dir with vocab.json + LM
+    >>> hyp = decoder.decode(log_probs, length)                    # log_probs: [T, V] numpy
+    >>> hyp.text, hyp.words[0].start, hyp.score
+    >>> decoder.decode_batch([lp1, lp2], [n1, n2])                 # -> list[Hypothesis]
+    >>> decoder.decode_nbest(log_probs, length, n=10)              # for oracle WER
+
+The LM directory is the one `lm.build_lm` writes, pyctcdecode's `save_to_dir` layout:
+`alphabet.json` plus `language_model/{attrs.json, unigrams.txt, lm.bin | lm.arpa}`.
+
+Vocabulary convention (see asr.text): `[PAD]` (the CTC blank) = 0, `[UNK]` = 1, `|` (the word
+delimiter) = 2, then one character per id. Scores: the decoders add natural-log acoustic scores to
+LM scores that KenLM gives in log10; pyctcdecode converts (`alpha` multiplies a natural log),
+flashlight does not (`lm_weight` multiplies a log10). The same search objective is therefore
+`lm_weight = alpha * ln(10)` and `word_score = beta`, which the defaults below follow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from asr.constants import PAD, UNK, WORD_DELIMITER
+
+logger = logging.getLogger(__name__)
+
+# pyctcdecode's save_to_dir layout (its own constants are private class attributes).
+ALPHABET_FILE = "alphabet.json"
+LM_SUBDIR = "language_model"
+ATTRS_FILE = "attrs.json"
+UNIGRAMS_FILE = "unigrams.txt"
+KENLM_SUFFIXES = (".bin", ".binary", ".arpa")  # what pyctcdecode accepts as the KenLM file
+VOCAB_FILE = "vocab.json"
+
+PYCTCDECODE_UNK = "\u2047"  # "⁇": pyctcdecode's label for an unknown token
+LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM vocabulary entries that are not words
+FLASHLIGHT_UNK_WORD = "<unk>"
+
+DEFAULT_ALPHA = 0.5  # LM weight on a natural-log scale (pyctcdecode's default)
+DEFAULT_BETA = 1.0  # bonus per word; offsets the LM's per-word cost, else the search prefers few long words
+DEFAULT_BEAM_WIDTH = 100  # pyctcdecode's default; 300 gained 0.004 WER at 2.5x the time on synthetic logits
+
+
+@dataclass(frozen=True)
+class PyCTCDecodeOptions:
+    """Knobs of `PyCTCDecodeBeam`; defaults are pyctcdecode's except `beta` (see DEFAULT_BETA)."""
+
+    alpha: float = DEFAULT_ALPHA  # LM weight (natural log); 0 decodes without the LM
+    beta: float = DEFAULT_BETA  # score added per word
+    beam_width: int = DEFAULT_BEAM_WIDTH  # beams kept after each frame
+    beam_prune_logp: float = -10.0  # beams this far (natural log) below the best are dropped
+    token_min_logp: float = -5.0  # a frame's tokens below this log-prob are skipped (its argmax never is)
+    unk_score_offset: float = -10.0  # added per word (or partial word) outside the LM's unigrams
+    score_boundary: bool = True  # score <s> at the start and </s> at the end, as the LM was trained
+    hotwords: tuple[str, ...] = ()  # words or phrases to boost, may be outside the LM
+    hotword_weight: float = 10.0  # boost per hotword character match
+    num_processes: int = 0  # decode_batch: fork-pool workers (pyctcdecode cannot use spawn); 0 or 1 = in-process
+
+    def __post_init__(self) -> None:
+        if self.beam_width < 1:
+            raise ValueError(f"PyCTCDecodeOptions.beam_width is {self.beam_width}; use 1 or more.")
+        if self.num_processes < 0:
+            raise ValueError(f"PyCTCDecodeOptions.num_processes is {self.num_processes}; use 0 (in-process) or more.")
+        # JSON/YAML give lists; keep a tuple so the options stay hashable.
+        object.__setattr__(self, "hotwords", tuple(self.hotwords))
+
+
+@dataclass(frozen=True)
+class FlashlightOptions:
+    """Knobs of `FlashlightBeam`; the defaults pose the same objective as `PyCTCDecodeOptions()`."""
+
+    lm_weight: float = DEFAULT_ALPHA * math.log(10)  # on KenLM's log10 scores (= alpha * ln 10); lexicon-free
+    # decoding with a token LM did best near 2.0 on synthetic logits
+    word_score: float = DEFAULT_BETA  # score added per word (= beta)
+    beam_size: int = DEFAULT_BEAM_WIDTH  # hypotheses kept after each frame
+    beam_size_token: int | None = None  # tokens tried per frame; None tries all
+    beam_threshold: float = 25.0  # hypotheses this far below the best are dropped
+    unk_score: float = -math.inf  # lexicon: score of emitting the unknown word <unk>; -inf never emits it
+    sil_score: float = 0.0  # score added per word delimiter between words
+    log_add: bool = False  # merge equal hypotheses by log-sum-exp, not max: -0.01 WER, 10% slower on synthetic logits
+    lexicon_free: bool = False  # spell freely, scoring each token with the LM; only helps with a token-level LM
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"FlashlightOptions.beam_size is {self.beam_size}; use 1 or more.")
+        if self.beam_size_token is not None and self.beam_size_token < 1:
+            raise ValueError(f"FlashlightOptions.beam_size_token is {self.beam_size_token}; use 1 or more, or None.")
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    """One decoded word and the frames it was spoken in: `start` inclusive, `end` exclusive.
+
+    Frames are the model's output frames (20 ms each for wav2vec2: 320 samples at 16 kHz).
+    """
+
+    word: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoded transcript.
+
+    `score` is the decoder's own total (acoustic + weighted LM + bonuses): comparable between the
+    hypotheses of one decoder and one utterance, not across decoders.
+    """
+
+    text: str
+    words: tuple[WordSpan, ...]
+    score: float
+
+
+class CTCDecoder(Protocol):
+    """What every decoder here offers."""
+
+    def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis: ...
+
+    def decode_batch(
+        self, logits: Sequence[np.ndarray], lengths: Sequence[int | None] | None = None
+    ) -> list[Hypothesis]: ...
+
+    def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]: ...
+
+
+@dataclass(frozen=True)
+class LMFiles:
+    """Where the KenLM file of an LM directory is, and the LM's words."""
+
+    kenlm_path: Path
+    unigrams: tuple[str, ...]  # the LM's words, without <s>, </s>, <unk>
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def pyctcdecode_labels(vocab: Mapping[str, int]) -> list[str]:
+    """pyctcdecode labels in token-id order: blank `[PAD]` -> "", `|` -> " ", `[UNK]` -> "⁇".
+
+    Args:
+        vocab: Token -> id, ids 0..V-1 (see asr.text.build_vocab).
+
+    Returns:
+        V labels; label i stands for logit column i.
+    """
+    tokens = tokens_in_id_order(vocab)
+    mapping = {PAD: "", WORD_DELIMITER: " ", UNK: PYCTCDECODE_UNK}
+    return [mapping.get(token, token) for token in tokens]
+
+
+def tokens_in_id_order(vocab: Mapping[str, int]) -> list[str]:
+    """Tokens sorted by id, after checking the project's special tokens and ids 0..V-1."""
+    absent = [token for token in (PAD, WORD_DELIMITER) if token not in vocab]
+    if absent:
+        raise ValueError(f"Vocabulary lacks {absent}, which CTC decoding needs as blank and word delimiter; "
+                         "use the model's vocab.json (built by asr.text.build_vocab).")
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise ValueError(f"Vocabulary ids must be 0..{len(tokens) - 1}, each once, to index the logit columns; "
+                         "renumber it or use the model's vocab.json.")
+    return tokens
+
+
+def load_vocab(directory: str | os.PathLike) -> dict[str, int]:
+    """Read `vocab.json` from a model or processor directory."""
+    path = Path(directory) / VOCAB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No {VOCAB_FILE} in {str(directory)!r}; pass the model's processor directory "
+                                "or the vocabulary itself.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_lm_files(directory: str | os.PathLike) -> LMFiles:
+    """Find the KenLM file and unigram list of an LM directory.
+
+    Args:
+        directory: A directory holding `language_model/` (a model dir or `lm.build_lm`'s output), or
+            the `language_model/` directory itself.
+
+    Returns:
+        The KenLM path and the words of `unigrams.txt`.
+    """
+    directory = Path(directory)
+    lm_dir = directory / LM_SUBDIR if (directory / LM_SUBDIR).is_dir() else directory
+    candidates = sorted(p for p in lm_dir.glob("*") if p.suffix in KENLM_SUFFIXES and not p.name.startswith("."))
+    if len(candidates) != 1:
+        raise FileNotFoundError(f"Expected one KenLM file ({'/'.join(KENLM_SUFFIXES)}) in {str(lm_dir)!r}, found "
+                                f"{[p.name for p in candidates]}; build the LM with scripts/build_lm.py.")
+    unigrams_path = lm_dir / UNIGRAMS_FILE
+    if not unigrams_path.is_file():
+        raise FileNotFoundError(f"No {UNIGRAMS_FILE} in {str(lm_dir)!r}; a binary LM needs its word list: rebuild "
+                                "the LM with scripts/build_lm.py.")
+    words = unigrams_path.read_text(encoding="utf-8").split()
+    return LMFiles(kenlm_path=candidates[0], unigrams=tuple(w for w in words if w not in LM_SPECIAL_WORDS))
+
+
+def read_arpa_unigrams(path: str | os.PathLike) -> list[str]:
+    """The words of an ARPA file's 1-gram section, without <s>, </s> and <unk>."""
+    words = []
+    with open(path, encoding="utf-8") as f:
+        in_unigrams = False
+        for line in f:
+            line = line.strip()
+            if line == "\\1-grams:":
+                in_unigrams = True
+            elif in_unigrams:
+                if not line or line.startswith("\\"):
+                    break
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] not in LM_SPECIAL_WORDS:
+                    words.append(parts[1])
+    if not words:
+        raise ValueError(f"{str(path)!r} has no 1-gram section; pass an ARPA file written by lmplz.")
+    return words
+
+
+def _log_probs(logits: np.ndarray, length: int | None, vocab_size: int) -> np.ndarray:
+    """[length, V] float32 C-contiguous log-probs of one utterance (log-softmax is idempotent on log-probs)."""
+    array = np.asarray(logits)
+    if array.ndim != 2 or array.shape[1] != vocab_size:
+        raise ValueError(f"Logits of shape {array.shape} do not fit a vocabulary of {vocab_size} tokens; pass one "
+                         f"utterance as a [T, {vocab_size}] array.")
+    if length is not None:
+        if not 0 <= length <= array.shape[0]:
+            raise ValueError(f"length {length} is outside 0..{array.shape[0]} (the logits' frames); pass the "
+                             "utterance's valid frame count.")
+        array = array[:length]
+    array = array.astype(np.float32, copy=False)
+    if array.shape[0] == 0:
+        return np.ascontiguousarray(array)
+    peak = array.max(axis=1, keepdims=True)
+    log_norm = peak + np.log(np.exp(array - peak).sum(axis=1, keepdims=True))
+    return np.ascontiguousarray(array - log_norm)
+
+
+def _lengths(n: int, lengths: Sequence[int | None] | None) -> list[int | None]:
+    """Per-utterance lengths, checked to pair up with the batch."""
+    if lengths is None:
+        return [None] * n
+    if len(lengths) != n:
+        raise ValueError(f"{len(lengths)} lengths for {n} utterances; pass one length (or None) per utterance.")
+    return [None if x is None else int(x) for x in lengths]
+
+
+def _words_from_frames(frame_tokens: Sequence[int], tokens: Sequence[str], blank: int, delimiter: int,
+                       unk: int | None) -> tuple[WordSpan, ...]:
+    """CTC-collapse per-frame token ids into words with [start, end) frame spans."""
+    words: list[WordSpan] = []
+    chars: list[str] = []
+    in_word = False  # an [UNK]-only word has no characters but still occupies frames
+    start = end = 0
+    previous = blank
+    for frame, token in enumerate(frame_tokens):
+        if token == previous:
+            if in_word and token not in (blank, delimiter):
+                end = frame + 1  # a held character extends the word
+            continue
+        previous = token
+        if token == blank:
+            continue
+        if token == delimiter:
+            if chars:
+                words.append(WordSpan("".join(chars), start, end))
+            chars, in_word = [], False
+            continue
+        if not in_word:
+            start, in_word = frame, True
+        if token != unk:
+            chars.append(tokens[token])
+        end = frame + 1
+    if chars:
+        words.append(WordSpan("".join(chars), start, end))
+    return tuple(words)
+
+
+def _hypothesis(words: Iterable[WordSpan], score: float) -> Hypothesis:
+    """A Hypothesis whose text is its words joined by spaces."""
+    words = tuple(words)
+    return Hypothesis(text=" ".join(w.word for w in words), words=words, score=float(score))
+
+
+def _unique_texts(hypotheses: Iterable[Hypothesis], n: int) -> list[Hypothesis]:
+    """The first `n` hypotheses with distinct text (decoders return near-duplicates differing in alignment)."""
+    seen: set[str] = set()
+    out = []
+    for hyp in hypotheses:
+        if hyp.text not in seen:
+            seen.add(hyp.text)
+            out.append(hyp)
+            if len(out) == n:
+                break
+    return out
+
+
+# ----------------------------------------------------------------------------------------- greedy
+class GreedyCTC:
+    """Best-path decoding (argmax per frame) behind the common interface; the baseline for beams.
+
+    Args:
+        vocab: Token -> id (the model's vocab.json).
+    """
+
+    def __init__(self, vocab: Mapping[str, int]) -> None:
+        self.tokens = tokens_in_id_order(vocab)
+        self._blank, self._delimiter, self._unk = vocab[PAD], vocab[WORD_DELIMITER], vocab.get(UNK)
+
+    def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis:
+        """Best path of one utterance; `logits` [T, V], `length` valid frames (None: all T)."""
+        log_probs = _log_probs(logits, length, len(self.tokens))
+        best = log_probs.argmax(axis=1)
+        score = float(log_probs[np.arange(len(best)), best].sum())
+        return _hypothesis(_words_from_frames(best.tolist(), self.tokens, self._blank, self._delimiter, self._unk),
+                           score)
+
+    def decode_batch(self, logits: Sequence[np.ndarray],
+                     lengths: Sequence[int | None] | None = None) -> list[Hypothesis]:
+        """`decode` for each utterance of a list (or a padded [B, T, V] array)."""
+        return [self.decode(x, n) for x, n in zip(logits, _lengths(len(logits), lengths))]
+
+    def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
+        """Greedy decoding has one hypothesis."""
+        return [self.decode(logits, length)]
+
+
+# ------------------------------------------------------------------------------------- pyctcdecode
+class PyCTCDecodeBeam:
+    """pyctcdecode's prefix beam search with a KenLM word LM.
+
+    Args:
+        vocab: Token -> id (the model's vocab.json); label i is logit column i.
+        kenlm_path: `.arpa` or KenLM binary file.
+        unigrams: The LM's words. Needed for a binary LM (pyctcdecode reads them only from ARPA) and
+            used to score partial words; None reads them from an ARPA file.
+        options: Search knobs.
+    """
+
+    def __init__(self, vocab: Mapping[str, int], kenlm_path: str | os.PathLike,
+                 unigrams: Iterable[str] | None = None, options: PyCTCDecodeOptions | None = None) -> None:
+        import kenlm
+        from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
+        from pyctcdecode.language_model import load_unigram_set_from_arpa
+
+        self.options = options or PyCTCDecodeOptions()
+        self.vocab_size = len(vocab)
+        labels = pyctcdecode_labels(vocab)
+        kenlm_path = Path(kenlm_path)
+        if not kenlm_path.is_file():
+            raise FileNotFoundError(f"KenLM file {str(kenlm_path)!r} does not exist; build one with "
+                                    "scripts/build_lm.py.")
+        if unigrams is None:
+            if kenlm_path.suffix != ".arpa":
+                raise ValueError(f"{kenlm_path.name} is a binary LM, from which pyctcdecode cannot read the words; "
+                                 f"pass unigrams= (the LM directory's {UNIGRAMS_FILE}).")
+            unigrams = load_unigram_set_from_arpa(str(kenlm_path))
+        unigrams = set(unigrams)
+        if WORD_DELIMITER in unigrams:
+            raise ValueError(f"{kenlm_path.name} is a token-level LM (its words include {WORD_DELIMITER!r}), which "
+                             "pyctcdecode would treat as words; use FlashlightBeam with lexicon_free=True, or build "
+                             "a word LM.")
+        language_model = LanguageModel(
+            kenlm.Model(str(kenlm_path)), sorted(unigrams - LM_SPECIAL_WORDS),
+            alpha=self.options.alpha, beta=self.options.beta,
+            unk_score_offset=self.options.unk_score_offset, score_boundary=self.options.score_boundary,
+        )
+        # Labels are given already mapped, so pyctcdecode's guessing (and its logging) is not relied on.
+        self._decoder = BeamSearchDecoderCTC(Alphabet(labels, is_bpe=False), language_model)
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike, vocab: Mapping[str, int] | None = None,
+                 options: PyCTCDecodeOptions | None = None) -> PyCTCDecodeBeam:
+        """Load the LM that `lm.build_lm` wrote into `directory`; `vocab` None reads its vocab.json."""
+        files = load_lm_files(directory)
+        return cls(vocab if vocab is not None else load_vocab(directory), files.kenlm_path, files.unigrams, options)
+
+    def __del__(self) -> None:
+        # pyctcdecode keeps every LM in a class-level dict; free ours with the decoder.
+        decoder = getattr(self, "_decoder", None)
+        if decoder is not None:
+            decoder.cleanup()
+
+    def _search_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of pyctcdecode's decode_beams*."""
+        o = self.options
+        return dict(beam_width=o.beam_width, beam_prune_logp=o.beam_prune_logp, token_min_logp=o.token_min_logp,
+                    hotwords=list(o.hotwords) or None, hotword_weight=o.hotword_weight)
+
+    def _to_hypotheses(self, beams: Sequence[tuple]) -> list[Hypothesis]:
+        """pyctcdecode beams (text, ..., [(word, (start, end))], logit score, total score) -> Hypotheses."""
+        out = []
+        for beam in beams:
+            frames, total = beam[-3], beam[-1]
+            words = []
+            for word, (start, end) in frames:
+                word = word.replace(PYCTCDECODE_UNK, "")
+                if word:
+                    words.append(WordSpan(word, int(start), int(end)))
+            out.append(_hypothesis(words, total))
+        return out
+
+    def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
+        """Up to `n` hypotheses with distinct text, best first.
+
+        Args:
+            logits: [T, V] log-probs (raw logits are log-softmaxed) of one utterance.
+            length: Valid frames; None uses all T.
+            n: Hypotheses wanted; at most `options.beam_width` exist.
+        """
+        log_probs = _log_probs(logits, length, self.vocab_size)
+        if log_probs.shape[0] == 0:
+            return [Hypothesis("", (), 0.0)]
+        beams = self._decoder.decode_beams(log_probs, prune_history=False, **self._search_kwargs())
+        return _unique_texts(self._to_hypotheses(beams), n)
+
+    def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis:
+        """Best hypothesis of one utterance; `logits` [T, V] log-probs, `length` valid frames (None: all)."""
+        log_probs = _log_probs(logits, length, self.vocab_size)
+        if log_probs.shape[0] == 0:
+            return Hypothesis("", (), 0.0)
+        # Pruning beams that share their recent history is safe when only the best one is wanted.
+        beams = self._decoder.decode_beams(log_probs, prune_history=True, **self._search_kwargs())
+        return self._to_hypotheses(beams[:1])[0]
+
+    def decode_batch(self, logits: Sequence[np.ndarray],
+                     lengths: Sequence[int | None] | None = None) -> list[Hypothesis]:
+        """Best hypothesis of each utterance, on a fork pool of `options.num_processes` workers if > 1.
+
+        Args:
+            logits: [T_i, V] log-probs per utterance (a list, or a padded [B, T, V] array).
+            lengths: Valid frames per utterance; None uses every frame.
+        """
+        batch = [_log_probs(x, n, self.vocab_size) for x, n in zip(logits, _lengths(len(logits), lengths))]
+        workers = min(self.options.num_processes, len(batch))
+        if workers <= 1:
+            return [self.decode(x) for x in batch]
+        nonempty = [i for i, x in enumerate(batch) if x.shape[0]]
+        # Workers inherit the LM from this process (pyctcdecode keeps it in a class attribute), which
+        # only fork provides; spawn would make pyctcdecode fall back to one process with a warning.
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = self._decoder.decode_beams_batch(pool, [batch[i] for i in nonempty], prune_history=True,
+                                                       **self._search_kwargs())
+        out = [Hypothesis("", (), 0.0)] * len(batch)
+        for i, beams in zip(nonempty, results):
+            out[i] = self._to_hypotheses(beams[:1])[0]
+        return out
+
+
+# -------------------------------------------------------------------------------------- flashlight
+class FlashlightBeam:
+    """flashlight-text's beam search (what torchaudio's `ctc_decoder` wraps) with a KenLM word LM.
+
+    With a lexicon (the default), words are restricted to the LM's unigrams that the vocabulary can
+    spell, each spelled `w o r d |`; the LM scores whole words. Lexicon-free (`options.lexicon_free`)
+    spells any token sequence and scores every token with the LM, so it needs a token-level LM
+    (`lm.build_lm` with `unit="token"`: n-grams of "t h e | c a t"); with a word LM most tokens are
+    `<unk>` to it and the result is worse than greedy.
+
+    Args:
+        vocab: Token -> id (the model's vocab.json); token i is logit column i.
+        kenlm_path: `.arpa` or KenLM binary file.
+        unigrams: The LM's words (the lexicon); None reads them from an ARPA file.
+        options: Search knobs.
+    """
+
+    def __init__(self, vocab: Mapping[str, int], kenlm_path: str | os.PathLike,
+                 unigrams: Iterable[str] | None = None, options: FlashlightOptions | None = None) -> None:
+        from flashlight.lib.text.decoder import (
+            CriterionType,
+            LexiconDecoder,
+            LexiconDecoderOptions,
+            LexiconFreeDecoder,
+            LexiconFreeDecoderOptions,
+            SmearingMode,
+            Trie,
+        )
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        self.options = o = options or FlashlightOptions()
+        self.tokens = tokens_in_id_order(vocab)
+        self._blank, self._delimiter, self._unk = vocab[PAD], vocab[WORD_DELIMITER], vocab.get(UNK)
+        kenlm_path = Path(kenlm_path)
+        if not kenlm_path.is_file():
+            raise FileNotFoundError(f"KenLM file {str(kenlm_path)!r} does not exist; build one with "
+                                    "scripts/build_lm.py.")
+        token_dict = Dictionary(self.tokens)
+        beam_size_token = o.beam_size_token or len(self.tokens)
+        if o.lexicon_free:
+            if unigrams is not None and WORD_DELIMITER not in set(unigrams):
+                logger.warning("Lexicon-free decoding with a word-level LM: the LM scores each token as a word, "
+                               "mostly <unk>, which hurts more than it helps; build a token LM "
+                               "(scripts/build_lm.py --unit token) or use the lexicon.")
+            self._lm = KenLM(str(kenlm_path), token_dict)
+            decoder_options = LexiconFreeDecoderOptions(
+                beam_size=o.beam_size, beam_size_token=beam_size_token, beam_threshold=o.beam_threshold,
+                lm_weight=o.lm_weight, sil_score=o.sil_score, log_add=o.log_add, criterion_type=CriterionType.CTC)
+            self._decoder = LexiconFreeDecoder(decoder_options, self._lm, self._delimiter, self._blank, [])
+            self.lexicon_size = 0
+            return
+
+        if unigrams is None:
+            if kenlm_path.suffix != ".arpa":
+                raise ValueError(f"{kenlm_path.name} is a binary LM, from which the lexicon cannot be read; pass "
+                                 f"unigrams= (the LM directory's {UNIGRAMS_FILE}).")
+            unigrams = read_arpa_unigrams(kenlm_path)
+        unigrams = set(unigrams)
+        if WORD_DELIMITER in unigrams:
+            raise ValueError(f"{kenlm_path.name} is a token-level LM (its words include {WORD_DELIMITER!r}), so it "
+                             "makes no lexicon; pass FlashlightOptions(lexicon_free=True) or build a word LM.")
+        spellable, unspellable = [], 0
+        for word in sorted(unigrams - LM_SPECIAL_WORDS):
+            if all(char in vocab and char not in (PAD, UNK, WORD_DELIMITER) for char in word):
+                spellable.append(word)
+            else:
+                unspellable += 1
+        if not spellable:
+            raise ValueError(f"None of the LM's {unspellable} words can be spelled with the vocabulary's tokens; "
+                             "build the LM with the model's normaliser (scripts/build_lm.py --model DIR).")
+        if unspellable:
+            logger.warning("%d of %d LM words use characters outside the vocabulary and are left out of the "
+                           "lexicon; build the LM with `--model DIR` to normalise its text like the model's.",
+                           unspellable, unspellable + len(spellable))
+        word_dict = Dictionary(spellable + [FLASHLIGHT_UNK_WORD])
+        self._lm = KenLM(str(kenlm_path), word_dict)
+        trie = Trie(len(self.tokens), self._delimiter)
+        start = self._lm.start(False)
+        for index, word in enumerate(spellable):
+            # Each spelling ends in the word delimiter, so a word is complete only where "|" was emitted.
+            spelling = [vocab[char] for char in word] + [self._delimiter]
+            _, unigram_score = self._lm.score(start, index)
+            trie.insert(spelling, index, unigram_score)
+        # Partial words carry the best unigram score below them, so pruning sees the LM before the word ends.
+        trie.smear(SmearingMode.MAX)
+        decoder_options = LexiconDecoderOptions(
+            beam_size=o.beam_size, beam_size_token=beam_size_token, beam_threshold=o.beam_threshold,
+            lm_weight=o.lm_weight, word_score=o.word_score, unk_score=o.unk_score, sil_score=o.sil_score,
+            log_add=o.log_add, criterion_type=CriterionType.CTC)
+        self._decoder = LexiconDecoder(decoder_options, trie, self._lm, self._delimiter, self._blank,
+                                       word_dict.get_index(FLASHLIGHT_UNK_WORD), [], False)
+        self.lexicon_size = len(spellable)
+        self._trie = trie  # the decoder holds a shared pointer, but keep the Python side alive too
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike, vocab: Mapping[str, int] | None = None,
+                 options: FlashlightOptions | None = None) -> FlashlightBeam:
+        """Load the LM that `lm.build_lm` wrote into `directory`; `vocab` None reads its vocab.json."""
+        files = load_lm_files(directory)
+        return cls(vocab if vocab is not None else load_vocab(directory), files.kenlm_path, files.unigrams, options)
+
+    def _search(self, logits: np.ndarray, length: int | None) -> tuple[list, int]:
+        """flashlight's final hypotheses (best first) and the number of frames searched."""
+        log_probs = _log_probs(logits, length, len(self.tokens))
+        if log_probs.shape[0] == 0:
+            return [], 0
+        emissions = log_probs
+        if not self.options.lexicon_free:
+            # Lexicon spellings end in "|", which CTC labels (and so models) lack after the last word:
+            # one extra frame that is certainly "|" lets the last word end without taking a real frame.
+            closing = np.full((1, len(self.tokens)), -1e4, dtype=np.float32)
+            closing[0, self._delimiter] = 0.0
+            emissions = np.ascontiguousarray(np.concatenate([log_probs, closing]))
+        num_frames, num_tokens = emissions.shape
+        results = self._decoder.decode(emissions.ctypes.data, num_frames, num_tokens)
+        return sorted(results, key=lambda r: -r.score), log_probs.shape[0]
+
+    def _to_hypothesis(self, result, num_frames: int) -> Hypothesis:
+        """DecodeResult -> Hypothesis; `result.tokens` has one entry per frame plus one at each end."""
+        frame_tokens = list(result.tokens)[1 : num_frames + 1]
+        words = _words_from_frames(frame_tokens, self.tokens, self._blank, self._delimiter, self._unk)
+        return _hypothesis(words, result.score)
+
+    def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis:
+        """Best hypothesis of one utterance.
+
+        Args:
+            logits: [T, V] log-probs (raw logits are log-softmaxed).
+            length: Valid frames; None uses all T.
+        """
+        results, num_frames = self._search(logits, length)
+        return self._to_hypothesis(results[0], num_frames) if results else Hypothesis("", (), 0.0)
+
+    def decode_batch(self, logits: Sequence[np.ndarray],
+                     lengths: Sequence[int | None] | None = None) -> list[Hypothesis]:
+        """`decode` for each utterance of a list (or a padded [B, T, V] array); one process, it is fast."""
+        return [self.decode(x, n) for x, n in zip(logits, _lengths(len(logits), lengths))]
+
+    def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
+        """Up to `n` hypotheses with distinct text, best first; `logits` [T, V], `length` valid frames."""
+        results, num_frames = self._search(logits, length)
+        if not results:
+            return [Hypothesis("", (), 0.0)]
+        return _unique_texts((self._to_hypothesis(r, num_frames) for r in results), n)
+
+
+# ------------------------------------------------------------------------------------------ oracle
+def word_edits(reference: str, hypothesis: str) -> int:
+    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
+    ref, hyp = reference.split(), hypothesis.split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1]
+
+
+def oracle_texts(references: Sequence[str], nbest: Sequence[Sequence[Hypothesis]]) -> list[str]:
+    """Per utterance, the n-best hypothesis closest to the reference (for oracle WER).
+
+    Args:
+        references: Normalised reference transcripts.
+        nbest: Each utterance's hypotheses (from `decode_nbest`).
+
+    Returns:
+        One text per utterance; `error_rates(references, oracle_texts(...))` is the oracle WER, the
+        floor a perfect rescorer of these n-best lists could reach.
+    """
+    if len(references) != len(nbest):
+        raise ValueError(f"{len(references)} references but {len(nbest)} n-best lists; they must pair up.")
+    return [min((h.text for h in hyps), key=lambda text: word_edits(ref, text), default="")
+            for ref, hyps in zip(references, nbest)]

@@ -1,0 +1,286 @@
+"""asr.beam: pyctcdecode and flashlight beam search with a real KenLM model on hand-made and noisy log-probs.
+
+The LM is a 4-gram built by the real lmplz from fortunes sentences; test utterances are other
+fortunes sentences, turned into CTC log-probs: a few frames per character, blanks between, Gaussian
+noise on every score, and some characters confused with a random letter about as strongly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pytest
+
+from asr.beam import (
+    FlashlightBeam,
+    FlashlightOptions,
+    GreedyCTC,
+    Hypothesis,
+    PyCTCDecodeBeam,
+    PyCTCDecodeOptions,
+    WordSpan,
+    load_lm_files,
+    oracle_texts,
+    pyctcdecode_labels,
+    word_edits,
+)
+from asr.corpus import load_sentences
+from asr.metrics import error_rates
+from asr.text import build_vocab, encode
+from lm.build import LMBuildOptions, build_lm
+
+logger = logging.getLogger(__name__)
+
+NUM_LM_SENTENCES = 15_000  # fortunes sentences the LM is trained on (~1 s for lmplz); the last 100 are held out
+NUM_NOISY = 100  # held-out sentences decoded from noisy log-probs
+# Domain text so the hand-made utterance's words are known to the LM, as a user's LM text would be.
+DOMAIN_TEXT = ["the cat sat on the mat", "a cat sat on a mat", "the dog sat on the mat", "my cat sat on my hat"]
+FRAMES_PER_CHAR = 2  # then one blank frame
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    return load_sentences()
+
+
+@pytest.fixture(scope="module")
+def vocab(sentences) -> dict[str, int]:
+    return build_vocab(sentences + DOMAIN_TEXT)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, sentences, vocab):
+    out = tmp_path_factory.mktemp("beam_lm")
+    build_lm(sentences[:NUM_LM_SENTENCES] + DOMAIN_TEXT, out, vocab=vocab, options=LMBuildOptions(order=4))
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoders(lm_dir, vocab):
+    """Greedy, pyctcdecode and flashlight decoders on the same LM, with the module's default options."""
+    return {
+        "greedy": GreedyCTC(vocab),
+        "pyctcdecode": PyCTCDecodeBeam.from_dir(lm_dir, vocab),
+        "flashlight": FlashlightBeam.from_dir(lm_dir, vocab),
+    }
+
+
+def spelled_log_probs(text: str, vocab: dict[str, int], ambiguous: dict[int, tuple[str, float]] | None = None,
+                      ) -> np.ndarray:
+    """[T, V] log-probs that spell `text`: FRAMES_PER_CHAR frames per character, then a blank frame.
+
+    `ambiguous` maps a character position to (rival character, rival probability): those frames give
+    the rival that probability and the true character a little less.
+    """
+    ambiguous = ambiguous or {}
+    rows = []
+    for position, token in enumerate(encode(text, vocab)):
+        for _ in range(FRAMES_PER_CHAR):
+            p = np.full(len(vocab), 1e-4)
+            if position in ambiguous:
+                rival, p_rival = ambiguous[position]
+                p[vocab[rival]] = p_rival
+                p[token] = p_rival - 0.05
+            else:
+                p[token] = 0.95
+            rows.append(p)
+        blank = np.full(len(vocab), 1e-4)
+        blank[vocab["[PAD]"]] = 0.95
+        rows.append(blank)
+    probs = np.array(rows)
+    return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def noisy_log_probs(text: str, vocab: dict[str, int], rng: np.random.Generator, confusion: float = 0.25,
+                    noise: float = 1.3) -> np.ndarray:
+    """[T, V] log-probs of a noisy acoustic model reading `text` (see the module docstring)."""
+    letters = [i for t, i in vocab.items() if len(t) == 1 and t.isalpha()]
+    ids = encode(text, vocab)
+    frames: list[int] = []
+    for i, token in enumerate(ids):
+        if (i and ids[i - 1] == token) or rng.random() < 0.5:
+            frames.append(vocab["[PAD]"])  # a blank must separate repeated characters
+        frames += [token] * int(rng.integers(1, 4))
+    frames.append(vocab["[PAD]"])
+    scores = rng.normal(0.0, noise, (len(frames), len(vocab)))
+    scores[np.arange(len(frames)), frames] += 6.0
+    start = 0
+    while start < len(frames):  # confuse whole runs of one character, as an acoustic model would
+        end = start
+        while end < len(frames) and frames[end] == frames[start]:
+            end += 1
+        if frames[start] not in (vocab["[PAD]"], vocab["|"]) and rng.random() < confusion:
+            scores[start:end, rng.choice(letters)] += 6.0 + rng.normal(0.3, 1.0)
+        start = end
+    scores -= np.logaddexp.reduce(scores, axis=1, keepdims=True)
+    return scores.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- hand-made logits
+def test_labels_follow_pyctcdecode_conventions(vocab):
+    labels = pyctcdecode_labels(vocab)
+    assert labels[:3] == ["", "\u2047", " "]  # blank, unk, word delimiter
+    assert labels[vocab["a"]] == "a" and len(labels) == len(vocab)
+
+
+@pytest.mark.parametrize("name", ["pyctcdecode", "flashlight"])
+def test_lm_resolves_ambiguous_word_that_greedy_gets_wrong(decoders, vocab, name):
+    text = "the cat sat on the mat"
+    # Every frame of the "a" of "cat" says "e" slightly more often: greedy hears "cet".
+    log_probs = spelled_log_probs(text, vocab, ambiguous={text.index("cat") + 1: ("e", 0.5)})
+    assert decoders["greedy"].decode(log_probs).text == "the cet sat on the mat"
+    hyp = decoders[name].decode(log_probs)
+    assert hyp.text == text
+
+
+@pytest.mark.parametrize("name", ["greedy", "pyctcdecode", "flashlight"])
+def test_word_frames(decoders, vocab, name):
+    log_probs = spelled_log_probs("the cat", vocab)
+    step = FRAMES_PER_CHAR + 1
+    # "the" spans characters 0-2, "|" is character 3, "cat" characters 4-6; each ends before its blank.
+    expected = (WordSpan("the", 0, 2 * step + FRAMES_PER_CHAR), WordSpan("cat", 4 * step, 6 * step + FRAMES_PER_CHAR))
+    assert decoders[name].decode(log_probs).words == expected
+
+
+@pytest.mark.parametrize("name", ["greedy", "pyctcdecode", "flashlight"])
+def test_length_padding_and_raw_logits(decoders, vocab, name):
+    log_probs = spelled_log_probs("the dog sat", vocab)
+    decoder = decoders[name]
+    reference = decoder.decode(log_probs)
+    garbage = np.random.default_rng(0).normal(0, 5, (7, len(vocab))).astype(np.float32)
+    padded = np.concatenate([log_probs, garbage])
+    assert decoder.decode(padded, length=len(log_probs)).text == reference.text == "the dog sat"
+    # Unnormalised logits (log-probs plus a per-frame offset) decode the same: they are log-softmaxed.
+    assert decoder.decode(log_probs + 3.0).text == reference.text
+    batch = decoder.decode_batch([padded, log_probs[:0]], [len(log_probs), None])
+    assert [h.text for h in batch] == ["the dog sat", ""]
+    padded_batch = np.stack([padded, padded])  # [B, T, V] as a model's forward pass gives it
+    assert [h.text for h in decoder.decode_batch(padded_batch, [len(log_probs)] * 2)] == ["the dog sat"] * 2
+    with pytest.raises(ValueError, match="vocabulary"):
+        decoder.decode(log_probs[:, :-1])
+
+
+def test_hotword_overrides_the_lm(lm_dir, vocab):
+    text = "the cat sat on the mat"
+    log_probs = spelled_log_probs(text, vocab, ambiguous={text.index("cat") + 1: ("e", 0.5)})
+    boosted = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(hotwords=("cet",)))
+    assert boosted.decode(log_probs).text == "the cet sat on the mat"
+
+
+def test_lexicon_free_joins_tokens(lm_dir, vocab, caplog):
+    with caplog.at_level(logging.WARNING, logger="asr.beam"):
+        decoder = FlashlightBeam.from_dir(lm_dir, vocab, FlashlightOptions(lexicon_free=True))
+    assert "word-level LM" in caplog.text  # works, but the word LM cannot help a lexicon-free search
+    hyp = decoder.decode(spelled_log_probs("the zqx sat", vocab))
+    assert hyp.text == "the zqx sat"  # words outside the LM are possible without a lexicon
+    assert [w.word for w in hyp.words] == ["the", "zqx", "sat"]
+
+
+def test_lexicon_excludes_unspellable_words(lm_dir, vocab, caplog):
+    small_vocab = {t: i for t, i in vocab.items() if t != "z"}
+    small_vocab = {t: i for i, t in enumerate(sorted(small_vocab, key=small_vocab.get))}
+    files = load_lm_files(lm_dir)
+    with caplog.at_level(logging.WARNING, logger="asr.beam"):
+        decoder = FlashlightBeam(small_vocab, files.kenlm_path, files.unigrams)
+    assert "left out of the lexicon" in caplog.text
+    assert 0 < decoder.lexicon_size < len(files.unigrams)
+
+
+def test_binary_lm_needs_unigrams(lm_dir, vocab):
+    files = load_lm_files(lm_dir)
+    with pytest.raises(ValueError, match="unigrams="):
+        PyCTCDecodeBeam(vocab, files.kenlm_path)
+    with pytest.raises(ValueError, match="unigrams="):
+        FlashlightBeam(vocab, files.kenlm_path)
+
+
+def test_word_edits_and_oracle():
+    assert word_edits("a b c d", "a x c d e") == 2
+    assert word_edits("", "a b") == 2
+    nbest = [[Hypothesis("a b", (), -1.0), Hypothesis("a c", (), -2.0)], [Hypothesis("x", (), 0.0)]]
+    assert oracle_texts(["a c", "y"], nbest) == ["a c", "x"]
+
+
+# ---------------------------------------------------------------------------------- noisy logits
+@pytest.fixture(scope="module")
+def noisy_set(sentences, vocab):
+    """(references, log-probs) of held-out sentences, none of them in the LM text."""
+    refs = sentences[-NUM_NOISY:]
+    rng = np.random.default_rng(0)
+    return refs, [noisy_log_probs(ref, vocab, rng) for ref in refs]
+
+
+def test_beams_beat_greedy_and_agree(decoders, lm_dir, vocab, noisy_set):
+    refs, log_probs = noisy_set
+    texts, speed = {}, {}
+    for name, decoder in decoders.items():
+        if name == "pyctcdecode":  # the fork pool is part of what is tested
+            decoder = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(num_processes=2))
+        started = time.perf_counter()
+        texts[name] = [h.text for h in decoder.decode_batch(log_probs)]
+        speed[name] = len(refs) / (time.perf_counter() - started)
+    wer = {name: error_rates(refs, hyps).wer for name, hyps in texts.items()}
+    identical = np.mean([a == b for a, b in zip(texts["pyctcdecode"], texts["flashlight"])])
+    cross_wer = error_rates(texts["flashlight"], texts["pyctcdecode"]).wer  # how far apart the two beams are
+    logger.warning("noisy set of %d: WER %s; utt/s %s; pyctcdecode vs flashlight: %.0f%% identical, cross-WER %.3f, "
+                   "WER diff %.3f", len(refs), {k: round(v, 3) for k, v in wer.items()},
+                   {k: round(v, 1) for k, v in speed.items()}, 100 * identical, cross_wer,
+                   wer["pyctcdecode"] - wer["flashlight"])
+    assert 0.4 < wer["greedy"] < 1.0  # the set is hard enough to need the LM
+    for name in ("pyctcdecode", "flashlight"):
+        assert wer[name] < 0.6 * wer["greedy"], name
+    # Loose: they differ by design on words outside the LM (~12% of these held-out words), which
+    # pyctcdecode can output at a penalty and the lexicon cannot, and in pyctcdecode's weaker pruning.
+    assert abs(wer["pyctcdecode"] - wer["flashlight"]) < 0.1
+    assert cross_wer < 0.35 and identical > 0.1
+
+
+def test_lexicon_free_with_token_lm_beats_greedy(tmp_path, sentences, vocab, noisy_set):
+    refs, log_probs = noisy_set
+    refs, log_probs = refs[:30], log_probs[:30]
+    build_lm(sentences[:NUM_LM_SENTENCES], tmp_path, vocab=vocab, options=LMBuildOptions(order=6, unit="token"))
+    decoder = FlashlightBeam.from_dir(tmp_path, vocab, FlashlightOptions(lexicon_free=True))
+    greedy = error_rates(refs, [h.text for h in GreedyCTC(vocab).decode_batch(log_probs)]).wer
+    lexicon_free = error_rates(refs, [h.text for h in decoder.decode_batch(log_probs)]).wer
+    assert lexicon_free < 0.6 * greedy
+    # A token LM's "words" are characters: pyctcdecode and the lexicon refuse it.
+    with pytest.raises(ValueError, match="token-level"):
+        PyCTCDecodeBeam.from_dir(tmp_path, vocab)
+    with pytest.raises(ValueError, match="token-level"):
+        FlashlightBeam.from_dir(tmp_path, vocab)
+
+
+def test_fork_pool_matches_in_process(lm_dir, vocab, noisy_set):
+    _, log_probs = noisy_set
+    sequential = PyCTCDecodeBeam.from_dir(lm_dir, vocab).decode_batch(log_probs[:8])
+    pooled = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs[:8])
+    assert [h.text for h in pooled] == [h.text for h in sequential]
+
+
+@pytest.mark.parametrize("name", ["pyctcdecode", "flashlight"])
+def test_nbest_and_oracle_wer(decoders, noisy_set, name):
+    refs, log_probs = noisy_set
+    refs, log_probs = refs[:20], log_probs[:20]
+    decoder = decoders[name]
+    nbest = [decoder.decode_nbest(x, n=8) for x in log_probs]
+    for hyps in nbest:
+        assert 1 <= len(hyps) <= 8
+        assert len({h.text for h in hyps}) == len(hyps)
+        assert all(a.score >= b.score for a, b in zip(hyps, hyps[1:]))
+    one_best = error_rates(refs, [hyps[0].text for hyps in nbest]).wer
+    oracle = error_rates(refs, oracle_texts(refs, nbest)).wer
+    assert oracle <= one_best
+    if name == "flashlight":
+        assert [hyps[0].text for hyps in nbest] == [decoder.decode(x).text for x in log_probs]
+
+
+def test_empty_and_silent_input(decoders, vocab):
+    silence = np.log(np.full((5, len(vocab)), 1e-4))
+    silence[:, vocab["[PAD]"]] = 0.0
+    for decoder in decoders.values():
+        assert decoder.decode(np.zeros((0, len(vocab)), np.float32)) == Hypothesis("", (), 0.0)
+        assert decoder.decode(silence).text == ""
+        assert math.isfinite(decoder.decode(silence).score)
