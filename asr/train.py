@@ -102,12 +102,38 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def output_frames(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """[B] valid logit frames per utterance, from the padded audio lengths."""
-    lengths = batch.get("input_lengths")
-    if lengths is None:
-        return None
-    return model._get_feat_extract_output_lengths(lengths).long()
+def ctc_loss(logits: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, blank_id: int,
+             zero_infinity: bool = True) -> torch.Tensor:
+    """Mean CTC loss over the batch, each utterance's loss divided by its label count, in float32.
+
+    transformers computes the loss over the whole padded length when the model takes no attention
+    mask (base-style models): the model then learns to put the last words into the padding, and
+    greedy decoding cut at the true length loses them. Here every utterance uses its real frames.
+
+    Args:
+        logits: [B, T, V] (any float dtype; the softmax runs in float32).
+        labels: [B, L] label ids, -100 on padding.
+        frames: [B] valid output frames per utterance.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, V]
+    mask = labels >= 0
+    targets = labels.masked_select(mask)
+    target_lengths = mask.sum(-1)
+    with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs int32 inputs of its own layout
+        loss = torch.nn.functional.ctc_loss(log_probs, targets, frames, target_lengths, blank=blank_id,
+                                            reduction="none", zero_infinity=zero_infinity)
+    return (loss / target_lengths.clamp(min=1)).mean()
+
+
+def forward_loss(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict[str, torch.Tensor],
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs the model on a collated batch; returns (loss, logits [B, T, V], valid frames [B])."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_values", "attention_mask")}
+    logits = model(**inputs).logits
+    frames = unwrapped._get_feat_extract_output_lengths(batch["input_lengths"]).long().to(device)
+    loss = ctc_loss(logits, batch["labels"].to(device), frames, unwrapped.config.pad_token_id,
+                    unwrapped.config.ctc_zero_infinity)
+    return loss, logits, frames
 
 
 @torch.no_grad()
@@ -126,14 +152,11 @@ def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: in
         if batch is None:
             continue
         ids = batch.pop("ids")
-        lengths = output_frames(unwrapped, batch)
-        inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k != "input_lengths"}
-        out = model(**inputs)
-        if torch.isfinite(out.loss):
-            loss_sum += out.loss.item() * len(ids)
+        loss, logits, frames = forward_loss(model, unwrapped, batch, accelerator.device)
+        if torch.isfinite(loss):
+            loss_sum += loss.item() * len(ids)
             loss_n += len(ids)
-        hyps = greedy_decode(out.logits.float().cpu().numpy(), lengths.numpy() if lengths is not None else None,
-                             vocab, blank_id)
+        hyps = greedy_decode(logits.float().cpu().numpy(), frames.cpu().numpy(), vocab, blank_id)
         labels = batch["labels"].numpy()
         refs = ["".join(" " if id_to_token[t] == "|" else id_to_token[t] for t in row[row >= 0]) for row in labels]
         rows.extend(zip(ids, [" ".join(r.split()) for r in refs], hyps))

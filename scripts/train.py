@@ -43,6 +43,7 @@ from asr.train import (
     build_scheduler,
     evaluate,
     finite_on_all_ranks,
+    forward_loss,
     model_card,
     plot_curves,
     seconds_in_batch,
@@ -269,6 +270,7 @@ def main(argv=None) -> int:
             export_model(accelerator, model, processor, normalizer, cfg, out, metrics, data_summary)
         return record
 
+    unwrapped = accelerator.unwrap_model(model)
     model.train()
     progress = tqdm(total=cfg.train.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="train", dynamic_ncols=True)
@@ -286,8 +288,7 @@ def main(argv=None) -> int:
                 else:
                     ids = batch.pop("ids")
                     seconds = seconds_in_batch(batch)
-                    inputs = {k: v.to(accelerator.device) for k, v in batch.items() if k != "input_lengths"}
-                    loss = model(**inputs).loss
+                    loss, _, _ = forward_loss(model, unwrapped, batch, accelerator.device)
                 if accelerator.process_index == cfg.faults.rank:
                     if state.micro_batches in cfg.faults.nan_at:
                         loss = loss * float("nan")
