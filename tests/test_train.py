@@ -65,3 +65,16 @@ def test_bad_configs_fail_before_training_with_one_line(corpus, tmp_path, overri
     errors = [line for line in proc.stderr.splitlines() if message in line]
     assert errors, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_its_corpus(trained_model):
+    """The fixture's run (tiny wav2vec2 from scratch, a few minutes on 2 cores): CER falls far below its start."""
+    records = read_metrics(trained_model.parent)
+    evals = [r for r in records if r["kind"] == "eval"]
+    train = [r for r in records if r["kind"] == "train"]
+    assert evals[0]["cer"] >= 0.95  # blank output at first
+    assert evals[-1]["cer"] < 0.3 * evals[0]["cer"]
+    assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+    metrics = json.loads((trained_model / "metrics.json").read_text())
+    assert metrics["cer"] == pytest.approx(min(r["cer"] for r in evals))  # model/ holds the best by dev WER
