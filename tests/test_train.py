@@ -77,4 +77,4 @@ def test_tiny_model_learns_its_corpus(trained_model):
     assert evals[-1]["cer"] < 0.3 * evals[0]["cer"]
     assert train[-1]["loss"] < 0.5 * train[0]["loss"]
     metrics = json.loads((trained_model / "metrics.json").read_text())
-    assert metrics["cer"] == pytest.approx(min(r["cer"] for r in evals))  # model/ holds the best by dev WER
+    assert metrics["wer"] == pytest.approx(min(r["wer"] for r in evals))  # model/ holds the best by dev WER
