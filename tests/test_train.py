@@ -39,6 +39,12 @@ def test_two_step_smoke_run_exports_a_pipeline_model(corpus, tmp_path):
                  "normalizer.json", "README.md", "metrics.json", "train_config.yaml"):
         assert (run / "model" / name).exists(), name
     assert (run / "curves.png").stat().st_size > 1000
+    # TensorBoard through accelerate's tracker: the loss curve is readable back
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
 
     from transformers import pipeline
 
