@@ -1,0 +1,376 @@
+"""Long recordings in bounded memory: stream a file in blocks, cut it into overlapping chunks, stitch the CTC output.
+
+A recording of any length is read block by block (libsndfile seeks/reads, or an ffmpeg pipe for
+other formats), down-mixed and resampled to 16 kHz with a streaming resampler (bit-identical to
+resampling the whole file at once), and cut into chunks of `chunk_samples` that overlap by
+`overlap_samples`. Each chunk's log-probs keep only their centre: half the overlap is dropped on
+each inner side, so every output frame comes from the chunk where it has at least half an overlap of
+context on both sides. The kept frames are concatenated into one [T, V] array for the whole file,
+which a decoder then searches once (so words and LM context run across chunk edges):
+
+    chunk 0  |==========keep==========|....|
+    chunk 1                      |....|==========keep==========|....|
+    chunk 2 (last, pulled back to full length)          |.......|====keep====|
+                                      ^ boundary = chunk start + chunk - overlap / 2
+
+Chunk starts and boundaries are multiples of the model's frame step (320 samples for wav2vec2), so
+frame t of a chunk starting at sample s is global frame s / step + t and the stitched array has
+exactly `frames(num_samples)` rows, as the unchunked forward pass would.
+
+Memory: the audio held is at most one chunk plus one stride plus one read block (about 3 MB for
+30 s chunks); what grows with the file is the stitched log-probs, 4 * V bytes per 20 ms frame
+(about 22 MB per hour of audio for a 30-token vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from asr.audio import AudioError
+from asr.constants import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 10.0  # audio read per decoder call; small enough to bound memory, big enough to be fast
+# Formats whose header states the exact sample count, so that fewer decoded samples mean a cut-off file.
+EXACT_LENGTH_FORMATS = frozenset({"FLAC"})
+WAV_FORMATS = frozenset({"WAV", "WAVEX"})
+UNKNOWN_WAV_SIZES = frozenset({0, 0xFFFFFFFF})  # data sizes streaming writers leave when they never seek back
+
+
+# ------------------------------------------------------------------------------------------ reading
+def stream_audio(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Decode a file incrementally into mono float32 blocks at 16 kHz.
+
+    The concatenated blocks equal `asr.audio.load_audio(path)` for files libsndfile reads (same
+    channel average, same soxr resampler run as a stream), but at most one block is in memory.
+
+    Args:
+        path: An audio file; libsndfile formats are read in-process, others through ffmpeg.
+        block_seconds: Seconds of source audio per yielded block (the last one may be shorter).
+
+    Yields:
+        np.float32 arrays of shape [num_samples] (possibly empty while the resampler fills up).
+
+    Raises:
+        AudioError: Missing, empty, undecodable, truncated (fewer samples than a WAV/FLAC header
+            declares), NaN/Inf samples, or no samples at all.
+    """
+    path = Path(path)
+    name = repr(str(path))
+    if not path.is_file():
+        raise AudioError(f"Audio file {name} does not exist; check the path.", reason="missing", source=name)
+    if path.stat().st_size == 0:
+        raise AudioError(f"Audio file {name} is empty (0 bytes); re-create or remove it.", reason="empty",
+                         source=name)
+    try:
+        handle = sf.SoundFile(str(path))
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as sf_error:
+        blocks = _ffmpeg_blocks(path, name, block_seconds, sf_error)
+    else:
+        blocks = _soundfile_blocks(handle, path, name, block_seconds)
+    total = 0
+    for block in blocks:
+        if not np.isfinite(block).all():
+            raise AudioError(f"Audio file {name} contains NaN or infinite samples; re-export it or remove it.",
+                             reason="non_finite", source=name)
+        total += len(block)
+        yield block
+    if total == 0:
+        raise AudioError(f"Audio file {name} contains no samples; remove it or re-export it.", reason="no_samples",
+                         source=name)
+
+
+def _soundfile_blocks(handle: sf.SoundFile, path: Path, name: str, block_seconds: float) -> Iterator[np.ndarray]:
+    """Blocks from an open libsndfile handle, down-mixed and resampled; checks the header's length."""
+    with handle:
+        rate, declared = handle.samplerate, _declared_frames(handle, path)
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
+            if rate != SAMPLE_RATE else None
+        block_frames = max(1, int(block_seconds * rate))
+        read = 0
+        while True:
+            try:
+                samples = handle.read(block_frames, dtype="float32", always_2d=True)
+            except (sf.SoundFileError, RuntimeError) as e:
+                raise _undecodable(name, read, declared, f"libsndfile: {_one_line(e)}") from e
+            if len(samples) == 0:
+                break
+            read += len(samples)
+            mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+            yield resampler.resample_chunk(mono, last=False) if resampler else np.ascontiguousarray(mono)
+        if declared is not None and read < declared:
+            raise _undecodable(name, read, declared, "the file ends early")
+        if resampler is not None:
+            yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+def _declared_frames(handle: sf.SoundFile, path: Path) -> int | None:
+    """Sample frames the header promises, when that number is exact (WAV data size, FLAC STREAMINFO)."""
+    if handle.format in WAV_FORMATS:
+        # libsndfile silently shrinks a WAV's frame count to what the file holds, so read the header.
+        return _wav_declared_frames(path)
+    if handle.format in EXACT_LENGTH_FORMATS and handle.frames > 0:
+        return int(handle.frames)
+    return None
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header's `data` chunk declares; None if unknown (streamed WAVs write 0 or -1)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = f.read(size)
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                f.seek(size % 2, os.SEEK_CUR)
+            elif chunk_id == b"data":
+                if not block_align or size in UNKNOWN_WAV_SIZES:
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + size % 2, os.SEEK_CUR)  # RIFF chunks are padded to even sizes
+
+
+def _ffmpeg_blocks(path: Path, name: str, block_seconds: float, sf_error: BaseException) -> Iterator[np.ndarray]:
+    """Blocks from an ffmpeg pipe (mono float32 at 16 kHz), for formats libsndfile cannot open."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; install ffmpeg for more formats")
+    # Same down-mix as asr.audio: rematrix_maxval=1 makes ffmpeg's stereo -> mono a plain average.
+    command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn",
+               "-af", "aresample=rematrix_maxval=1", "-ac", "1", "-ar", str(SAMPLE_RATE),
+               "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+    block_bytes = 4 * max(1, int(block_seconds * SAMPLE_RATE))
+    # stderr goes to a file: a pipe nobody reads could fill up and stall ffmpeg.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            pending = b""
+            while True:
+                data = process.stdout.read(block_bytes)
+                if not data:
+                    break
+                data, usable = pending + data, (len(pending) + len(data)) // 4 * 4
+                data, pending = data[:usable], data[usable:]
+                yield np.frombuffer(data, dtype="<f4").astype(np.float32)
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:  # the consumer stopped early: do not leave ffmpeg running
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        if returncode != 0:
+            stderr.seek(0)
+            detail = _one_line(stderr.read().decode(errors="replace") or f"exit code {returncode}")
+            raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; ffmpeg: {detail}")
+
+
+def _undecodable(name: str, read: int, declared: int | None, detail: str) -> AudioError:
+    """The error for a file that stopped decoding part-way, naming a truncation when the header shows one."""
+    if declared is not None and read < declared:
+        return AudioError(f"Audio file {name} is truncated: its header declares {declared} samples but only {read} "
+                          f"could be decoded ({detail}); re-copy or re-export it.", reason="unreadable", source=name)
+    return _unreadable(name, detail)
+
+
+def _unreadable(name: str, detail: str) -> AudioError:
+    """The error for a file no decoder could read."""
+    return AudioError(f"Audio file {name} could not be decoded ({detail}); check that it is a complete audio file "
+                      "in a supported format.", reason="unreadable", source=name)
+
+
+def _one_line(error: BaseException | str) -> str:
+    """The last non-empty line of a decoder's message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# ----------------------------------------------------------------------------------------- chunking
+@dataclass(frozen=True)
+class ChunkSpec:
+    """Chunk geometry in samples, aligned to the model's frame step.
+
+    Attributes:
+        chunk_samples: Samples per chunk (a multiple of `frame_samples`).
+        overlap_samples: Samples shared by neighbouring chunks (a multiple of 2 * `frame_samples`, >= that).
+        frame_samples: The model's frame step (the product of its conv strides; 320 for wav2vec2).
+    """
+
+    chunk_samples: int
+    overlap_samples: int
+    frame_samples: int
+
+    @classmethod
+    def from_seconds(cls, chunk_seconds: float, overlap_seconds: float, frame_samples: int) -> ChunkSpec:
+        """Round seconds to the frame grid: chunk to a whole number of frames, overlap to an even one (>= 2)."""
+        if frame_samples < 1:
+            raise ValueError(f"frame_samples is {frame_samples}; pass the model's frame step (e.g. 320).")
+        chunk = max(1, round(chunk_seconds * SAMPLE_RATE / frame_samples)) * frame_samples
+        overlap = max(1, round(overlap_seconds * SAMPLE_RATE / (2 * frame_samples))) * 2 * frame_samples
+        return cls(chunk, overlap, frame_samples)
+
+    def __post_init__(self) -> None:
+        if self.chunk_samples % self.frame_samples or self.overlap_samples % (2 * self.frame_samples):
+            raise ValueError(f"Chunk {self.chunk_samples} and overlap {self.overlap_samples} samples must be multiples "
+                             f"of the frame step {self.frame_samples} (overlap of twice it); use "
+                             "ChunkSpec.from_seconds.")
+        if self.overlap_samples <= 0 or self.chunk_samples < 2 * self.overlap_samples:
+            raise ValueError(f"Overlap {self.overlap_samples / SAMPLE_RATE:g} s must be positive and at most half the "
+                             f"chunk ({self.chunk_samples / SAMPLE_RATE:g} s); lower --overlap-seconds or raise "
+                             "--chunk-seconds.")
+
+    @property
+    def stride_samples(self) -> int:
+        """Samples between the starts of neighbouring chunks."""
+        return self.chunk_samples - self.overlap_samples
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window of a recording and the part of it whose frames are kept.
+
+    Attributes:
+        audio: Samples [chunk_samples] (the last chunk may be shorter only when the file is).
+        start: Global sample index of audio[0] (a multiple of the frame step).
+        keep_start: Global sample where this chunk's kept frames begin (a multiple of the frame step).
+        keep_end: Global sample where they end; None for the last chunk (to the end of the file).
+    """
+
+    audio: np.ndarray
+    start: int
+    keep_start: int
+    keep_end: int | None
+
+    @property
+    def last(self) -> bool:
+        """Whether this chunk ends the recording."""
+        return self.keep_end is None
+
+
+def iter_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterator[Chunk]:
+    """Cut a stream of samples into overlapping chunks without knowing its length in advance.
+
+    A chunk is emitted once samples beyond its end have arrived (so it is certainly not the last);
+    at the end of the stream the last chunk is pulled back to full length where the audio allows,
+    for more left context, while its kept region still starts where the previous one's ended.
+
+    Args:
+        blocks: Consecutive sample arrays [n_i] (16 kHz mono), e.g. from `stream_audio`.
+        spec: Chunk geometry.
+
+    Yields:
+        Chunks in order; a recording of at most one chunk yields a single chunk keeping everything.
+    """
+    size, stride, half = spec.chunk_samples, spec.stride_samples, spec.overlap_samples // 2
+    buffer = np.zeros(0, dtype=np.float32)
+    buffer_start = 0  # global index of buffer[0]
+    next_start = 0
+    for block in blocks:
+        if len(block):
+            buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
+        while buffer_start + len(buffer) > next_start + size:
+            offset = next_start - buffer_start
+            keep_start = next_start + half if next_start else 0
+            yield Chunk(buffer[offset : offset + size].copy(), next_start, keep_start, next_start + size - half)
+            # Keep from this chunk's start on: the last chunk may be pulled back that far.
+            buffer, buffer_start = buffer[offset:], next_start
+            next_start += stride
+    total = buffer_start + len(buffer)
+    if total == 0:
+        return
+    aligned_back = (total - size) // spec.frame_samples * spec.frame_samples
+    start = max(0, min(next_start, aligned_back), buffer_start)
+    keep_start = next_start + half if next_start else 0
+    yield Chunk(buffer[start - buffer_start :].copy(), start, keep_start, None)
+
+
+class Stitcher:
+    """Concatenates the kept frames of consecutive chunks into one [T, V] log-prob array.
+
+    Args:
+        frame_samples: The model's frame step in samples (ChunkSpec.frame_samples).
+    """
+
+    def __init__(self, frame_samples: int) -> None:
+        self.frame_samples = frame_samples
+        self._parts: list[np.ndarray] = []
+        self._next_frame = 0  # global frame the next kept part must start at
+        self._done = False
+
+    def add(self, chunk: Chunk, log_probs: np.ndarray) -> None:
+        """Keep the frames of `chunk`'s kept region; `log_probs` [frames(len(chunk.audio)), V]."""
+        if self._done:
+            raise ValueError("Stitcher got a chunk after the last one; use one Stitcher per recording.")
+        first = (chunk.keep_start - chunk.start) // self.frame_samples
+        if chunk.keep_start // self.frame_samples != self._next_frame:
+            raise ValueError(f"Chunk kept region starts at frame {chunk.keep_start // self.frame_samples}, expected "
+                             f"{self._next_frame}; add the chunks of one recording in order.")
+        if chunk.last:
+            stop = len(log_probs)
+            self._done = True
+        else:
+            stop = (chunk.keep_end - chunk.start) // self.frame_samples
+            if stop > len(log_probs):
+                raise ValueError(f"A chunk gave {len(log_probs)} frames but its kept region needs {stop}: the model's "
+                                 "receptive field is wider than half the overlap; raise --overlap-seconds.")
+        self._parts.append(np.asarray(log_probs[first:stop], dtype=np.float32))
+        self._next_frame += stop - first
+
+    def result(self) -> np.ndarray:
+        """The stitched log-probs [T, V] of the whole recording (after its last chunk)."""
+        if not self._done:
+            raise ValueError("Stitcher.result() called before the last chunk was added; add every chunk first.")
+        return np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+
+
+def chunked_log_probs(blocks: Iterable[np.ndarray], spec: ChunkSpec,
+                      forward: Callable[[list[np.ndarray]], list[np.ndarray]],
+                      chunks_per_batch: int) -> tuple[np.ndarray, int]:
+    """Run a model over a stream chunk by chunk and stitch its output.
+
+    Args:
+        blocks: The recording as consecutive 16 kHz sample arrays.
+        spec: Chunk geometry.
+        forward: Audios -> log-probs [frames_i, V] per audio (e.g. `asr.inference.log_probs_batch`).
+        chunks_per_batch: Chunks per `forward` call.
+
+    Returns:
+        (log-probs [frames(num_samples), V], num_samples).
+    """
+    stitcher = Stitcher(spec.frame_samples)
+    pending: list[Chunk] = []
+    num_samples = 0
+
+    def flush() -> None:
+        for chunk, log_probs in zip(pending, forward([c.audio for c in pending])):
+            stitcher.add(chunk, log_probs)
+        pending.clear()
+
+    for chunk in iter_chunks(blocks, spec):
+        num_samples = chunk.start + len(chunk.audio)
+        pending.append(chunk)
+        if len(pending) >= chunks_per_batch:
+            flush()
+    if pending:
+        flush()
+    return stitcher.result(), num_samples

@@ -1,0 +1,693 @@
+"""Batch transcription of audio trees: discovery, duration batching, sharding, chunked long files, resumable outputs.
+
+The pieces `scripts/transcribe.py` puts together, in pipeline order:
+
+    >>> items = find_audio(["recordings/"])                       # deterministic order, any depth
+    >>> units = plan_work(durations, options)                      # short files batched, long ones alone
+    >>> ranks = assign_by_cost([u.seconds for u in units], world)  # balanced shards
+    >>> transcriber = Transcriber(load_model("run/model"), GreedyCTC(vocab), options)
+    >>> for result in transcriber.transcribe([items[i] for i in units[0].items]):
+    ...     sink.write(result)                                     # Transcript or Failure, appended + fsync'd
+
+Output directory layout (OUT):
+    transcripts.jsonl        one Transcript per line, in input order once a run completes
+    errors.jsonl             one Failure per line: files that could not be transcribed, and why
+    .parts/                  while running: other ranks' transcripts and every rank's failures
+    <mirror of inputs>/      optional .txt/.srt/.vtt per file
+
+Crash safety: a line is appended with a single write() and fsync'd, after the file's .txt/.srt/.vtt
+(written to a temporary name and renamed), so a transcript line means the file is completely done.
+`repair_jsonl` drops a line torn by a power loss. Failures are retried by the next run.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
+from asr.beam import CTCDecoder, Hypothesis
+from asr.chunking import ChunkSpec, chunked_log_probs, stream_audio
+from asr.constants import SAMPLE_RATE
+from asr.inference import LoadedModel, log_probs_batch, plan_batches
+from asr.sources import AUDIO_KEYS
+
+logger = logging.getLogger(__name__)
+
+DECODERS = ("greedy", "beam", "flashlight")  # GreedyCTC, PyCTCDecodeBeam, FlashlightBeam
+FORMATS = ("txt", "srt", "vtt")
+TRANSCRIPTS_FILE = "transcripts.jsonl"
+ERRORS_FILE = "errors.jsonl"
+SUMMARY_FILE = "summary.json"
+PARTS_DIR = ".parts"
+
+# libsndfile reads these besides AUDIO_EXTENSIONS; FFmpeg adds the others when it is on PATH.
+SOUNDFILE_EXTENSIONS = (".aif", ".aiff", ".au", ".caf", ".w64")
+FFMPEG_EXTENSIONS = (".mp4", ".mkv", ".mka", ".mov", ".wma", ".amr", ".3gp", ".ac3", ".spx", ".wv")
+
+CUE_MAX_CHARS = 84  # two subtitle lines of 42 characters, the usual broadcast limit
+CUE_MAX_SECONDS = 7.0  # longer cues are hard to read along with
+CUE_MAX_PAUSE = 1.0  # seconds of silence that start a new cue
+TORN_TAIL_SCAN_BYTES = 1 << 16  # how far back from the end to look for the last newline at a time
+
+
+# ------------------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How audio is batched, chunked and written; every check is here, one sentence each."""
+
+    decoder: str = "greedy"  # one of DECODERS (what the records name)
+    chunk_seconds: float = 30.0  # longer files are cut into chunks of this length; 0 never chunks
+    overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
+    max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
+    formats: tuple[str, ...] = ()  # per-file outputs besides transcripts.jsonl: txt, srt, vtt
+    in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"Decoder {self.decoder!r} is unknown; use one of {', '.join(DECODERS)}.")
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"Output format(s) {unknown} are unknown; use a comma list of {', '.join(FORMATS)}.")
+        if self.max_batch_seconds <= 0:
+            raise ValueError(f"--max-batch-seconds is {self.max_batch_seconds}; use a positive number of seconds.")
+        if self.chunk_seconds < 0:
+            raise ValueError(f"--chunk-seconds is {self.chunk_seconds}; use a positive length, or 0 to never chunk.")
+        if self.chunk_seconds and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
+            raise ValueError(f"--overlap-seconds {self.overlap_seconds} must be positive and at most half of "
+                             f"--chunk-seconds {self.chunk_seconds}; 5 s of overlap for 30 s chunks works well.")
+
+    def chunk_spec(self, frame_samples: int) -> ChunkSpec | None:
+        """The chunk geometry on the model's frame grid, or None when chunking is off."""
+        if not self.chunk_seconds:
+            return None
+        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class AudioItem:
+    """One file to transcribe.
+
+    Attributes:
+        index: Position in the run's deterministic order (inputs as given, then sorted paths).
+        input: The input directory or manifest, as an absolute path.
+        path: The file as given: relative to its input directory, or as the manifest lists it.
+        file: Where to read it.
+    """
+
+    index: int
+    input: str
+    path: str
+    file: Path
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity across runs: (input, path)."""
+        return self.input, self.path
+
+
+def audio_extensions() -> tuple[str, ...]:
+    """Lower-case file extensions that discovery picks up (FFmpeg's only when ffmpeg is installed)."""
+    extra = FFMPEG_EXTENSIONS if shutil.which("ffmpeg") else ()
+    return tuple(dict.fromkeys((*AUDIO_EXTENSIONS, *SOUNDFILE_EXTENSIONS, *extra)))
+
+
+def find_audio(inputs: Sequence[str | os.PathLike], manifests: Sequence[str | os.PathLike] = (),
+               exclude: Sequence[str | os.PathLike] = ()) -> list[AudioItem]:
+    """Every audio file under the input directories, then every file the manifests list.
+
+    Directories are walked recursively (symlinked files followed, symlinked directories not, hidden
+    names skipped) and sorted by relative path, so the order never depends on the file system.
+
+    Args:
+        inputs: Directories (or single audio files).
+        manifests: JSONL/JSON, CSV/TSV (with a header naming the audio column) or plain lists of paths;
+            relative paths resolve against the manifest's directory.
+        exclude: Directories not to descend into (the output directory).
+
+    Returns:
+        Items indexed 0..N-1 in that order; a file reachable twice under one input appears once.
+
+    Raises:
+        ValueError: An input or manifest does not exist, or a manifest cannot be parsed.
+    """
+    extensions = audio_extensions()
+    excluded = {Path(p).resolve() for p in exclude}
+    found: list[tuple[str, str, Path]] = []
+    for given in inputs:
+        root = Path(given)
+        if root.is_file():
+            found.append((str(root.parent.resolve()), root.name, root.resolve()))
+            continue
+        if not root.is_dir():
+            raise ValueError(f"Input {str(given)!r} is neither a directory nor a file; check the path.")
+        base = root.resolve()
+        paths = []
+        for folder, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() not in excluded]
+            paths.extend(Path(folder, f).relative_to(base).as_posix() for f in files
+                         if not f.startswith(".") and Path(f).suffix.lower() in extensions)
+        found.extend((str(base), rel, base / rel) for rel in sorted(paths))
+    for manifest in manifests:
+        manifest = Path(manifest)
+        base = manifest.resolve().parent
+        for entry in read_path_list(manifest):
+            file = Path(os.path.expanduser(entry))
+            found.append((str(manifest.resolve()), entry, file if file.is_absolute() else base / file))
+    items, seen = [], set()
+    for input_, path, file in found:
+        if (input_, path) not in seen:
+            seen.add((input_, path))
+            items.append(AudioItem(len(items), input_, path, file))
+    return items
+
+
+def read_path_list(path: str | os.PathLike) -> list[str]:
+    """Audio paths listed by a manifest: JSONL/JSON objects, CSV/TSV rows with a header, or one path a line.
+
+    Raises:
+        ValueError: The file is missing, a JSON line is invalid, or no audio column is found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Manifest {str(path)!r} does not exist; check --manifest.")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8-sig")
+    if suffix in (".jsonl", ".json"):
+        rows: list[Any] = []
+        if suffix == ".json" and text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{number} is not valid JSON ({e.msg}); write one object per "
+                                         "line.") from e
+        return [_audio_field(row, path) for row in rows]
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        return [_audio_field(row, path) for row in reader]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _audio_field(row: Any, path: Path) -> str:
+    """The audio path of one manifest row (a string row is the path itself)."""
+    if isinstance(row, str):
+        return row
+    if isinstance(row, Mapping):
+        for key in AUDIO_KEYS:
+            if row.get(key):
+                return str(row[key])
+    raise ValueError(f"{path} has a row without an audio path ({str(row)[:80]}); give each row one of the keys "
+                     f"{', '.join(AUDIO_KEYS)}.")
+
+
+def side_file_bases(items: Sequence[AudioItem], out: Path, in_place: bool) -> list[Path]:
+    """Where each item's .txt/.srt/.vtt go, without the suffix.
+
+    Under `out`, the input tree is mirrored (one folder per input when there are several); with
+    `in_place`, next to the audio. `a/b.wav` -> `a/b.txt`, or `a/b.wav.txt` when another file of
+    the run would get the same name (`a/b.flac`).
+    """
+    inputs = list(dict.fromkeys(item.input for item in items))
+    roots: dict[str, Path] = {}
+    for input_ in inputs:
+        if len(inputs) == 1:
+            roots[input_] = out
+            continue
+        label, n = Path(input_).stem or "input", 2
+        while out / label in roots.values():
+            label, n = f"{Path(input_).stem}-{n}", n + 1
+        roots[input_] = out / label
+    full = []
+    for item in items:
+        if in_place:
+            full.append(item.file)
+        else:
+            # Manifest paths may be absolute or climb out with "..": keep them inside the mirror.
+            given = Path(item.path)
+            parts = ["__" if p == ".." else p for p in given.parts if p not in (given.anchor, ".")]
+            full.append(roots[item.input].joinpath(*parts))
+    stems = [p.with_suffix("") for p in full]
+    counts: dict[Path, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    return [stem if counts[stem] == 1 else path for stem, path in zip(stems, full)]
+
+
+# ------------------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class WordTime:
+    """A word and when it was spoken, in seconds from the start of the file."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One transcribed file: a line of transcripts.jsonl."""
+
+    input: str
+    path: str
+    duration: float  # seconds of decoded audio
+    text: str
+    words: tuple[WordTime, ...]
+    decoder: str
+    model: str
+    lm: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity across runs: (input, path)."""
+        return self.input, self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; words as {word, start, end}."""
+        return {"path": self.path, "input": self.input, "duration": self.duration, "text": self.text,
+                "words": [{"word": w.word, "start": w.start, "end": w.end} for w in self.words],
+                "decoder": self.decoder, "model": self.model, "lm": self.lm}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Transcript:
+        """Inverse of `to_dict`."""
+        words = tuple(WordTime(w["word"], float(w["start"]), float(w["end"])) for w in data["words"])
+        return cls(data["input"], data["path"], float(data["duration"]), data["text"], words, data["decoder"],
+                   data["model"], data.get("lm"))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be transcribed: a line of errors.jsonl."""
+
+    input: str
+    path: str
+    reason: str  # AudioError.reason ("missing", "empty", "unreadable", "non_finite", "no_samples") or "error"
+    error: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity across runs: (input, path)."""
+        return self.input, self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"path": self.path, "input": self.input, "reason": self.reason, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Failure:
+        """Inverse of `to_dict`."""
+        return cls(data["input"], data["path"], data["reason"], data["error"])
+
+    @classmethod
+    def of(cls, item: AudioItem, error: Exception) -> Failure:
+        """The failure of `item` because of `error`."""
+        reason = error.reason if isinstance(error, AudioError) else "error"
+        return cls(item.input, item.path, reason, str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+
+def hypothesis_to_transcript(item: AudioItem, hypothesis: Hypothesis, num_samples: int, seconds_per_frame: float,
+                             decoder: str, model: str, lm: str | None) -> Transcript:
+    """Frame spans -> seconds (the model's real frame period), clipped to the file's duration."""
+    duration = num_samples / SAMPLE_RATE
+    words = tuple(WordTime(w.word, round(min(w.start * seconds_per_frame, duration), 3),
+                           round(min(w.end * seconds_per_frame, duration), 3)) for w in hypothesis.words)
+    return Transcript(item.input, item.path, round(duration, 3), hypothesis.text, words, decoder, model, lm)
+
+
+# ------------------------------------------------------------------------------------ jsonl on disk
+def append_line(fd: int, record: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single write() on an O_APPEND descriptor, then fsync it.
+
+    A killed process leaves either the whole line or none of it; only a power loss can tear one,
+    which `repair_jsonl` drops on the next start.
+    """
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    written = os.write(fd, data)
+    while written < len(data):  # regular files take it all at once; this is for exotic file systems
+        written += os.write(fd, data[written:])
+    os.fsync(fd)
+
+
+def open_append(path: Path) -> int:
+    """An O_APPEND descriptor for `path`, created if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def repair_jsonl(path: Path) -> int:
+    """Cut a torn last line (no newline at the end) off `path`; returns the bytes dropped."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - TORN_TAIL_SCAN_BYTES)
+            f.seek(start)
+            block = f.read(end - start)
+            if end == size and block.endswith(b"\n"):
+                return 0
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    logger.warning("%s ended in a torn line (a crash while writing); dropped its %d bytes, that file is "
+                   "transcribed again.", path, size - end)
+    return size - end
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; unparsable lines are skipped with a warning."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s:%d is not valid JSON; ignoring it (that file is transcribed again).", path, number)
+    return rows
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, fsync, and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class OutputDir:
+    """The files of one output directory, for one rank of a run.
+
+    Args:
+        root: The output directory.
+        rank: This process's rank; rank 0 appends to transcripts.jsonl itself, others to part files.
+    """
+
+    def __init__(self, root: str | os.PathLike, rank: int = 0) -> None:
+        self.root = Path(root)
+        self.rank = rank
+        self.parts = self.root / PARTS_DIR
+
+    @property
+    def transcripts_path(self) -> Path:
+        """Where this rank appends transcripts."""
+        return self.root / TRANSCRIPTS_FILE if self.rank == 0 else self.parts / f"transcripts.rank{self.rank}.jsonl"
+
+    @property
+    def failures_path(self) -> Path:
+        """Where this rank appends failures (merged into errors.jsonl at the end)."""
+        return self.parts / f"errors.rank{self.rank}.jsonl"
+
+    def transcript_files(self) -> list[Path]:
+        """Every file holding transcripts: the final one and any rank's part (also from killed runs)."""
+        return [self.root / TRANSCRIPTS_FILE, *sorted(self.parts.glob("transcripts.rank*.jsonl"))]
+
+    def prepare(self) -> None:
+        """Main process, before any rank writes: repair torn lines, forget the last run's failures."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.parts.mkdir(exist_ok=True)
+        for path in self.transcript_files():
+            repair_jsonl(path)
+        for path in self.parts.glob("errors.rank*.jsonl"):
+            path.unlink()  # failures are retried: this run reports its own
+
+    def done(self) -> dict[tuple[str, str], Transcript]:
+        """Transcripts already written, by key (first one wins)."""
+        out: dict[tuple[str, str], Transcript] = {}
+        for path in self.transcript_files():
+            for row in read_jsonl(path):
+                try:
+                    record = Transcript.from_dict(row)
+                except (KeyError, TypeError, ValueError):
+                    logger.warning("%s has a line that is not a transcript record; ignoring it.", path)
+                    continue
+                out.setdefault(record.key, record)
+        return out
+
+    def merge(self, items: Sequence[AudioItem]) -> tuple[list[Transcript], list[Failure]]:
+        """Main process, after every rank finished: final transcripts.jsonl and errors.jsonl in input order.
+
+        Transcripts of files that are not among `items` (an earlier run's other inputs) are kept, after
+        the others. Part files are removed once their content is in the final files.
+
+        Returns:
+            (transcripts, failures) as written.
+        """
+        order = {item.key: item.index for item in items}
+        transcripts = sorted(self.done().values(), key=lambda t: (t.key not in order, order.get(t.key, 0)))
+        failures: dict[tuple[str, str], Failure] = {}
+        for path in sorted(self.parts.glob("errors.rank*.jsonl")):
+            for row in read_jsonl(path):
+                failure = Failure.from_dict(row)
+                failures.setdefault(failure.key, failure)
+        done = {t.key for t in transcripts}
+        failed = sorted((f for k, f in failures.items() if k not in done), key=lambda f: order.get(f.key, len(order)))
+        write_atomic(self.root / TRANSCRIPTS_FILE, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n"
+                                                           for t in transcripts))
+        write_atomic(self.root / ERRORS_FILE, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
+                                                      for f in failed))
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return transcripts, failed
+
+
+class ResultSink:
+    """Writes each result as it comes: side files first, then the line that marks the file done.
+
+    Args:
+        out: The output directory (for this rank).
+        side_bases: Item index -> side file path without suffix (see `side_file_bases`).
+        formats: Which of txt, srt, vtt to write.
+    """
+
+    def __init__(self, out: OutputDir, side_bases: Mapping[int, Path], formats: Sequence[str]) -> None:
+        self.side_bases = side_bases
+        self.formats = tuple(formats)
+        self._transcripts = open_append(out.transcripts_path)
+        self._failures = open_append(out.failures_path)
+
+    def write(self, item: AudioItem, result: Transcript | Failure) -> None:
+        """Record one finished file."""
+        if isinstance(result, Failure):
+            append_line(self._failures, result.to_dict())
+            return
+        base = self.side_bases.get(item.index)
+        for fmt in self.formats:
+            write_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt))
+        append_line(self._transcripts, result.to_dict())
+
+    def close(self) -> None:
+        """Close the files."""
+        os.close(self._transcripts)
+        os.close(self._failures)
+
+
+# -------------------------------------------------------------------------------------- side files
+def cues(words: Sequence[WordTime]) -> list[tuple[float, float, str]]:
+    """Words grouped into subtitle cues (start s, end s, text): split at pauses, length and duration limits."""
+    out: list[tuple[float, float, str]] = []
+    current: list[WordTime] = []
+    for word in words:
+        if current:
+            text_length = sum(len(w.word) + 1 for w in current) + len(word.word)
+            if (word.start - current[-1].end >= CUE_MAX_PAUSE or text_length > CUE_MAX_CHARS
+                    or word.end - current[0].start > CUE_MAX_SECONDS):
+                out.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
+                current = []
+        current.append(word)
+    if current:
+        out.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
+    return out
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    """HH:MM:SS<sep>mmm."""
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def render(transcript: Transcript, fmt: str) -> str:
+    """The text of one side file: "txt" (the transcript), "srt" or "vtt" (timed cues)."""
+    if fmt == "txt":
+        return transcript.text + "\n"
+    blocks = []
+    for number, (start, end, text) in enumerate(cues(transcript.words), 1):
+        if fmt == "srt":
+            blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n")
+        elif fmt == "vtt":
+            blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n")
+        else:
+            raise ValueError(f"Format {fmt!r} is unknown; use one of {', '.join(FORMATS)}.")
+    return ("WEBVTT\n\n" if fmt == "vtt" else "") + "\n".join(blocks)
+
+
+# ------------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class WorkUnit:
+    """Files processed together: a batch of short files, or one long file in chunks.
+
+    Attributes:
+        items: Indices into the list of files the plan was made for.
+        seconds: Estimated compute, in padded audio seconds.
+        chunked: One long file, cut into chunks.
+    """
+
+    items: tuple[int, ...]
+    seconds: float
+    chunked: bool = False
+
+
+def plan_work(durations: Sequence[float], options: TranscribeOptions) -> list[WorkUnit]:
+    """Batch files by duration (least padding), longer-than-a-chunk files alone; deterministic.
+
+    Args:
+        durations: Seconds per file (from the headers).
+        options: Chunk length and batch budget.
+
+    Returns:
+        Units covering every index once.
+    """
+    long = [i for i, d in enumerate(durations) if options.chunk_seconds and d > options.chunk_seconds]
+    long_set = set(long)
+    short = [i for i in range(len(durations)) if i not in long_set]
+    units = [WorkUnit((i,), durations[i] * options.chunk_seconds / max(1e-9, options.chunk_seconds
+                                                                        - options.overlap_seconds), True)
+             for i in long]
+    lengths = [int(durations[i] * SAMPLE_RATE) for i in short]
+    for batch in plan_batches(lengths, int(options.max_batch_seconds * SAMPLE_RATE)):
+        padded = len(batch) * max(durations[short[j]] for j in batch)
+        units.append(WorkUnit(tuple(short[j] for j in batch), padded))
+    return units
+
+
+def assign_by_cost(costs: Sequence[float], world_size: int) -> list[int]:
+    """The rank of each unit: largest first to the least loaded rank (ties to the lower rank); deterministic."""
+    loads = [(0.0, rank) for rank in range(world_size)]
+    heapq.heapify(loads)
+    ranks = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, rank = heapq.heappop(loads)
+        ranks[i] = rank
+        heapq.heappush(loads, (load + costs[i], rank))
+    return ranks
+
+
+def probe_durations(items: Sequence[AudioItem]) -> list[float | Failure]:
+    """Each file's duration from its header, or the Failure that reading the header gave."""
+    out: list[float | Failure] = []
+    for item in items:
+        try:
+            out.append(audio_duration(item.file))
+        except AudioError as e:
+            out.append(Failure.of(item, e))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- running
+class Transcriber:
+    """A model and a decoder turning files into Transcripts.
+
+    Args:
+        loaded: The model (asr.inference.load_model).
+        decoder: GreedyCTC, PyCTCDecodeBeam or FlashlightBeam over the model's vocabulary.
+        options: Chunking and batching.
+        lm: The LM directory the decoder uses, recorded with each transcript.
+    """
+
+    def __init__(self, loaded: LoadedModel, decoder: CTCDecoder, options: TranscribeOptions,
+                 lm: str | None = None) -> None:
+        self.loaded, self.decoder, self.options, self.lm = loaded, decoder, options, lm
+        self.model_name = str(Path(loaded.path).resolve())
+        self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
+
+    def transcribe(self, items: Sequence[AudioItem], chunked: bool = False) -> Iterator[tuple[AudioItem,
+                                                                                         Transcript | Failure]]:
+        """Transcribe files together; yields each file's result as soon as it is known.
+
+        Args:
+            items: The files of one WorkUnit.
+            chunked: Stream the (single) file through overlapping chunks instead of loading it.
+
+        Yields:
+            (item, Transcript or Failure); unreadable files never stop the others.
+        """
+        if chunked and self.spec is not None:
+            for item in items:
+                yield item, self._guard(item, lambda: self._transcribe_streamed(item))
+            return
+        audios: list[tuple[AudioItem, np.ndarray]] = []
+        for item in items:
+            try:
+                audio = _concatenate(stream_audio(item.file))
+            except AudioError as e:
+                yield item, Failure.of(item, e)
+                continue
+            if self.spec is not None and len(audio) > self.spec.chunk_samples:
+                # The header understated the length (VBR mp3): chunk it like any long file.
+                yield item, self._guard(item, lambda: self._transcribe_streamed(item, [audio]))
+            elif self.loaded.frames(len(audio)) <= 0:  # shorter than the conv encoder's receptive field
+                yield item, self._to_transcript(item, np.zeros((0, len(self.loaded.vocab)), np.float32), len(audio))
+            else:
+                audios.append((item, audio))
+        if not audios:
+            return
+        log_probs = log_probs_batch(self.loaded, [audio for _, audio in audios])
+        for (item, audio), lp in zip(audios, log_probs):
+            yield item, self._guard(item, lambda: self._to_transcript(item, lp, len(audio)))
+
+    def _transcribe_streamed(self, item: AudioItem, blocks: Iterable[np.ndarray] | None = None) -> Transcript:
+        """One file through overlapping chunks, its stitched log-probs decoded once."""
+        per_batch = max(1, int(self.options.max_batch_seconds * SAMPLE_RATE // self.spec.chunk_samples))
+        log_probs, num_samples = chunked_log_probs(
+            stream_audio(item.file) if blocks is None else blocks, self.spec,
+            lambda audios: log_probs_batch(self.loaded, audios), per_batch)
+        return self._to_transcript(item, log_probs, num_samples)
+
+    def _to_transcript(self, item: AudioItem, log_probs: np.ndarray, num_samples: int) -> Transcript:
+        """Decode [T, V] log-probs into a Transcript with word times in seconds."""
+        hypothesis = self.decoder.decode(log_probs) if len(log_probs) else Hypothesis("", (), 0.0)
+        return hypothesis_to_transcript(item, hypothesis, num_samples, self.loaded.seconds_per_frame,
+                                        self.options.decoder, self.model_name, self.lm)
+
+    @staticmethod
+    def _guard(item: AudioItem, work) -> Transcript | Failure:
+        """Run `work`; an unreadable file becomes its Failure instead of an exception."""
+        try:
+            return work()
+        except AudioError as e:
+            return Failure.of(item, e)
+
+
+def _concatenate(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """All blocks of a stream as one float32 array [num_samples]."""
+    parts = [b for b in blocks if len(b)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,231 @@
+"""Transcribe directories of audio with a trained CTC model: greedy or beam search + KenLM, resumable, multi-process.
+
+    $ .venv/bin/python scripts/transcribe.py recordings/ --model runs/tiny/model --output out/
+    $ .venv/bin/python scripts/transcribe.py a/ b/ --manifest more.jsonl --model runs/tiny/model \\
+          --lm runs/tiny/model --decoder beam --formats txt,srt,vtt --output out/
+    $ accelerate launch --config_file configs/accelerate/cpu_2proc.yaml scripts/transcribe.py recordings/ \\
+          --model runs/tiny/model --output out/        # files sharded over 2 processes by duration
+
+Inputs: directories (searched recursively for wav/flac/ogg/opus/mp3/aiff/..., plus m4a/aac/webm/mp4/...
+through FFmpeg when it is installed; hidden names skipped) and --manifest files (JSONL/CSV with an
+`audio_filepath`/`audio`/`path` column, or one path a line). Any sample rate or channel count.
+
+Outputs in --output: `transcripts.jsonl` (one line per file: path, input, duration, text, words
+[{word, start, end}] in seconds, decoder, model, lm), `errors.jsonl` (files that could not be read,
+with the reason), `summary.json`, and with --formats a mirror of the input tree holding .txt/.srt/.vtt
+(next to the audio instead with --in-place). Nothing is written into an input tree without --in-place.
+
+Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
+stitched CTC output is decoded once. Re-running the same command skips finished files; an
+interrupted run loses only the files in flight. Exit code: 0 all transcribed, 1 some files failed,
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object
+from tqdm.auto import tqdm
+
+from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC, PyCTCDecodeBeam
+from asr.inference import load_model
+from asr.transcribe import (
+    DECODERS,
+    ERRORS_FILE,
+    SUMMARY_FILE,
+    Failure,
+    OutputDir,
+    ResultSink,
+    Transcriber,
+    TranscribeOptions,
+    assign_by_cost,
+    find_audio,
+    plan_work,
+    probe_durations,
+    side_file_bases,
+    write_atomic,
+)
+
+logger = logging.getLogger("transcribe")
+
+# A rank that finishes early waits for the others at a barrier; long shards must not time it out.
+BARRIER_TIMEOUT = datetime.timedelta(hours=48)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    defaults = TranscribeOptions()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", type=Path, help="directories (or files) of audio")
+    p.add_argument("--manifest", type=Path, action="append", default=[], help="JSONL/CSV/plain list of audio paths")
+    p.add_argument("--model", type=Path, required=True, help="model directory (the model/ of a training run)")
+    p.add_argument("--lm", type=Path, default=None, help="LM directory from scripts/build_lm.py (default: the "
+                   "model directory when it holds language_model/)")
+    p.add_argument("--decoder", choices=DECODERS, default=None, help="default: beam with --lm, else greedy")
+    p.add_argument("--output", type=Path, required=True, help="output directory")
+    p.add_argument("--formats", default="", help="comma list of per-file outputs: txt,srt,vtt")
+    p.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds,
+                   help="chunk files longer than this (0: never chunk)")
+    p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
+                   help="overlap of neighbouring chunks")
+    p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
+                   help="padded audio seconds per forward pass")
+    p.add_argument("--in-place", action="store_true", help="write .txt/.srt/.vtt next to the audio files")
+    args = p.parse_args(argv)
+    if not args.inputs and not args.manifest:
+        p.error("give at least one INPUT_DIR or --manifest FILE")
+    return args
+
+
+def make_accelerator() -> Accelerator:
+    """Accelerator for the launch environment; gloo on CPU, as scripts/train.py sets it up."""
+    handlers = [InitProcessGroupKwargs(timeout=BARRIER_TIMEOUT)]
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not torch.cuda.is_available() and world_size > 1:
+        # accelerate launch ignores a config file's `use_cpu` for multi-process runs (every process then
+        # believes it is alone); gloo is the CPU backend.
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=BARRIER_TIMEOUT)]
+    accelerator = Accelerator(kwargs_handlers=handlers)
+    if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
+        raise RuntimeError(f"launched as {world_size} processes but Accelerate set up none of them as distributed; "
+                           "launch with `accelerate launch --multi_gpu` (add ACCELERATE_USE_CPU=true on CPU)")
+    return accelerator
+
+
+def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | None]:
+    """Checked options and the LM directory (None for greedy decoding)."""
+    lm = args.lm
+    if lm is None and args.decoder in ("beam", "flashlight") and (args.model / LM_SUBDIR).is_dir():
+        lm = args.model
+    decoder = args.decoder or ("beam" if lm is not None else "greedy")
+    if decoder != "greedy" and lm is None:
+        raise ValueError(f"--decoder {decoder} needs a language model; pass --lm DIR (built by scripts/build_lm.py).")
+    if decoder == "greedy" and lm is not None:
+        raise ValueError("--lm is ignored by --decoder greedy; drop --lm or choose --decoder beam or flashlight.")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
+                                overlap_seconds=args.overlap_seconds, max_batch_seconds=args.max_batch_seconds,
+                                formats=formats, in_place=args.in_place)
+    out = args.output.resolve()
+    for given in args.inputs:
+        root = given.resolve()
+        if root.is_dir() and (out == root or root in out.parents) and not args.in_place:
+            raise ValueError(f"--output {args.output} is inside the input {given}; choose an output outside it, or "
+                             "pass --in-place to allow writing there.")
+    return options, lm
+
+
+def make_decoder(name: str, lm: Path | None, vocab: dict[str, int]):
+    """The decoder called `name` over the model's vocabulary."""
+    if name == "greedy":
+        return GreedyCTC(vocab)
+    return (PyCTCDecodeBeam if name == "beam" else FlashlightBeam).from_dir(lm, vocab)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    accelerator = make_accelerator()
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per process is noise here
+    try:
+        options, lm = options_from(args)
+        items = find_audio(args.inputs, args.manifest, exclude=[args.output])
+        if not items:
+            raise ValueError(f"no audio files found in {[str(p) for p in args.inputs + args.manifest]}; check the "
+                             "paths (hidden files are skipped).")
+        loaded = load_model(args.model, accelerator.device)
+        transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab), options,
+                                  lm=str(lm.resolve()) if lm else None)
+    except (ValueError, FileNotFoundError) as e:
+        logger.error("%s", e)
+        return 2
+
+    out = OutputDir(args.output, rank)
+    if is_main:
+        out.prepare()
+    accelerator.wait_for_everyone()
+    done = out.done()
+    current = (transcriber.model_name, options.decoder, transcriber.lm)
+    stale = next((t for t in done.values() if (t.model, t.decoder, t.lm) != current), None)
+    if stale is not None:
+        logger.error("%s already holds transcripts made with model %s, decoder %s, LM %s; use another --output or "
+                     "delete it to start over.", args.output, stale.model, stale.decoder, stale.lm)
+        return 2
+    pending = [item for item in items if item.key not in done]
+    if is_main:
+        logger.info("%d audio files, %d already transcribed, %d to do on %d process(es)", len(items),
+                    len(items) - len(pending), len(pending), world)
+
+    # Headers are read once, each rank a stripe; everyone then makes the same plan.
+    probed = probe_durations(pending[rank::world])
+    results = gather_object(list(zip([item.index for item in pending[rank::world]], probed)))
+    durations = {index: value for index, value in results if not isinstance(value, Failure)}
+    readable = [item for item in pending if item.index in durations]
+    units = plan_work([durations[item.index] for item in readable], options)
+    mine = [unit for unit, owner in zip(units, assign_by_cost([u.seconds for u in units], world)) if owner == rank]
+    bases = dict(zip((item.index for item in items), side_file_bases(items, out.root, options.in_place)))
+    sink = ResultSink(out, bases, options.formats)
+
+    by_index = {item.index: item for item in pending}
+    files = audio_seconds = failed = 0
+    for index, value in zip([item.index for item in pending[rank::world]], probed):
+        if isinstance(value, Failure):
+            sink.write(by_index[index], value)
+            failed += 1
+            logger.warning("%s: %s", value.path, value.error)
+    start = time.perf_counter()
+    progress = tqdm(total=sum(len(u.items) for u in mine), disable=not is_main, unit="file", dynamic_ncols=True,
+                    desc="transcribe" if world == 1 else f"transcribe (rank 0 of {world})")
+    for unit in mine:
+        for item, result in transcriber.transcribe([readable[i] for i in unit.items], unit.chunked):
+            sink.write(item, result)
+            if isinstance(result, Failure):
+                failed += 1
+                logger.warning("%s: %s", item.path, result.error)
+            else:
+                files += 1
+                audio_seconds += result.duration
+            progress.update(1)
+            rtf = (time.perf_counter() - start) / audio_seconds if audio_seconds else 0.0
+            progress.set_postfix(audio=f"{audio_seconds / 3600:.3f}h", rtf=f"{rtf:.3f}", failed=failed)
+    progress.close()
+    sink.close()
+    stats = gather_object([{"files": files, "failed": failed, "audio_seconds": audio_seconds,
+                            "seconds": time.perf_counter() - start}])
+    accelerator.wait_for_everyone()
+    if is_main:
+        transcripts, failures = out.merge(items)
+        run_audio = sum(s["audio_seconds"] for s in stats)
+        wall = max(s["seconds"] for s in stats)
+        summary = {"files": len(items), "transcribed": len(transcripts), "failed": len(failures),
+                   "this_run": {"files": sum(s["files"] for s in stats), "audio_hours": run_audio / 3600,
+                                "seconds": wall, "rtf": wall / run_audio if run_audio else None,
+                                "processes": world}}
+        write_atomic(out.root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        logger.info("done: %d of %d files transcribed (%d this run, %.3f h of audio in %.1f s, RTF %.3f), %d failed%s",
+                    len(transcripts), len(items), summary["this_run"]["files"], run_audio / 3600, wall,
+                    summary["this_run"]["rtf"] or 0.0, len(failures),
+                    f" (see {out.root / ERRORS_FILE})" if failures else "")
+    accelerator.wait_for_everyone()
+    errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Batch transcription: streaming/chunking/stitching, resumable outputs, bad files, kill + resume, 2 processes.
+
+Fast tests use a randomly initialised tiny model (its transcripts are noise, but deterministic);
+quality tests (chunked vs unchunked words) use the `trained_model` fixture and are slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from asr.audio import AudioError, load_audio
+from asr.chunking import ChunkSpec, Stitcher, chunked_log_probs, iter_chunks, stream_audio
+from asr.model import conv_output_frames
+from asr.transcribe import (
+    AudioItem,
+    Transcript,
+    TranscribeOptions,
+    WordTime,
+    append_line,
+    assign_by_cost,
+    cues,
+    find_audio,
+    open_append,
+    plan_work,
+    read_path_list,
+    render,
+    repair_jsonl,
+    side_file_bases,
+)
+
+from trainrun import env, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "transcribe.py"
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+WAV2VEC2_KERNELS, WAV2VEC2_STRIDES = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
+FRAME = 320  # samples per wav2vec2 frame
+
+
+def frames(n: int) -> int:
+    return conv_output_frames(n, WAV2VEC2_KERNELS, WAV2VEC2_STRIDES)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env(), cwd=ROOT,
+                          timeout=timeout)
+
+
+def load_script():
+    """scripts/transcribe.py as a module (for its argument checks)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transcribe_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tree_listing(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_audio(path: Path, audio16k: np.ndarray, rate: int, channels: int, fmt: str, subtype: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = soxr.resample(audio16k, 16000, rate) if rate != 16000 else audio16k
+    if channels == 2:
+        x = np.stack([x, 0.5 * x], axis=1)  # different channels, so a wrong down-mix would show
+    sf.write(path, x, rate, format=fmt, subtype=subtype)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer wav2vec2 CTC model directory (noise out, deterministic)."""
+    import torch
+
+    from asr.model import ModelConfig, build_model
+    from asr.text import TextNormalizer, build_vocab, make_processor, save_processor
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    vocab = build_vocab(["the quick brown fox jumps over the lazy dog's back"])
+    arch = dict(model_type="wav2vec2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    build_model(ModelConfig(architecture=arch), vocab, pad_token_id=vocab["[PAD]"]).save_pretrained(out)
+    save_processor(make_processor(vocab, return_attention_mask=False), TextNormalizer(), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def utterances(synth_corpus) -> list[np.ndarray]:
+    return [load_audio(p) for p in sorted(synth_corpus.glob("audio/*/*.wav"))]
+
+
+@pytest.fixture(scope="module")
+def messy_tree(tmp_path_factory, utterances) -> Path:
+    """Nested speech in several formats, rates and channel counts, plus three broken files under bad/."""
+    root = tmp_path_factory.mktemp("messy") / "in"
+    write_audio(root / "a" / "one.wav", utterances[0], 8000, 2, "WAV", "PCM_16")
+    write_audio(root / "a" / "b" / "two.flac", utterances[1], 44100, 1, "FLAC", "PCM_24")
+    write_audio(root / "a" / "b" / "three.ogg", utterances[2], 22050, 2, "OGG", "VORBIS")
+    write_audio(root / "c" / "four.mp3", utterances[3], 16000, 2, "MP3", "MPEG_LAYER_III")
+    write_audio(root / "five.wav", utterances[4], 16000, 1, "WAV", "FLOAT")
+    write_audio(root / "a" / "blip.wav", utterances[4][:200], 16000, 1, "WAV", "PCM_16")  # under one frame
+    if shutil.which("ffmpeg"):  # a format only FFmpeg decodes
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(root / "five.wav"), "-c:a", "aac",
+                        str(root / "c" / "six.m4a")], check=True)
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "notes.wav").write_text("these are my notes, not audio\n")
+    write_audio(bad / "cut.flac", utterances[5], 16000, 1, "FLAC", "PCM_16")
+    data = (bad / "cut.flac").read_bytes()
+    (bad / "cut.flac").write_bytes(data[: len(data) // 2])  # a copy that stopped half-way
+    (root / "readme.txt").write_text("not audio, not picked up\n")
+    (root / ".hidden.wav").write_bytes(b"")  # hidden names (macOS ._ files) are skipped
+    return root
+
+
+# ------------------------------------------------------------------------------- chunking, stitching
+@pytest.mark.parametrize("num_samples", [400, 5_000, 32_000, 32_001, 32_320, 40_000, 123_457, 500_000])
+@pytest.mark.parametrize("block", [1_000, 7_777, 100_000])
+def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block):
+    # A fake model whose frame t says which global sample it starts at: stitching must put every frame
+    # of the file exactly once, in order, at the unchunked model's frame count.
+    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME)
+    audio = np.arange(num_samples, dtype=np.float32)
+
+    def forward(audios):
+        return [np.repeat(a[np.arange(frames(len(a))) * FRAME][:, None], 3, axis=1) for a in audios]
+
+    log_probs, n = chunked_log_probs((audio[i : i + block] for i in range(0, num_samples, block)), spec, forward, 3)
+    assert n == num_samples
+    assert log_probs.shape == (frames(num_samples), 3)
+    np.testing.assert_array_equal(log_probs[:, 0], np.arange(frames(num_samples)) * FRAME)
+
+
+def test_chunks_overlap_keep_their_centres_and_are_read_lazily():
+    spec = ChunkSpec.from_seconds(30, 5, FRAME)
+    consumed = []
+
+    def blocks():  # 10 minutes in 1 s blocks, recording how far the reader got
+        for i in range(600):
+            consumed.append(i)
+            yield np.zeros(16_000, dtype=np.float32)
+
+    chunks = []
+    for chunk in iter_chunks(blocks(), spec):
+        if not chunks:
+            assert len(consumed) <= 32  # the first chunk comes out after ~30 s were read, not 10 minutes
+        chunks.append((chunk.start, chunk.keep_start, chunk.keep_end, len(chunk.audio)))
+    assert all(length == spec.chunk_samples for *_, length in chunks)
+    assert chunks[0][:3] == (0, 0, 27.5 * 16_000)
+    for (start, _, keep_end, _), (next_start, next_keep_start, _, _) in zip(chunks, chunks[1:]):
+        assert next_keep_start == keep_end  # no frame lost or doubled
+        assert keep_end - next_start >= spec.overlap_samples // 2  # left context of the next chunk
+        assert start + spec.chunk_samples - keep_end == spec.overlap_samples // 2  # right context of this one
+    assert chunks[-1][2] is None and chunks[-1][0] + chunks[-1][3] == 600 * 16_000
+
+
+def test_stitcher_rejects_out_of_order_chunks():
+    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME)
+    chunks = list(iter_chunks([np.zeros(100_000, np.float32)], spec))
+    stitcher = Stitcher(FRAME)
+    with pytest.raises(ValueError, match="in order"):
+        stitcher.add(chunks[1], np.zeros((frames(len(chunks[1].audio)), 3)))
+
+
+@pytest.mark.parametrize("chunk, overlap, message", [(30, 0, "positive"), (10, 6, "at most half"),
+                                                     (-1, 5, "0 to never chunk")])
+def test_bad_chunk_options_name_the_fix(chunk, overlap, message):
+    with pytest.raises(ValueError, match=message):
+        TranscribeOptions(chunk_seconds=chunk, overlap_seconds=overlap)
+
+
+# ---------------------------------------------------------------------------------------- reading
+def test_streamed_audio_equals_load_audio_for_every_format(messy_tree):
+    audio = [p for p in sorted(messy_tree.rglob("*")) if p.is_file() and p.parent.name != "bad"
+             and p.suffix != ".txt" and not p.name.startswith(".")]
+    assert len(audio) >= 5
+    for path in audio:
+        streamed = np.concatenate(list(stream_audio(path, block_seconds=0.37)))
+        whole = load_audio(path)
+        assert streamed.shape == whole.shape, path
+        np.testing.assert_allclose(streamed, whole, atol=1e-6, err_msg=str(path))
+
+
+def test_truncated_wav_is_an_error_although_libsndfile_reads_it(tmp_path, utterances):
+    path = tmp_path / "cut.wav"
+    write_audio(path, utterances[0], 16000, 1, "WAV", "PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    assert len(load_audio(path)) > 0  # libsndfile quietly returns what is there
+    with pytest.raises(AudioError, match="truncated: its header declares"):
+        list(stream_audio(path))
+
+
+# ------------------------------------------------------------------------------------ inputs, plans
+def test_manifests_of_every_kind_list_paths(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"audio_filepath": "x/a.wav", "text": "hi"}\n\n{"audio": "/abs/b.flac"}\n')
+    (tmp_path / "m.csv").write_text("file_name,text\nx/a.wav,hi\nc.mp3,yo\n")
+    (tmp_path / "m.txt").write_text("# a comment\nx/a.wav\n  c.mp3  \n")
+    assert read_path_list(tmp_path / "m.jsonl") == ["x/a.wav", "/abs/b.flac"]
+    assert read_path_list(tmp_path / "m.csv") == ["x/a.wav", "c.mp3"]
+    assert read_path_list(tmp_path / "m.txt") == ["x/a.wav", "c.mp3"]
+    items = find_audio([], [tmp_path / "m.txt"])
+    assert [(i.path, i.file) for i in items] == [("x/a.wav", tmp_path / "x/a.wav"), ("c.mp3", tmp_path / "c.mp3")]
+    (tmp_path / "bad.jsonl").write_text('{"text": "no audio"}\n')
+    with pytest.raises(ValueError, match="without an audio path"):
+        read_path_list(tmp_path / "bad.jsonl")
+
+
+def test_side_files_mirror_each_input_and_avoid_name_clashes(tmp_path):
+    items = [AudioItem(0, "/data/in", "a/x.wav", Path("/data/in/a/x.wav")),
+             AudioItem(1, "/data/in", "a/x.flac", Path("/data/in/a/x.flac")),
+             AudioItem(2, "/data/in", "y.mp3", Path("/data/in/y.mp3")),
+             AudioItem(3, "/lists/in.txt", "../z.wav", Path("/lists/z.wav"))]
+    out = tmp_path / "out"
+    assert side_file_bases(items, out, in_place=False) == [out / "in/a/x.wav", out / "in/a/x.flac", out / "in/y",
+                                                           out / "in-2/__/z"]
+    assert side_file_bases(items[2:3], out, in_place=False) == [out / "y"]
+    assert side_file_bases(items[2:3], out, in_place=True) == [Path("/data/in/y")]
+
+
+def test_work_is_batched_by_duration_and_balanced_over_ranks():
+    durations = [3.0, 40.0, 2.0, 5.0, 125.0, 3.5, 1.0, 4.0]
+    units = plan_work(durations, TranscribeOptions(chunk_seconds=30, overlap_seconds=5, max_batch_seconds=8))
+    assert sorted(i for u in units for i in u.items) == list(range(len(durations)))
+    assert {u.items for u in units if u.chunked} == {(1,), (4,)}
+    assert all(u.seconds <= 8 for u in units if not u.chunked)
+    ranks = assign_by_cost([u.seconds for u in units], 2)
+    loads = [sum(u.seconds for u, r in zip(units, ranks) if r == rank) for rank in (0, 1)]
+    assert ranks == assign_by_cost([u.seconds for u in units], 2)  # deterministic
+    assert max(loads) == pytest.approx(max(u.seconds for u in units))  # the 125 s file alone, the rest elsewhere
+    assert all(not u.chunked for u in plan_work(durations, TranscribeOptions(chunk_seconds=0)))
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def test_torn_last_line_is_dropped_and_appends_continue(tmp_path):
+    path = tmp_path / "t.jsonl"
+    fd = open_append(path)
+    append_line(fd, {"a": 1})
+    os.write(fd, b'{"a": 2, "b": "tor')  # what a power loss mid-write could leave
+    os.close(fd)
+    assert repair_jsonl(path) == len(b'{"a": 2, "b": "tor')
+    assert repair_jsonl(path) == 0
+    fd = open_append(path)
+    append_line(fd, {"a": 3})
+    os.close(fd)
+    assert read_jsonl(path) == [{"a": 1}, {"a": 3}]
+
+
+def test_subtitles_split_at_pauses_and_format_times():
+    words = (WordTime("hello", 0.5, 0.9), WordTime("there", 1.0, 1.4), WordTime("again", 3.0, 3.5))
+    assert cues(words) == [(0.5, 1.4, "hello there"), (3.0, 3.5, "again")]
+    record = Transcript("/in", "a.wav", 3661.5, "hello there again", words, "greedy", "/m")
+    assert render(record, "srt").startswith("1\n00:00:00,500 --> 00:00:01,400\nhello there\n\n2\n00:00:03,000")
+    assert render(record, "vtt").startswith("WEBVTT\n\n00:00:00.500 --> 00:00:01.400\nhello there\n")
+    assert render(record, "txt") == "hello there again\n"
+    long = tuple(WordTime(f"word{i}", i * 0.5, i * 0.5 + 0.4) for i in range(40))
+    assert all(len(text) <= 84 and end - start <= 7 for start, end, text in cues(long))
+    assert " ".join(text for *_, text in cues(long)) == " ".join(w.word for w in long)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def test_directory_run_transcribes_good_files_and_lists_bad_ones(messy_tree, tiny_model, tmp_path):
+    before = tree_listing(messy_tree)
+    out = tmp_path / "out"
+    proc = run_cli(str(messy_tree), "--model", str(tiny_model), "--output", str(out), "--formats", "txt,srt,vtt",
+                   "--max-batch-seconds", "6")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # some files failed
+    assert tree_listing(messy_tree) == before  # nothing written into the input tree
+
+    errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
+    assert sorted(errors) == ["bad/cut.flac", "bad/empty.wav", "bad/notes.wav"]
+    assert errors["bad/empty.wav"]["reason"] == "empty"
+    assert errors["bad/notes.wav"]["reason"] == "unreadable"
+    assert errors["bad/cut.flac"]["reason"] == "unreadable" and "truncated" in errors["bad/cut.flac"]["error"]
+
+    records = read_jsonl(out / "transcripts.jsonl")
+    good = ["a/b/three.ogg", "a/b/two.flac", "a/blip.wav", "a/one.wav", "c/four.mp3"] + (
+        ["c/six.m4a"] if shutil.which("ffmpeg") else []) + ["five.wav"]
+    assert [r["path"] for r in records] == good  # input order: sorted relative paths
+    assert records[2]["text"] == "" and records[2]["words"] == []  # too short for one frame: nothing said
+    for record in records:
+        assert set(record) >= {"path", "duration", "text", "words", "decoder", "model"}
+        assert record["decoder"] == "greedy" and record["model"] == str(tiny_model.resolve())
+        assert record["text"] == " ".join(w["word"] for w in record["words"])
+        times = [t for w in record["words"] for t in (w["start"], w["end"])]
+        assert times == sorted(times) and all(0 <= t <= record["duration"] for t in times)
+        stem = out / Path(record["path"]).with_suffix("")
+        assert stem.with_suffix(".txt").read_text() == record["text"] + "\n"
+        assert stem.with_suffix(".vtt").read_text().startswith("WEBVTT")
+        assert stem.with_suffix(".srt").exists()
+    durations = {r["path"]: r["duration"] for r in records}
+    assert durations["a/one.wav"] == pytest.approx(len(load_audio(messy_tree / "a/one.wav")) / 16000, abs=1e-3)
+    assert not (out / ".parts").exists()
+    assert json.loads((out / "summary.json").read_text())["failed"] == 3
+
+
+def test_bad_arguments_exit_2_with_one_line(messy_tree, tiny_model, tmp_path):
+    proc = run_cli(str(messy_tree), "--model", str(tiny_model), "--output", str(messy_tree / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "is inside the input" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (messy_tree / "out").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--decoder", "beam"], "needs a language model"),
+    (["--formats", "txt,docx"], "unknown"),
+    (["--lm", "lm_dir", "--decoder", "greedy"], "ignored by --decoder greedy"),
+    (["--overlap-seconds", "20"], "at most half"),
+])
+def test_bad_options_are_one_sentence_errors(messy_tree, tiny_model, tmp_path, extra, message):
+    script = load_script()
+    args = script.parse_args([str(messy_tree), "--model", str(tiny_model), "--output", str(tmp_path), *extra])
+    with pytest.raises(ValueError, match=message):
+        script.options_from(args)
+
+
+def test_sigkill_mid_run_then_rerun_transcribes_every_file_exactly_once(utterances, tiny_model, tmp_path):
+    inputs = tmp_path / "in"
+    for i in range(5):
+        write_audio(inputs / "src" / f"u{i}.wav", utterances[i], 16000, 1, "WAV", "PCM_16")
+    for d in range(3):
+        (inputs / f"d{d}").mkdir()
+    for i in range(90):  # a slow, big input set: 90 files of ~3 s (hard links), one per batch
+        os.link(inputs / "src" / f"u{i % 5}.wav", inputs / f"d{i // 30}" / f"f{i:03d}.wav")
+    (inputs / "d2" / "f999.wav").write_bytes(b"RIFF")  # and one broken file
+    out = tmp_path / "out"
+    args = [str(inputs), "--model", str(tiny_model), "--output", str(out), "--max-batch-seconds", "1"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    transcripts = out / "transcripts.jsonl"
+    deadline = time.time() + 120
+    while not (transcripts.exists() and transcripts.read_bytes().count(b"\n") >= 10):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = transcripts.read_bytes().count(b"\n")
+    assert 10 <= done_before < 95
+    with open(transcripts, "ab") as f:
+        f.write(b'{"path": "d0/f0')  # and a line torn by a power loss on top
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 1, rerun.stderr[-3000:]  # the broken file, retried and reported once
+    assert "torn line" in rerun.stderr
+    assert [e["path"] for e in read_jsonl(out / "errors.jsonl")] == ["d2/f999.wav"]
+    records = read_jsonl(transcripts)
+    paths = [r["path"] for r in records]
+    assert len(paths) == len(set(paths)) == 95
+    assert paths == sorted(paths)  # merged back into input order
+    by_source: dict[int, set[str]] = {}
+    for record in records:  # hard links of one recording must read the same, whichever run did them
+        number = int(Path(record["path"]).stem[1:])
+        by_source.setdefault(number % 5, set()).add(record["text"])
+    assert all(len(texts) == 1 for texts in by_source.values())
+
+
+# ------------------------------------------------------------------------------------ slow: quality
+def long_recording(trained_model: Path, path: Path, minutes: float) -> tuple[str, float]:
+    """Join the trained model's corpus utterances (0.4 s apart) into one file; returns (reference, first end s)."""
+    corpus = trained_model.parent.parent / "corpus"
+    rows = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
+    gap = np.zeros(int(0.4 * 16000), dtype=np.float32)
+    parts, texts, total = [], [], 0
+    while total < minutes * 60 * 16000:
+        row = rows[len(texts) % len(rows)]
+        audio = load_audio(corpus / row["audio_filepath"])
+        parts += [audio, gap]
+        texts.append(row["text"])
+        total += len(audio) + len(gap)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
+    return " ".join(texts), len(parts[0]) / 16000
+
+
+@pytest.mark.slow
+def test_long_file_chunked_matches_unchunked_away_from_chunk_edges(trained_model, tmp_path):
+    import jiwer
+
+    reference, first_end = long_recording(trained_model, tmp_path / "in" / "long.wav", minutes=4)
+    results = {}
+    for name, chunking in (("chunked", ["--chunk-seconds", "30", "--overlap-seconds", "5"]),
+                           ("unchunked", ["--chunk-seconds", "0"])):
+        proc = run_cli(str(tmp_path / "in"), "--model", str(trained_model), "--output", str(tmp_path / name),
+                       *chunking, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [results[name]] = read_jsonl(tmp_path / name / "transcripts.jsonl")
+    chunked, unchunked = results["chunked"], results["unchunked"]
+    assert chunked["duration"] == unchunked["duration"] >= 240
+    for record in (chunked, unchunked):
+        times = [t for w in record["words"] for t in (w["start"], w["end"])]
+        assert times == sorted(times) and 0 <= times[0] and times[-1] <= record["duration"]
+
+    # Chunk edges: kept regions meet at 27.5 s, 52.5 s, ... (chunk - overlap/2 + k * stride).
+    edges = np.arange(27.5, chunked["duration"], 25.0)
+
+    def words(record, far_from_edges=False, before=np.inf):
+        return " ".join(w["word"] for w in record["words"] if w["end"] < before and not (
+            far_from_edges and np.abs(edges - (w["start"] + w["end"]) / 2).min() <= 2.0))
+
+    # The first utterance, far from any edge, reads (almost: attention spans differ) the same either way.
+    first = words(unchunked, before=first_end + 0.2)
+    assert first and jiwer.cer(first, words(chunked, before=first_end + 0.2)) <= 0.15
+    unchunked_wer = jiwer.wer(reference, unchunked["text"])
+    agreement = 1 - jiwer.wer(words(unchunked, far_from_edges=True), words(chunked, far_from_edges=True))
+    overall = 1 - jiwer.wer(unchunked["text"], chunked["text"])
+    print(f"word agreement chunked vs unchunked: {overall:.3f} overall, {agreement:.3f} > 2 s from chunk edges; "
+          f"WER vs reference: chunked {jiwer.wer(reference, chunked['text']):.3f}, unchunked {unchunked_wer:.3f}")
+    if unchunked_wer > 0.5:
+        pytest.skip(f"trained_model cannot read a {chunked['duration']:.0f} s recording of joined utterances "
+                    f"(unchunked WER {unchunked_wer:.2f}), so chunk edges cannot be judged by its words")
+    assert agreement >= 0.97
+    assert overall >= 0.95
+    assert jiwer.wer(reference, chunked["text"]) <= unchunked_wer + 0.05
+
+
+@pytest.mark.slow
+def test_two_process_run_equals_one_process_run(messy_tree, tiny_model, tmp_path):
+    common = [str(messy_tree), "--model", str(tiny_model), "--formats", "txt,srt", "--max-batch-seconds", "4"]
+    single = run_cli(*common, "--output", str(tmp_path / "one"))
+    assert single.returncode == 1, single.stderr[-3000:]
+    launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
+              "--main_process_port", str(free_port()), str(SCRIPT), *common, "--output", str(tmp_path / "two")]
+    double = subprocess.run(launch, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
+    assert double.returncode == 1, double.stderr[-3000:]  # the launcher passes "some files failed" on
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["this_run"]["processes"] == 2
+    one, two = tree_listing(tmp_path / "one"), tree_listing(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name in one:
+        if name != "summary.json":
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_beam_decoders_with_an_lm_give_word_times(trained_model, tmp_path):
+    corpus = trained_model.parent.parent / "corpus"
+    lm = tmp_path / "lm"
+    build = subprocess.run([sys.executable, str(ROOT / "scripts/build_lm.py"), "--model", str(trained_model),
+                            "--text", str(corpus / "lm.txt"), "--output", str(lm), "--order", "3"],
+                           capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for wav in sorted((corpus / "audio").rglob("*.wav"))[:4]:
+        shutil.copy(wav, inputs / wav.name)
+    for decoder in ("beam", "flashlight"):
+        proc = run_cli(str(inputs), "--model", str(trained_model), "--lm", str(lm), "--decoder", decoder,
+                       "--output", str(tmp_path / decoder))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = read_jsonl(tmp_path / decoder / "transcripts.jsonl")
+        assert len(records) == 4 and all(r["decoder"] == decoder and r["lm"] == str(lm.resolve()) for r in records)
+        assert any(r["words"] for r in records)
+        for record in records:
+            times = [t for w in record["words"] for t in (w["start"], w["end"])]
+            assert times == sorted(times) and all(0 <= t <= record["duration"] for t in times)
