@@ -13,6 +13,7 @@ across ranks and DataLoader workers, filtering on the fly, for corpora larger th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import torch
 
 from asr.audio import load_audio, normalize_audio
 from asr.config import to_dict
+from asr.constants import SAMPLE_RATE
 from asr.filters import Drop, FilterConfig, FramesFn, apply_filters, check_and_decode, summarize, write_report
 from asr.sources import SourceConfig, Utterance, detect_kind, iter_hf, load_source, open_hf_dataset
 from asr.text import TextNormalizer
@@ -355,3 +357,86 @@ def _fingerprint(source: SourceConfig) -> str:
         st = f.stat()
         h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+class StreamingBatches:
+    """Duration-packed batches from a rank-sharded stream, repeated pass after pass.
+
+    For corpora too large to prepare: items arrive from `StreamingSpeechDataset`, are buffered
+    `buffer_size` at a time, sorted by length, packed so that `len(batch) * longest <= max_batch_seconds`
+    and shuffled (seeded by `(seed, pass, buffer)`). The stream never ends: a run is bounded by its
+    step count, which also keeps every rank stepping together (a rank whose shard ran out would
+    otherwise leave the others waiting in an all-reduce).
+
+    Resume: `state_dict(batches_done)` records how many batches the loop trained on; after
+    `load_state_dict` the next iteration re-reads the stream and skips that many batches, which gives
+    the same batches as an uninterrupted run (at the cost of reading the skipped audio again).
+    """
+
+    def __init__(self, dataset: StreamingSpeechDataset, collate, max_batch_seconds: float,
+                 max_batch_size: int | None = None, buffer_size: int = 512, seed: int = 0, num_workers: int = 0):
+        if max_batch_seconds <= 0 or buffer_size < 1:
+            raise ValueError(f"max_batch_seconds ({max_batch_seconds}) and buffer_size ({buffer_size}) must be positive")
+        self.dataset, self.collate = dataset, collate
+        self.max_samples = int(max_batch_seconds * SAMPLE_RATE)
+        self.max_batch_size = max_batch_size
+        self.buffer_size, self.seed, self.num_workers = buffer_size, seed, num_workers
+        self._skip = 0
+
+    def state_dict(self, batches_done: int) -> dict[str, int]:
+        return {"batches_done": int(batches_done), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"streaming state was saved with seed {state.get('seed')}, this run uses {self.seed}")
+        self._skip = int(state["batches_done"])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passes over the stream are counted internally; kept for the loop's common interface."""
+
+    def __len__(self) -> int:
+        raise TypeError("a stream has no length; bound the run with train.max_steps")
+
+    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+        skip, self._skip = self._skip, 0
+        produced = 0
+        for stream_pass in itertools.count():
+            # Its own generator: a DataLoader draws a seed at every pass, which must not move the global
+            # RNG (dropout, SpecAugment), or a resumed run would diverge from an uninterrupted one.
+            loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                                 generator=torch.Generator().manual_seed(self.seed + stream_pass))
+            buffer: list[dict[str, Any]] = []
+            chunk = 0
+            seen = 0
+            for item in loader:
+                seen += 1
+                buffer.append(item)
+                if len(buffer) >= self.buffer_size:
+                    for batch in self._pack(buffer, stream_pass, chunk):
+                        produced += 1
+                        if produced > skip:
+                            yield self.collate(batch)
+                    buffer, chunk = [], chunk + 1
+            for batch in self._pack(buffer, stream_pass, chunk):
+                produced += 1
+                if produced > skip:
+                    yield self.collate(batch)
+            if seen == 0:
+                raise ValueError("this rank's share of the stream has no usable item; use fewer processes or more data")
+
+    def _pack(self, items: list[dict[str, Any]], stream_pass: int, chunk: int) -> list[list[dict[str, Any]]]:
+        """Sorted-by-length greedy packing of one buffer, batches in seeded random order."""
+        items = sorted(items, key=lambda it: len(it["input_values"]))
+        batches: list[list[dict[str, Any]]] = []
+        current: list[dict[str, Any]] = []
+        for item in items:
+            n = len(item["input_values"])
+            full = self.max_batch_size is not None and len(current) >= self.max_batch_size
+            if current and (full or (len(current) + 1) * n > self.max_samples):
+                batches.append(current)
+                current = []
+            current.append(item)
+        if current:
+            batches.append(current)
+        order = np.random.default_rng([self.seed, stream_pass, chunk]).permutation(len(batches))
+        return [batches[i] for i in order]

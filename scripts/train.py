@@ -27,11 +27,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
-from asr.checkpoint import TrainerState, begin_save, checkpoint_dir, finish_save, resolve_resume
+from asr.checkpoint import TrainerState, begin_save, finish_save, resolve_resume
 from asr.collate import CTCCollator
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.constants import PAD
-from asr.data import SpeechDataset, prepare_split
+from asr.data import SpeechDataset, StreamingBatches, StreamingSpeechDataset, prepare_split
 from asr.model import build_model, feature_extractor_settings, frames_fn_for, load_model_config
 from asr.sampler import DurationBatchSampler
 from asr.sources import load_source
@@ -48,6 +48,7 @@ from asr.train import (
     plot_curves,
     seconds_in_batch,
 )
+from lm.build import read_source_texts
 
 logger = logging.getLogger("train")
 
@@ -87,11 +88,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
     """Vocabulary/processor (once, main process) and the cached train/dev tables (once per machine)."""
-    if cfg.data.train.streaming or cfg.data.dev.streaming:
-        # asr.data.StreamingSpeechDataset exists, but the loop's exact resume and equal per-rank batch
-        # counts are built on the map-style sampler; say so rather than silently download everything.
-        raise ConfigError("data.*.streaming is not supported by scripts/train.py yet; prepare the corpus "
-                          "locally (save_to_disk/parquet) and set streaming: false")
+    if cfg.data.dev.streaming:
+        raise ConfigError("data.dev.streaming is not supported: evaluation needs the whole dev set; "
+                          "set data.dev.streaming=false (only the train split can stream)")
     model_config = load_model_config(cfg.model)
     frames_fn = frames_fn_for(model_config)
     return_mask, do_normalize = feature_extractor_settings(cfg.model, model_config)
@@ -100,8 +99,11 @@ def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
     with accelerator.main_process_first():
         if accelerator.is_main_process and not (processor_dir / "vocab.json").exists():
             normalizer = cfg.data.normalizer
-            train_utts = load_source(cfg.data.train)
-            texts = [normalizer(u.text) for u in train_utts]
+            if cfg.data.train.streaming:  # the text column only: no audio is fetched for the vocabulary
+                texts = [normalizer(t) for t in read_source_texts(cfg.data.train)]
+            else:
+                train_utts = load_source(cfg.data.train)
+                texts = [normalizer(u.text) for u in train_utts]
             if cfg.data.vocab:
                 from transformers import Wav2Vec2CTCTokenizer
 
@@ -117,6 +119,8 @@ def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
     splits = {}
     with accelerator.local_main_process_first():
         for name, source in (("train", cfg.data.train), ("dev", cfg.data.dev)):
+            if source.streaming:
+                continue
             splits[name] = prepare_split(
                 source, normalizer, vocab, cfg.data.filters, frames_fn, cfg.data.cache_dir,
                 progress=accelerator.is_local_main_process,
@@ -126,7 +130,35 @@ def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
         (out / "data").mkdir(parents=True, exist_ok=True)
         for name, split in splits.items():
             shutil.copy(split.report_path, out / "data" / f"{name}.dropped.jsonl")
-    return processor, normalizer, vocab, splits, return_mask, do_normalize
+    return processor, normalizer, vocab, splits, return_mask, do_normalize, frames_fn
+
+
+def make_streaming_loader(cfg: TrainConfig, accelerator, collator, vocab, normalizer, frames_fn, do_normalize,
+                          out: Path) -> StreamingBatches:
+    """Batches from a rank-sharded stream of the train source, filtered on the fly (drops in data/)."""
+    dataset = StreamingSpeechDataset(
+        cfg.data.train, normalizer, vocab, cfg.data.filters, frames_fn, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, report_path=out / "data" / f"train.dropped.rank{accelerator.process_index}.jsonl",
+        do_normalize=do_normalize,
+    )
+    return StreamingBatches(dataset, _collate_with_ids(collator), cfg.data.max_batch_seconds,
+                            cfg.data.max_batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
+
+
+def _collate_with_ids(collator):
+    """Collator that drops undecodable items (None) and keeps the utterance ids beside the tensors."""
+
+    def collate(items):
+        good = [item for item in items if item is not None]
+        if len(good) < len(items):
+            logger.warning("skipped %d unreadable item(s) in a batch", len(items) - len(good))
+        if not good:
+            return None
+        batch = collator(good)
+        batch["ids"] = [item["id"] for item in good]
+        return batch
+
+    return collate
 
 
 def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *, train: bool):
@@ -140,18 +172,8 @@ def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *,
     except ValueError as e:
         raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}") from e
 
-    def collate(items):
-        good = [item for item in items if item is not None]
-        if len(good) < len(items):
-            logger.warning("skipped %d unreadable item(s) in a batch", len(items) - len(good))
-        if not good:
-            return None
-        batch = collator(good)
-        batch["ids"] = [item["id"] for item in good]
-        return batch
-
     loader = torch.utils.data.DataLoader(
-        SpeechDataset(split.table, do_normalize), batch_sampler=sampler, collate_fn=collate,
+        SpeechDataset(split.table, do_normalize), batch_sampler=sampler, collate_fn=_collate_with_ids(collator),
         num_workers=cfg.data.num_workers, persistent_workers=False,
         # Its own generator: worker seeding must not draw from the global RNG, or a resumed run
         # (which starts its DataLoader iterator mid-epoch) would see different dropout/SpecAugment.
@@ -213,10 +235,16 @@ def main(argv=None) -> int:
         save_config(cfg, out / "train_config.yaml")
     try:
         resume_dir = resolve_resume(args.resume, ckpt_root)
-        processor, normalizer, vocab, splits, return_mask, do_normalize = prepare_data(cfg, accelerator, out)
+        processor, normalizer, vocab, splits, return_mask, do_normalize, frames_fn = prepare_data(cfg, accelerator, out)
         model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])
         collator = CTCCollator(return_attention_mask=return_mask)
-        train_loader, train_sampler = make_loader(splits["train"], cfg, accelerator, collator, do_normalize, train=True)
+        if cfg.data.train.streaming:
+            # the stream is its own sampler: same interface (set_epoch, state_dict, load_state_dict)
+            train_loader = train_sampler = make_streaming_loader(
+                cfg, accelerator, collator, vocab, normalizer, frames_fn, do_normalize, out)
+        else:
+            train_loader, train_sampler = make_loader(splits["train"], cfg, accelerator, collator, do_normalize,
+                                                      train=True)
         dev_loader, _ = make_loader(splits["dev"], cfg, accelerator, collator, do_normalize, train=False)
     except ValueError as e:  # ConfigError included: bad input, reported in one line before any training
         logger.error("%s", e)
@@ -250,9 +278,10 @@ def main(argv=None) -> int:
     metrics_log = MetricsLog(out / "metrics.jsonl")
     if accelerator.is_main_process:
         accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in to_dict(cfg.optim).items()})
-        logger.info("train: %d utt, %.2f h; dev: %d utt, %.2f h; %d processes, %d batches/epoch/process",
-                    len(splits["train"]), splits["train"].hours, len(splits["dev"]), splits["dev"].hours,
-                    accelerator.num_processes, len(train_sampler))
+        train_desc = ("streamed" if cfg.data.train.streaming else
+                      f"{len(splits['train'])} utt, {splits['train'].hours:.2f} h, {len(train_sampler)} batches/epoch/process")
+        logger.info("train: %s; dev: %d utt, %.2f h; %d processes", train_desc, len(splits["dev"]),
+                    splits["dev"].hours, accelerator.num_processes)
         logger.info("model: %.2f M parameters (%.2f M trainable)",
                     sum(p.numel() for p in model.parameters()) / 1e6,
                     sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)

@@ -1,0 +1,1069 @@
+"""Evaluating a CTC model: the acoustic model runs once (log-probs cached), then decoders side by side.
+
+    $ .venv/bin/python scripts/eval.py --model runs/x/model --data data/synth/test.jsonl --decoder all --output eval/x
+
+Stages, each usable on its own:
+
+1. `compute_acoustic`: read a source (`asr.sources`), drop unreadable/empty/too short or long items
+   with a report (`asr.filters`, audio verified, no CTC check), run the model batched by length
+   (`asr.inference`), sharded across processes when given an Accelerator, and cache the float32
+   log-probs under a key of model files + data + settings. A second run (another decoder, tuning)
+   reads the cache and never loads the model.
+2. `decode_all` per decoder (`greedy`, `beam` = pyctcdecode + KenLM, `flashlight` = flashlight-text +
+   KenLM, lexicon or lexicon-free), timed; `score_run` turns texts and times into a table row.
+3. `EvalReport` (the side-by-side table, decoder agreement, padding check) and `write_results`:
+   results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl.
+4. `tune`: alpha/beta (and beam width) grid search on cached log-probs over a fork pool, n-best
+   oracle WER at the best point; `save_tuned` writes the winners into the LM directory.
+
+Tuned values live in the LM directory, where every later decode finds them (`load_decoder_settings`):
+
+    language_model/attrs.json   alpha, beta  (pyctcdecode's own file: Wav2Vec2ProcessorWithLM reads it too)
+    decoder.json                {"pyctcdecode": {alpha, beta, beam_width}, "flashlight": {lm_weight,
+                                word_score, beam_size}, "tuned": {data, utterances, grid, wer, ...}}
+
+decoder.json sits beside `language_model/` because pyctcdecode refuses unknown files inside it, and
+`lm_info.json` stays the build report. Without decoder.json, flashlight follows attrs.json through
+`lm_weight = alpha * ln(10)`, `word_score = beta` (same objective, see asr.beam).
+
+Padding: models whose feature extractor takes no attention mask (group-norm encoders such as
+wav2vec2-base and this project's from-scratch configs) see the zero padding of a batch: the first
+conv layer's group norm normalises over it and attention attends to it, so batched log-probs differ
+from one-by-one ones. For them an utterance is batched only with ones at most `max_padding` (2%)
+longer, and `check_padding` measures what is left on a sample (log-prob and probability deviation,
+frames whose argmax changed, greedy transcripts that changed, greedy WER both ways). Models with an
+attention mask are batched freely by length and differ only by float rounding.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.audio import AudioError, load_audio
+from asr.beam import (
+    ATTRS_FILE,
+    LM_SUBDIR,
+    CTCDecoder,
+    FlashlightBeam,
+    FlashlightOptions,
+    GreedyCTC,
+    PyCTCDecodeBeam,
+    PyCTCDecodeOptions,
+    load_lm_files,
+    oracle_texts,
+    word_edits,
+)
+from asr.constants import SAMPLE_RATE
+from asr.filters import Drop, FilterConfig, PreparedItem, apply_filters
+from asr.metrics import ErrorRates, error_rates
+from asr.sources import Utterance
+from asr.text import TextNormalizer
+
+logger = logging.getLogger(__name__)
+
+DECODERS = ("greedy", "beam", "flashlight")  # table order; "beam" is pyctcdecode
+BEAM_DECODERS = ("beam", "flashlight")  # the ones that need a KenLM directory
+DECODER_FILE = "decoder.json"  # tuned decoder settings, beside language_model/ in the LM directory
+CACHE_VERSION = 1  # bump when the cache file layout or what goes into the key changes
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr-toolkit" / "logits"
+DEFAULT_MAX_BATCH_SECONDS = 60.0  # padded audio per forward pass; a 2.4 M-param model uses ~1 GB at this size
+# Mask-less models only: an utterance shares a batch only with ones at most 2% longer. On the test model
+# (32 utterances of 1-4 s) 60 s batches alone moved greedy WER from 0.084 (one by one) to 0.080, 2-process
+# shards to 0.129; with this bound it matched one by one in 21 passes instead of 32.
+DEFAULT_MAX_PADDING = 0.02
+EVAL_MIN_DURATION = 0.1  # s; shorter clips hold no word and (< 25 ms) are shorter than the conv receptive field
+EVAL_MAX_DURATION = 60.0  # s; attention memory grows with the square of the length: split longer recordings
+DEFAULT_PADDING_SAMPLE = 16  # utterances run one by one to measure the effect of padding
+DEFAULT_NBEST = 10  # hypotheses per utterance for the oracle WER
+LN10 = math.log(10)  # flashlight's lm_weight multiplies KenLM's log10 scores, pyctcdecode's alpha natural logs
+# Files of a model directory that change its log-probs or references; the LM and eval outputs do not.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
+_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing weights
+
+
+def eval_filters(min_duration: float = EVAL_MIN_DURATION, max_duration: float = EVAL_MAX_DURATION) -> FilterConfig:
+    """The filters for evaluation: every file decoded once to verify it; no CTC-feasibility check."""
+    return FilterConfig(min_duration=min_duration, max_duration=max_duration, verify_audio=True,
+                        drop_unknown_chars=False)
+
+
+# ------------------------------------------------------------------------------------------ acoustic
+@dataclass
+class AcousticOutput:
+    """Log-probs of every kept utterance, in source order, and what it took to compute them.
+
+    `log_probs[i]` is float32 [T_i, V]: log-softmax over the vocabulary, cut to the utterance's
+    valid frames (20 ms each for wav2vec2).
+    """
+
+    ids: list[str]
+    references: list[str]  # normalised like the model's labels
+    durations: list[float]  # seconds
+    log_probs: list[np.ndarray]
+    drops: list[Drop]  # every item left out, with its reason
+    seconds: float  # wall-clock of audio decoding + forward passes (+ gathering), model loading excluded
+    num_processes: int
+    max_batch_seconds: float
+    max_padding: float | None = None  # the padding bound applied (None: the model masks padding, no bound)
+    key: str = ""
+    from_cache: bool = False
+
+    @property
+    def audio_seconds(self) -> float:
+        """Total audio of the kept utterances."""
+        return float(sum(self.durations))
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor of the acoustic pass: seconds of compute per second of audio."""
+        return self.seconds / max(self.audio_seconds, 1e-9)
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """Hash of the model directory's weights, configs, vocabulary and normaliser (file contents)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(Path(model_dir).iterdir()):
+        if not path.is_file() or path.suffix not in _MODEL_FILE_SUFFIXES or path.name == DECODER_FILE:
+            continue
+        if path.name in ("lm_info.json", "alphabet.json", "metrics.json"):
+            continue  # written beside the model by build_lm/training reports; they do not change log-probs
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(utterances: Sequence[Utterance]) -> str:
+    """Hash of the utterances: ids, transcripts, and each audio file's path, size and mtime (or its bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for u in utterances:
+        digest.update(json.dumps([u.id, u.text, u.audio_path]).encode())
+        if u.audio_bytes is not None:
+            digest.update(hashlib.blake2b(u.audio_bytes, digest_size=16).digest())
+        elif u.audio_path is not None:
+            try:
+                st = os.stat(u.audio_path)
+                digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                digest.update(b"missing")  # becomes a drop; a file appearing later changes the key
+    return digest.hexdigest()
+
+
+def acoustic_cache_key(model_dir: str | os.PathLike, utterances: Sequence[Utterance], filters: FilterConfig,
+                       max_batch_seconds: float, max_padding: float | None = DEFAULT_MAX_PADDING) -> str:
+    """The cache key: model files, data, filters and batching (padding changes mask-less models' output)."""
+    parts = [str(CACHE_VERSION), model_fingerprint(model_dir), data_fingerprint(utterances),
+             json.dumps(dataclasses.asdict(filters), sort_keys=True), repr(float(max_batch_seconds)),
+             repr(max_padding)]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def save_acoustic_cache(output: AcousticOutput, path: str | os.PathLike) -> Path:
+    """Write log-probs and metadata to one .npz (atomically); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.array([0] + [len(x) for x in output.log_probs], dtype=np.int64)
+    vocab_size = output.log_probs[0].shape[1] if output.log_probs else 0
+    stacked = (np.concatenate(output.log_probs).astype(np.float32, copy=False) if output.log_probs
+               else np.zeros((0, vocab_size), np.float32))
+    meta = {"version": CACHE_VERSION, "ids": output.ids, "references": output.references,
+            "durations": output.durations, "drops": [d.to_dict() for d in output.drops],
+            "seconds": output.seconds, "num_processes": output.num_processes,
+            "max_batch_seconds": output.max_batch_seconds, "max_padding": output.max_padding, "key": output.key}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, log_probs=stacked, offsets=np.cumsum(frames), meta=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
+    return path
+
+
+def load_acoustic_cache(path: str | os.PathLike) -> AcousticOutput | None:
+    """The cached output at `path`, or None when absent or unreadable (then it is recomputed)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            stacked, offsets = data["log_probs"], data["offsets"]
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("ignoring unreadable log-prob cache %s (%s); recomputing", path, e)
+        return None
+    if meta.get("version") != CACHE_VERSION:
+        return None
+    log_probs = [stacked[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return AcousticOutput(ids=meta["ids"], references=meta["references"], durations=meta["durations"],
+                          log_probs=log_probs, drops=[Drop(**d) for d in meta["drops"]], seconds=meta["seconds"],
+                          num_processes=meta["num_processes"], max_batch_seconds=meta["max_batch_seconds"],
+                          max_padding=meta["max_padding"], key=meta["key"], from_cache=True)
+
+
+def prepare_eval_set(utterances: Sequence[Utterance], normalizer: TextNormalizer, vocab: dict[str, int],
+                     filters: FilterConfig | None = None, num_workers: int | None = None,
+                     ) -> tuple[list[PreparedItem], list[Drop]]:
+    """Normalised references and verified audio; unreadable, empty or out-of-range items become Drops."""
+    return apply_filters(utterances, normalizer, vocab, filters or eval_filters(), frames_fn=None,
+                         num_workers=num_workers)
+
+
+def shard_indices(durations: Sequence[float], rank: int, world_size: int) -> list[int]:
+    """This rank's items: every `world_size`-th of the length-sorted order, so ranks get equal audio."""
+    order = sorted(range(len(durations)), key=lambda i: durations[i])
+    return order[rank::world_size]
+
+
+def padding_bounded_batches(lengths: Sequence[int], max_samples: int, max_padding: float | None) -> list[list[int]]:
+    """`asr.inference.plan_batches`, each batch split further so no item is padded by more than `max_padding`.
+
+    An item of length l in a batch whose longest item has length L is padded by (L - l) / L; None
+    (or >= 1) leaves the batches as planned.
+    """
+    from asr.inference import plan_batches
+
+    batches = plan_batches(lengths, max_samples)
+    if max_padding is None or max_padding >= 1:
+        return batches
+    out = []
+    for batch in batches:  # ascending length: the first item is the shortest, the newest the longest
+        current: list[int] = []
+        for i in batch:
+            if current and lengths[current[0]] < (1 - max_padding) * lengths[i]:
+                out.append(current)
+                current = []
+            current.append(i)
+        out.append(current)
+    return out
+
+
+def run_acoustic_model(loaded: Any, items: Sequence[PreparedItem], indices: Sequence[int],
+                       max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+                       max_padding: float | None = DEFAULT_MAX_PADDING, progress: bool = False,
+                       ) -> tuple[dict[int, np.ndarray], list[Drop]]:
+    """Log-probs of `items[i]` for each i in `indices`, in length-sorted batches.
+
+    Args:
+        loaded: `asr.inference.LoadedModel`.
+        items: The evaluation set.
+        indices: Which items to run (this process's shard).
+        max_batch_seconds: Padded audio per forward pass; 0 runs one utterance per pass.
+        max_padding: Largest share of padding for an utterance, for models without an attention
+            mask (see `padding_bounded_batches`); ignored for models that mask padding.
+        progress: Show a tqdm bar.
+
+    Returns:
+        (index -> float32 [T, V] log-probs, drops): an item whose audio fails to load now (it was
+        verified earlier, so the file changed since) is dropped, not fatal.
+    """
+    from asr.inference import log_probs_batch
+
+    lengths = [round(items[i].duration * SAMPLE_RATE) for i in indices]
+    bound = None if loaded.return_attention_mask else max_padding
+    batches = padding_bounded_batches(lengths, int(max_batch_seconds * SAMPLE_RATE), bound)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), desc="acoustic model", unit="utt", dynamic_ncols=True)
+    out: dict[int, np.ndarray] = {}
+    drops: list[Drop] = []
+    for batch in batches:
+        chosen, audios = [], []
+        for b in batch:
+            item = items[indices[b]]
+            try:
+                audios.append(load_audio(item.audio_bytes if item.audio_bytes is not None else item.audio_path))
+                chosen.append(indices[b])
+            except AudioError as e:
+                drops.append(Drop(item.id, item.audio_path, "unreadable_audio", str(e)))
+        if audios:
+            for i, lp in zip(chosen, log_probs_batch(loaded, audios)):
+                out[i] = lp
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return out, drops
+
+
+def compute_acoustic(
+    model_dir: str | os.PathLike,
+    utterances: Sequence[Utterance],
+    *,
+    filters: FilterConfig | None = None,
+    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+    max_padding: float | None = DEFAULT_MAX_PADDING,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    accelerator: Any = None,
+    progress: bool = False,
+) -> AcousticOutput | None:
+    """Log-probs of a whole evaluation set, from the cache or by running the model once.
+
+    With an `accelerate.Accelerator` of N processes, the main process filters the data, every
+    process runs the model on every N-th utterance of the length-sorted order, and the log-probs
+    are gathered to the main process (`gather_object`). Call it on every process.
+
+    Args:
+        model_dir: A model directory written by training (model + processor + normalizer.json).
+        utterances: The source's records (`asr.sources.load_source`).
+        filters: Eval filters; None uses `eval_filters()`.
+        max_batch_seconds: Padded audio per forward pass; 0 runs one utterance per pass.
+        max_padding: Mask-less models: largest share of padding for an utterance; None: no bound.
+        cache_dir: Where log-probs are cached by key; None neither reads nor writes a cache.
+        accelerator: Shards the work across its processes; None runs in this process.
+        progress: Show a tqdm bar (main process).
+
+    Returns:
+        The output on the main process, None on the others.
+    """
+    from asr.inference import load_model
+    from lm.build import load_model_text_config
+
+    filters = filters or eval_filters()
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    key = acoustic_cache_key(model_dir, utterances, filters, max_batch_seconds, max_padding)
+    path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
+    cached = load_acoustic_cache(path) if path is not None and rank == 0 else None
+    if _broadcast(accelerator, cached is not None):
+        if cached is not None:
+            logger.info("log-probs of %d utterances read from the cache %s (computed in %.1f s); the model is "
+                        "not run", len(cached.ids), path, cached.seconds)
+        return cached
+
+    items, drops = [], []
+    if rank == 0:
+        normalizer, vocab = load_model_text_config(model_dir)
+        items, drops = prepare_eval_set(utterances, normalizer, vocab, filters)
+        logger.info("%d of %d utterances kept for evaluation (%.1f min of audio)", len(items), len(utterances),
+                    sum(i.duration for i in items) / 60)
+    items, drops = _broadcast(accelerator, (items, drops))
+    if not items:
+        raise ValueError(f"No utterance of the {len(utterances)} given is usable ({_drop_summary(drops)}); check the "
+                         "audio files and transcripts.")
+    device = accelerator.device if accelerator is not None else "cpu"
+    loaded = load_model(model_dir, device=device)
+    # Timed from here: audio decoding + forward passes + gathering, what every decoder row shares.
+    started = time.perf_counter()
+    shard = shard_indices([i.duration for i in items], rank, world)
+    part, late_drops = run_acoustic_model(loaded, items, shard, max_batch_seconds, max_padding,
+                                          progress and rank == 0)
+    parts = _gather(accelerator, (part, late_drops))
+    seconds = time.perf_counter() - started
+    if rank != 0:
+        return None
+    log_probs: dict[int, np.ndarray] = {}
+    for part, late in parts:
+        log_probs.update(part)
+        drops = drops + late
+    kept = [i for i in range(len(items)) if i in log_probs]
+    output = AcousticOutput(
+        ids=[items[i].id for i in kept], references=[items[i].text for i in kept],
+        durations=[items[i].duration for i in kept], log_probs=[log_probs[i] for i in kept], drops=drops,
+        seconds=seconds, num_processes=world, max_batch_seconds=max_batch_seconds,
+        max_padding=None if loaded.return_attention_mask else max_padding, key=key)
+    logger.info("acoustic model: %.1f s for %.1f s of audio (RTF %.3f) on %d process(es)", seconds,
+                output.audio_seconds, output.rtf, world)
+    if path is not None:
+        save_acoustic_cache(output, path)
+        logger.info("log-probs cached in %s", path)
+    return output
+
+
+def _broadcast(accelerator: Any, value: Any) -> Any:
+    """`value` of the main process, on every process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _gather(accelerator: Any, value: Any) -> list[Any]:
+    """Every process's `value`, in rank order (on every process)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def _drop_summary(drops: Sequence[Drop]) -> str:
+    """`3 unreadable_audio, 1 too_short`."""
+    from asr.filters import summarize
+
+    counts: dict[str, int] = {}
+    for d in drops:
+        counts[d.reason] = counts.get(d.reason, 0) + 1
+    return summarize(counts) or "nothing dropped"
+
+
+# ------------------------------------------------------------------------------------------- padding
+@dataclass(frozen=True)
+class PaddingCheck:
+    """Batched vs one-by-one log-probs on a sample of utterances (see the module docstring)."""
+
+    utterances: int
+    attention_mask: bool  # whether the model is given a mask over padding
+    max_padding: float | None  # the bound the batches were made with (None: no bound)
+    max_abs_diff: float  # largest |batched - single| log-prob over every frame and token checked
+    mean_abs_diff: float  # dominated by improbable tokens, whose log-probs move most
+    max_prob_diff: float  # largest |batched - single| probability: what moves the decoders
+    frames: int
+    frames_argmax_changed: int  # frames whose best token differs
+    texts_changed: int  # utterances whose greedy transcript differs
+    wer_batched: float  # greedy WER of the sample, batched log-probs
+    wer_single: float  # the same, one utterance at a time
+
+    def explanation(self) -> str:
+        """One paragraph on what the numbers mean for this model."""
+        if self.attention_mask:
+            cause = ("The model takes an attention mask, so padded frames are masked out of attention; what is left "
+                     "is float rounding from different batch shapes.")
+        else:
+            cause = ("The model takes no attention mask (group-norm feature encoder, as wav2vec2-base): in a batch "
+                     "its first conv layer's group norm normalises over the zero padding and attention attends to the "
+                     "padded frames, so batched log-probs differ from one-by-one ones. Batches are sorted by length"
+                     + (f" and an utterance is padded by at most {100 * self.max_padding:g}% (max_padding)"
+                        if self.max_padding is not None and self.max_padding < 1 else "")
+                     + "; max_batch_seconds 0 runs one utterance per pass (exact, slower).")
+        return (f"Batched vs one-by-one on {self.utterances} utterances: max |log-prob diff| {self.max_abs_diff:.2g} "
+                f"(mean {self.mean_abs_diff:.2g}), max |probability diff| {self.max_prob_diff:.2g}; argmax changed on "
+                f"{self.frames_argmax_changed} of {self.frames} "
+                f"frames; {self.texts_changed} greedy transcript(s) changed; greedy WER {self.wer_batched:.4f} "
+                f"batched vs {self.wer_single:.4f} one by one. {cause}")
+
+
+def check_padding(loaded: Any, acoustic: AcousticOutput, audio: Mapping[str, str | bytes],
+                  sample: int | None = DEFAULT_PADDING_SAMPLE) -> PaddingCheck:
+    """Run a sample of utterances one at a time and compare with their batched log-probs.
+
+    Args:
+        loaded: `asr.inference.LoadedModel` the batched log-probs came from.
+        acoustic: The batched output (fresh or cached).
+        audio: Utterance id -> path or encoded bytes (`Utterance.audio`).
+        sample: Utterances to check, spread evenly over the set; None checks all.
+    """
+    from asr.inference import log_probs_batch
+
+    n = len(acoustic.ids)
+    count = n if sample is None else max(0, min(sample, n))
+    chosen = sorted({round(k * (n - 1) / max(count - 1, 1)) for k in range(count)}) if count else []
+    greedy = GreedyCTC(loaded.vocab)
+    max_diff, prob_diff, abs_sum, frames, changed_frames = 0.0, 0.0, 0.0, 0, 0
+    refs, batched_texts, single_texts = [], [], []
+    for i in chosen:
+        single = log_probs_batch(loaded, [load_audio(audio[acoustic.ids[i]])])[0]
+        batched = acoustic.log_probs[i]
+        if single.shape != batched.shape:
+            raise RuntimeError(f"Utterance {acoustic.ids[i]} gives {single.shape} log-probs alone but {batched.shape} "
+                               "in the cache; clear the cache (--no-cache) if the audio or model changed in place.")
+        diff = np.abs(single - batched)
+        if diff.size:
+            max_diff = max(max_diff, float(diff.max()))
+            prob_diff = max(prob_diff, float(np.abs(np.exp(single) - np.exp(batched)).max()))
+            abs_sum += float(diff.sum())
+        frames += len(single)
+        changed_frames += int((single.argmax(-1) != batched.argmax(-1)).sum())
+        refs.append(acoustic.references[i])
+        batched_texts.append(greedy.decode(batched).text)
+        single_texts.append(greedy.decode(single).text)
+    vocab_size = acoustic.log_probs[0].shape[1] if acoustic.log_probs else 1
+    check = PaddingCheck(
+        utterances=len(chosen), attention_mask=bool(loaded.return_attention_mask), max_padding=acoustic.max_padding,
+        max_abs_diff=max_diff,
+        mean_abs_diff=abs_sum / max(frames * vocab_size, 1), max_prob_diff=prob_diff, frames=frames,
+        frames_argmax_changed=changed_frames,
+        texts_changed=sum(a != b for a, b in zip(batched_texts, single_texts)),
+        wer_batched=error_rates(refs, batched_texts).wer if refs else 0.0,
+        wer_single=error_rates(refs, single_texts).wer if refs else 0.0)
+    logger.info("padding check: %s", check.explanation())
+    return check
+
+
+# ------------------------------------------------------------------------------------------ decoding
+@dataclass(frozen=True)
+class DecoderSettings:
+    """Search settings of both beam decoders, as stored in an LM directory."""
+
+    pyctcdecode: PyCTCDecodeOptions = field(default_factory=PyCTCDecodeOptions)
+    flashlight: FlashlightOptions = field(default_factory=FlashlightOptions)
+
+
+def has_lm(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a KenLM LM in `lm.build_lm`'s layout."""
+    try:
+        load_lm_files(directory)
+    except FileNotFoundError:
+        return False
+    return (Path(directory) / LM_SUBDIR).is_dir()
+
+
+def load_decoder_settings(lm_dir: str | os.PathLike | None) -> DecoderSettings:
+    """Decoder settings stored in an LM directory: attrs.json (alpha, beta) and decoder.json (tuned values).
+
+    Missing files fall back to the asr.beam defaults; flashlight without decoder.json follows
+    attrs.json (`lm_weight = alpha * ln 10`, `word_score = beta`).
+    """
+    if lm_dir is None:
+        return DecoderSettings()
+    lm_dir = Path(lm_dir)
+    attrs = _read_json(lm_dir / LM_SUBDIR / ATTRS_FILE)
+    tuned = _read_json(lm_dir / DECODER_FILE)
+    py = tuned.get("pyctcdecode", {})
+    pyctc = PyCTCDecodeOptions(
+        alpha=float(attrs.get("alpha", py.get("alpha", PyCTCDecodeOptions.alpha))),
+        beta=float(attrs.get("beta", py.get("beta", PyCTCDecodeOptions.beta))),
+        unk_score_offset=float(attrs.get("unk_score_offset", PyCTCDecodeOptions.unk_score_offset)),
+        score_boundary=bool(attrs.get("score_boundary", PyCTCDecodeOptions.score_boundary)),
+        beam_width=int(py.get("beam_width", PyCTCDecodeOptions.beam_width)))
+    fl = tuned.get("flashlight", {})
+    flashlight = FlashlightOptions(
+        lm_weight=float(fl.get("lm_weight", pyctc.alpha * LN10)),
+        word_score=float(fl.get("word_score", pyctc.beta)),
+        beam_size=int(fl.get("beam_size", FlashlightOptions.beam_size)))
+    return DecoderSettings(pyctc, flashlight)
+
+
+def build_decoder(name: str, vocab: Mapping[str, int], lm_dir: str | os.PathLike | None,
+                  settings: DecoderSettings | None = None) -> CTCDecoder:
+    """A decoder by table name: greedy, beam (pyctcdecode) or flashlight."""
+    settings = settings or DecoderSettings()
+    if name == "greedy":
+        return GreedyCTC(vocab)
+    if name not in BEAM_DECODERS:
+        raise ValueError(f"Decoder {name!r} is unknown; use one of {', '.join(DECODERS)}.")
+    if lm_dir is None or not has_lm(lm_dir):
+        raise FileNotFoundError(f"The {name} decoder needs a KenLM directory but {str(lm_dir)!r} has none; build one "
+                                "with `python scripts/build_lm.py --model MODEL_DIR --text LM_TEXT` or pass --lm DIR.")
+    if name == "beam":
+        return PyCTCDecodeBeam.from_dir(lm_dir, vocab, settings.pyctcdecode)
+    return FlashlightBeam.from_dir(lm_dir, vocab, settings.flashlight)
+
+
+def describe_settings(name: str, settings: DecoderSettings) -> str:
+    """`alpha=0.5 beta=1 beam=100` for a table row."""
+    if name == "beam":
+        o = settings.pyctcdecode
+        text = f"alpha={o.alpha:g} beta={o.beta:g} beam={o.beam_width}"
+        return text + (f" hotwords={len(o.hotwords)}" if o.hotwords else "")
+    if name == "flashlight":
+        o = settings.flashlight
+        lexicon = "lexicon-free" if o.lexicon_free else "lexicon"
+        return f"lm_weight={o.lm_weight:.3g} word_score={o.word_score:g} beam={o.beam_size} {lexicon}"
+    return ""
+
+
+@dataclass(frozen=True)
+class DecodeRun:
+    """One decoder's transcripts of a whole set, and its wall-clock time (LM loading excluded)."""
+
+    decoder: str
+    texts: list[str]
+    seconds: float
+    load_seconds: float  # building the decoder (loading the LM, the lexicon trie)
+    processes: int
+    settings: str
+
+
+def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarray],
+               lm_dir: str | os.PathLike | None = None, settings: DecoderSettings | None = None) -> DecodeRun:
+    """Decode every utterance with one decoder, timing the search.
+
+    Args:
+        name: greedy, beam or flashlight.
+        vocab: Token -> id of the model.
+        log_probs: [T_i, V] per utterance.
+        lm_dir: LM directory (beam decoders).
+        settings: Search settings; `settings.pyctcdecode.num_processes` > 1 decodes on a fork pool.
+    """
+    settings = settings or DecoderSettings()
+    started = time.perf_counter()
+    decoder = build_decoder(name, vocab, lm_dir, settings)
+    loaded = time.perf_counter()
+    texts = [h.text for h in decoder.decode_batch(list(log_probs))]
+    done = time.perf_counter()
+    processes = max(1, settings.pyctcdecode.num_processes) if name == "beam" else 1
+    logger.info("%s: %d utterances in %.2f s (+%.2f s loading)", name, len(texts), done - loaded, loaded - started)
+    return DecodeRun(name, texts, done - loaded, loaded - started, processes, describe_settings(name, settings))
+
+
+# -------------------------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class DecoderResult:
+    """One row of the comparison table."""
+
+    decoder: str
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    ref_words: int
+    utterances: int
+    decode_seconds: float
+    utterances_per_second: float  # decoding only; the acoustic model's time is shared by every row
+    rtf_decode: float  # decode seconds per second of audio
+    rtf_total: float  # (acoustic + decode) seconds per second of audio
+    processes: int
+    settings: str
+
+
+def score_run(run: DecodeRun, references: Sequence[str], audio_seconds: float,
+              acoustic_seconds: float) -> DecoderResult:
+    """A table row: error rates of `run` against `references`, speed and real-time factors."""
+    rates: ErrorRates = error_rates(references, run.texts)
+    audio = max(audio_seconds, 1e-9)
+    return DecoderResult(
+        decoder=run.decoder, wer=rates.wer, cer=rates.cer, substitutions=rates.substitutions,
+        deletions=rates.deletions, insertions=rates.insertions, ref_words=rates.ref_words,
+        utterances=len(run.texts), decode_seconds=run.seconds,
+        utterances_per_second=len(run.texts) / max(run.seconds, 1e-9), rtf_decode=run.seconds / audio,
+        rtf_total=(acoustic_seconds + run.seconds) / audio, processes=run.processes, settings=run.settings)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How close two decoders' transcripts are."""
+
+    a: str
+    b: str
+    identical: float  # share of utterances with the same text
+    word_difference: float  # word edits between them per word of `a`'s transcripts
+
+
+def agreement(a: DecodeRun, b: DecodeRun) -> Agreement:
+    """Share of identical transcripts and the word difference rate between two runs on the same set."""
+    edits = sum(word_edits(x, y) for x, y in zip(a.texts, b.texts))
+    words = sum(len(x.split()) for x in a.texts)
+    same = sum(x == y for x, y in zip(a.texts, b.texts))
+    return Agreement(a.decoder, b.decoder, same / max(len(a.texts), 1), edits / max(words, 1))
+
+
+@dataclass
+class EvalReport:
+    """Everything the comparison table shows."""
+
+    model: str
+    data: str
+    lm: str | None
+    utterances: int
+    dropped: int
+    audio_seconds: float
+    acoustic_seconds: float
+    acoustic_processes: int
+    acoustic_cached: bool
+    max_batch_seconds: float
+    max_padding: float | None
+    results: list[DecoderResult]
+    agreements: list[Agreement] = field(default_factory=list)
+    padding: PaddingCheck | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        data = dataclasses.asdict(self)
+        data["acoustic_rtf"] = self.acoustic_seconds / max(self.audio_seconds, 1e-9)
+        if self.padding is not None:
+            data["padding"]["explanation"] = self.padding.explanation()
+        return data
+
+    def to_markdown(self) -> str:
+        """The table with a header saying what was measured, and the notes under it."""
+        rtf = self.acoustic_seconds / max(self.audio_seconds, 1e-9)
+        lines = [
+            f"## {self.data}: {self.utterances} utterances, {self.audio_seconds / 60:.1f} min of audio"
+            + (f" ({self.dropped} dropped, see dropped.jsonl)" if self.dropped else ""),
+            "",
+            f"- model: `{self.model}`" + (f"; LM: `{self.lm}`" if self.lm else ""),
+            f"- acoustic model (shared by every row): {self.acoustic_seconds:.1f} s, RTF {rtf:.3f}, "
+            f"{self.acoustic_processes} process(es), batches of <= {self.max_batch_seconds:g} s padded audio"
+            + (f", each utterance padded by <= {100 * self.max_padding:g}% (the model takes no attention mask)"
+               if self.max_padding is not None and self.max_padding < 1 else "")
+            + (" (log-probs read from the cache; time of the run that computed them)" if self.acoustic_cached else ""),
+            "",
+            "| decoder | WER | CER | sub | del | ins | utt/s | RTF decode | RTF total | processes | settings |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in self.results:
+            lines.append(f"| {r.decoder} | {r.wer:.4f} | {r.cer:.4f} | {r.substitutions} | {r.deletions} | "
+                         f"{r.insertions} | {r.utterances_per_second:.1f} | {r.rtf_decode:.4f} | {r.rtf_total:.4f} | "
+                         f"{r.processes} | {r.settings} |")
+        lines.append("")
+        lines.append("RTF = seconds of compute per second of audio (wall-clock); utt/s counts decoding only.")
+        for g in self.agreements:
+            lines.append(f"- {g.a} vs {g.b}: {100 * g.identical:.1f}% identical transcripts, "
+                         f"{100 * g.word_difference:.2f}% word difference")
+        if self.padding is not None:
+            lines.append(f"- padding: {self.padding.explanation()}")
+        return "\n".join(lines) + "\n"
+
+
+def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: str, data: str,
+                 lm: str | None = None, padding: PaddingCheck | None = None) -> EvalReport:
+    """The comparison table of several decoders run on the same log-probs."""
+    results = [score_run(r, acoustic.references, acoustic.audio_seconds, acoustic.seconds) for r in runs]
+    # greedy is the baseline, not a rival search: only beam decoders are compared with each other
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:] if "greedy" not in (a.decoder, b.decoder)]
+    agreements = [agreement(a, b) for a, b in pairs]
+    for g in agreements:
+        logger.info("%s vs %s: %.1f%% identical transcripts, %.2f%% word difference", g.a, g.b, 100 * g.identical,
+                    100 * g.word_difference)
+    return EvalReport(model=model, data=data, lm=lm, utterances=len(acoustic.ids), dropped=len(acoustic.drops),
+                      audio_seconds=acoustic.audio_seconds, acoustic_seconds=acoustic.seconds,
+                      acoustic_processes=acoustic.num_processes, acoustic_cached=acoustic.from_cache,
+                      max_batch_seconds=acoustic.max_batch_seconds, max_padding=acoustic.max_padding,
+                      results=results, agreements=agreements,
+                      padding=padding)
+
+
+def utterance_rows(acoustic: AcousticOutput, runs: Sequence[DecodeRun]) -> list[dict[str, Any]]:
+    """One row per utterance: id, duration, reference, and each decoder's hypothesis and word errors."""
+    rows = []
+    for i, (utt_id, ref, duration) in enumerate(zip(acoustic.ids, acoustic.references, acoustic.durations)):
+        row: dict[str, Any] = {"id": utt_id, "duration": round(duration, 4), "reference": ref}
+        for run in runs:
+            row[run.decoder] = run.texts[i]
+            row[f"{run.decoder}_word_errors"] = word_edits(ref, run.texts[i])
+        rows.append(row)
+    return rows
+
+
+def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: Sequence[Drop],
+                  out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write results.{md,json,csv}, utterances.{jsonl,csv}, comparison.png and dropped.jsonl.
+
+    Returns:
+        File kind -> path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("results.md", "results.json", "results.csv", "utterances.jsonl",
+                                            "utterances.csv", "comparison.png", "dropped.jsonl")}
+    _write_text(paths["results.md"], report.to_markdown())
+    _write_text(paths["results.json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    _write_text(paths["results.csv"], _csv([dataclasses.asdict(r) for r in report.results]))
+    _write_text(paths["utterances.jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write_text(paths["utterances.csv"], _csv(rows))
+    _write_text(paths["dropped.jsonl"], "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
+    plot_comparison(report.results, paths["comparison.png"], title=f"{report.data} ({report.utterances} utterances)")
+    return paths
+
+
+def plot_comparison(results: Sequence[DecoderResult], path: str | os.PathLike, title: str = "") -> Path:
+    """Grouped bar chart of WER and CER per decoder (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.decoder for r in results]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.6))
+    for offset, metric, label in ((-0.18, "wer", "WER"), (0.18, "cer", "CER")):
+        values = [getattr(r, metric) for r in results]
+        bars = ax.bar(x + offset, values, width=0.36, label=label)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("error rate")
+    ax.set_ylim(0, max([max(r.wer, r.cer) for r in results] + [0.01]) * 1.2)
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV text, columns in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when the file is absent."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+# -------------------------------------------------------------------------------------------- tuning
+@dataclass(frozen=True)
+class TuneGrid:
+    """The grid searched, in pyctcdecode's units; flashlight uses lm_weight = alpha * ln 10, word_score = beta."""
+
+    alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5)  # LM weight; 0.5 is pyctcdecode's default
+    betas: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # per-word bonus; higher counters the LM's bias to few words
+    beam_widths: tuple[int, ...] = ()  # () keeps the decoder's current width; more widths multiply the cost
+
+    def __post_init__(self) -> None:
+        for name in ("alphas", "betas", "beam_widths"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.alphas or not self.betas:
+            raise ValueError(f"TuneGrid needs at least one alpha and one beta, got {self.alphas} and {self.betas}.")
+        if any(w < 1 for w in self.beam_widths):
+            raise ValueError(f"TuneGrid.beam_widths {self.beam_widths} must all be 1 or more.")
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    """One grid point's result on the tuning set."""
+
+    decoder: str
+    alpha: float
+    beta: float
+    beam_width: int
+    wer: float
+    cer: float
+    seconds: float  # decode wall-clock of this point in its worker
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """How much better a perfect rescorer of the n-best lists could do than the 1-best."""
+
+    decoder: str
+    nbest: int
+    wer_1best: float
+    wer_oracle: float
+
+
+@dataclass
+class TuneResult:
+    """Every grid point, the best per decoder, and the n-best oracle at the best point."""
+
+    data: str
+    utterances: int
+    grid: TuneGrid
+    points: list[TunePoint]
+    best: dict[str, TunePoint]
+    oracle: dict[str, OracleResult]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def to_markdown(self) -> str:
+        """Best settings per decoder, the oracle WER, and the full grid."""
+        lines = [f"## Tuning on {self.data} ({self.utterances} utterances, {len(self.points)} decodes in "
+                 f"{self.seconds:.0f} s)", "",
+                 "| decoder | alpha | beta | beam | WER | CER | n-best oracle WER |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, p in self.best.items():
+            oracle = self.oracle.get(name)
+            oracle_text = f"{oracle.wer_oracle:.4f} (n={oracle.nbest})" if oracle else ""
+            lines.append(f"| {name} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | {p.cer:.4f} | "
+                         f"{oracle_text} |")
+        lines += ["", "Every grid point (flashlight: lm_weight = alpha * ln 10, word_score = beta):", "",
+                  "| decoder | alpha | beta | beam | WER | CER | decode s |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for p in sorted(self.points, key=lambda p: (p.decoder, p.beam_width, p.alpha, p.beta)):
+            lines.append(f"| {p.decoder} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | {p.cer:.4f} | "
+                         f"{p.seconds:.1f} |")
+        return "\n".join(lines) + "\n"
+
+
+def with_point(settings: DecoderSettings, alpha: float, beta: float, beam_width: int | None = None,
+               ) -> DecoderSettings:
+    """`settings` with both decoders set to one grid point (flashlight through alpha * ln 10 and beta)."""
+    py = dataclasses.replace(settings.pyctcdecode, alpha=alpha, beta=beta,
+                             beam_width=beam_width or settings.pyctcdecode.beam_width)
+    fl = dataclasses.replace(settings.flashlight, lm_weight=alpha * LN10, word_score=beta,
+                             beam_size=beam_width or settings.flashlight.beam_size)
+    return DecoderSettings(py, fl)
+
+
+def tune(
+    log_probs: Sequence[np.ndarray],
+    references: Sequence[str],
+    vocab: Mapping[str, int],
+    lm_dir: str | os.PathLike,
+    *,
+    decoders: Sequence[str] = BEAM_DECODERS,
+    grid: TuneGrid | None = None,
+    settings: DecoderSettings | None = None,
+    processes: int = 1,
+    nbest: int = DEFAULT_NBEST,
+    data: str = "",
+) -> TuneResult:
+    """Grid search of alpha/beta (and beam width) for the beam decoders on cached log-probs.
+
+    Each grid point decodes the whole set in one worker of a fork pool (workers inherit the
+    log-probs; pyctcdecode cannot use spawn). Ties go to the lower CER, then the narrower beam.
+
+    Args:
+        log_probs: [T_i, V] per utterance of the tuning (dev) set.
+        references: Normalised transcripts.
+        vocab: Token -> id of the model.
+        lm_dir: The LM directory.
+        decoders: Which of "beam", "flashlight" to tune.
+        grid: Values searched.
+        settings: Everything not searched (prune thresholds, hotwords, lexicon-free ...).
+        processes: Pool workers; 1 decodes in this process.
+        nbest: Hypotheses per utterance for the oracle WER at the best point; 0 skips it.
+        data: Name of the tuning set, for the report.
+    """
+    grid = grid or TuneGrid()
+    settings = settings or DecoderSettings()
+    decoders = [d for d in decoders if d in BEAM_DECODERS]
+    if not decoders:
+        raise ValueError("tune() needs at least one of the beam decoders 'beam' and 'flashlight' to tune.")
+    if len(log_probs) != len(references):
+        raise ValueError(f"{len(log_probs)} log-prob arrays but {len(references)} references; they must pair up.")
+    build_decoder(decoders[0], vocab, lm_dir, settings)  # fail here, not in a worker, when the LM is missing
+    started = time.perf_counter()
+    widths = grid.beam_widths or (None,)
+    # pyctcdecode points first: they are the slow ones, so the pool's tail is made of quick flashlight points.
+    tasks = [(name, a, b, w) for name in sorted(decoders, key=lambda d: d != "beam")
+             for w in widths for a in grid.alphas for b in grid.betas]
+    state = {"log_probs": list(log_probs), "references": list(references), "vocab": dict(vocab),
+             "lm_dir": str(lm_dir), "settings": _single_process(settings)}
+    logger.info("tuning %s on %d utterances: %d decodes on %d process(es)", "/".join(decoders), len(log_probs),
+                len(tasks), processes)
+    points = fork_map(_tune_point, tasks, processes, state)
+    best = {name: min((p for p in points if p.decoder == name), key=lambda p: (p.wer, p.cer, p.beam_width))
+            for name in decoders}
+    oracle = {}
+    if nbest > 0:
+        for name, p in best.items():
+            oracle[name] = _oracle(name, p, state, nbest, processes)
+    seconds = time.perf_counter() - started
+    for name, p in best.items():
+        logger.info("best %s: alpha=%g beta=%g beam=%d WER %.4f%s", name, p.alpha, p.beta, p.beam_width, p.wer,
+                    f" (n-best oracle {oracle[name].wer_oracle:.4f})" if name in oracle else "")
+    return TuneResult(data=data, utterances=len(log_probs), grid=grid, points=points, best=best, oracle=oracle,
+                      seconds=seconds)
+
+
+def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the best values into the LM directory so later decodes use them by default.
+
+    pyctcdecode's alpha/beta go into `language_model/attrs.json` (kept in pyctcdecode's format,
+    other keys untouched); both decoders' values into `decoder.json` with where they came from.
+    A decoder that was not tuned keeps its stored values.
+
+    Returns:
+        The path of decoder.json.
+    """
+    lm_dir = Path(lm_dir)
+    stored = _read_json(lm_dir / DECODER_FILE)
+    if "beam" in result.best:
+        p = result.best["beam"]
+        stored["pyctcdecode"] = {"alpha": p.alpha, "beta": p.beta, "beam_width": p.beam_width}
+        attrs_path = lm_dir / LM_SUBDIR / ATTRS_FILE
+        attrs = _read_json(attrs_path)
+        attrs.update(alpha=p.alpha, beta=p.beta)
+        _write_text(attrs_path, json.dumps(attrs) + "\n")
+    if "flashlight" in result.best:
+        p = result.best["flashlight"]
+        stored["flashlight"] = {"lm_weight": p.alpha * LN10, "word_score": p.beta, "beam_size": p.beam_width,
+                                "alpha": p.alpha}
+    stored["tuned"] = {
+        "data": result.data, "utterances": result.utterances, "grid": dataclasses.asdict(result.grid),
+        "wer": {name: p.wer for name, p in result.best.items()},
+        "oracle_wer": {name: o.wer_oracle for name, o in result.oracle.items()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {}),
+    }
+    path = lm_dir / DECODER_FILE
+    _write_text(path, json.dumps(stored, indent=1) + "\n")
+    logger.info("tuned settings written to %s and %s", path, lm_dir / LM_SUBDIR / ATTRS_FILE)
+    return path
+
+
+def _single_process(settings: DecoderSettings) -> DecoderSettings:
+    """Settings for use inside a pool worker (no nested pool)."""
+    return DecoderSettings(dataclasses.replace(settings.pyctcdecode, num_processes=0), settings.flashlight)
+
+
+def _tune_point(state: Mapping[str, Any], task: tuple[str, float, float, int | None]) -> TunePoint:
+    """Decode the tuning set at one grid point (runs in a pool worker)."""
+    name, alpha, beta, width = task
+    settings = with_point(state["settings"], alpha, beta, width)
+    decoder = build_decoder(name, state["vocab"], state["lm_dir"], settings)
+    started = time.perf_counter()
+    texts = [h.text for h in decoder.decode_batch(state["log_probs"])]
+    seconds = time.perf_counter() - started
+    rates = error_rates(state["references"], texts)
+    used_width = settings.pyctcdecode.beam_width if name == "beam" else settings.flashlight.beam_size
+    return TunePoint(name, alpha, beta, used_width, rates.wer, rates.cer, seconds)
+
+
+def _nbest_chunk(state: Mapping[str, Any], task: tuple[str, tuple[float, float, int], list[int], int]) -> list[list]:
+    """N-best lists of some utterances at one setting (runs in a pool worker)."""
+    name, (alpha, beta, width), indices, n = task
+    decoder = build_decoder(name, state["vocab"], state["lm_dir"], with_point(state["settings"], alpha, beta, width))
+    return [decoder.decode_nbest(state["log_probs"][i], n=n) for i in indices]
+
+
+def _oracle(name: str, point: TunePoint, state: Mapping[str, Any], nbest: int, processes: int) -> OracleResult:
+    """N-best oracle WER of one decoder at its best point."""
+    n = len(state["log_probs"])
+    chunks = [list(range(k, n, max(processes, 1))) for k in range(max(processes, 1))]
+    setting = (point.alpha, point.beta, point.beam_width)
+    lists = fork_map(_nbest_chunk, [(name, setting, c, nbest) for c in chunks if c], processes, state)
+    nbest_lists: list[list] = [[] for _ in range(n)]
+    for chunk, result in zip([c for c in chunks if c], lists):
+        for i, hyps in zip(chunk, result):
+            nbest_lists[i] = hyps
+    refs = state["references"]
+    oracle = error_rates(refs, oracle_texts(refs, nbest_lists)).wer
+    first = error_rates(refs, [h[0].text if h else "" for h in nbest_lists]).wer
+    return OracleResult(name, nbest, first, oracle)
+
+
+_POOL_STATE: dict[str, Any] = {}  # what fork-pool workers inherit instead of receiving it pickled
+
+
+def fork_map(fn: Callable[[Mapping[str, Any], Any], Any], tasks: Sequence[Any], processes: int,
+             state: Mapping[str, Any]) -> list[Any]:
+    """`[fn(state, t) for t in tasks]` on a fork pool; workers inherit `state` (log-probs are never pickled).
+
+    `fn` must be a module-level function; results come back in task order. `processes` <= 1, or
+    one task, runs in this process.
+    """
+    global _POOL_STATE
+    if processes <= 1 or len(tasks) <= 1:
+        return [fn(state, t) for t in tasks]
+    _POOL_STATE = dict(state)
+    try:
+        # fork: workers get the log-probs and loaded modules by copy-on-write; pyctcdecode also needs it.
+        with multiprocessing.get_context("fork").Pool(min(processes, len(tasks))) as pool:
+            return pool.starmap(_call_with_state, [(fn, t) for t in tasks], chunksize=1)
+    finally:
+        _POOL_STATE = {}
+
+
+def _call_with_state(fn: Callable[[Mapping[str, Any], Any], Any], task: Any) -> Any:
+    """Pool entry point: `fn` with the inherited state."""
+    return fn(_POOL_STATE, task)

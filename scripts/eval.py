@@ -1,0 +1,230 @@
+"""Evaluate a CTC model with greedy, pyctcdecode and flashlight decoding, side by side.
+
+    $ .venv/bin/python scripts/eval.py --model runs/x/model --data data/synth/test.jsonl --decoder all --output eval/x
+    # tune alpha/beta on dev first (written into the LM dir, then used by every later decode), evaluate on test
+    $ .venv/bin/python scripts/eval.py --model runs/x/model --data data/synth/test.jsonl --tune \
+          --tune-data data/synth/dev.jsonl --output eval/x
+    # the acoustic model on 2 processes (CPU here; GPUs with a multi-GPU accelerate config)
+    $ accelerate launch --config_file configs/accelerate/cpu_2proc.yaml scripts/eval.py --model ... --output ...
+
+The acoustic model runs once per (model, data, batch size): its log-probs are cached (--cache-dir,
+default ~/.cache/asr-toolkit/logits), so another decoder, other alpha/beta or tuning never rerun it.
+--lm defaults to the model directory when it holds an LM (`scripts/build_lm.py --model DIR` puts
+it there). Decoder settings default to what the LM directory stores (language_model/attrs.json,
+decoder.json written by --tune); flags override them.
+
+Writes to --output: results.md (the table), results.json, results.csv, utterances.jsonl/.csv (id,
+reference, every decoder's hypothesis and word errors), comparison.png, dropped.jsonl (items left
+out and why), and with --tune: tuning.md/.json. The table goes to stdout, logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from asr.evaluation import (
+    BEAM_DECODERS,
+    DECODERS,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_MAX_BATCH_SECONDS,
+    DEFAULT_MAX_PADDING,
+    DEFAULT_NBEST,
+    DEFAULT_PADDING_SAMPLE,
+    EVAL_MAX_DURATION,
+    EVAL_MIN_DURATION,
+    AcousticOutput,
+    DecoderSettings,
+    TuneGrid,
+    build_report,
+    check_padding,
+    compute_acoustic,
+    decode_all,
+    eval_filters,
+    has_lm,
+    load_decoder_settings,
+    save_tuned,
+    tune,
+    utterance_rows,
+    write_results,
+)
+from asr.beam import load_vocab
+from asr.sources import SourceConfig, load_source
+
+logger = logging.getLogger("eval")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    grid = TuneGrid()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="model directory written by scripts/train.py")
+    p.add_argument("--data", required=True, help="manifest, corpus folder or dataset (any asr.sources layout)")
+    p.add_argument("--split", default=None, help="split of a dataset/layout source")
+    p.add_argument("--source-kind", default="auto", help="layout of --data (auto|manifest|librispeech|hf|...)")
+    p.add_argument("--text-column", default=None, help="text column of a manifest/dataset")
+    p.add_argument("--audio-column", default=None, help="audio column of a manifest/dataset")
+    p.add_argument("--decoder", nargs="+", default=["all"], choices=[*DECODERS, "all"], help="decoders to compare")
+    p.add_argument("--lm", type=Path, default=None, help="LM directory (default: --model when it holds one)")
+    p.add_argument("--output", type=Path, required=True, help="where results go")
+    p.add_argument("--workers", type=int, default=1,
+                   help="fork-pool processes for pyctcdecode decoding and for tuning (flashlight runs in one)")
+    g = p.add_argument_group("pyctcdecode (beam); unset values come from the LM directory")
+    g.add_argument("--alpha", type=float, default=None, help="LM weight")
+    g.add_argument("--beta", type=float, default=None, help="word bonus")
+    g.add_argument("--beam-width", type=int, default=None)
+    g.add_argument("--beam-prune-logp", type=float, default=None)
+    g.add_argument("--token-min-logp", type=float, default=None)
+    g.add_argument("--hotwords", nargs="+", default=None, help="words or phrases to boost")
+    g.add_argument("--hotword-weight", type=float, default=None)
+    g = p.add_argument_group("flashlight; unset values come from the LM directory")
+    g.add_argument("--lm-weight", type=float, default=None, help="weight of KenLM's log10 scores (= alpha * ln 10)")
+    g.add_argument("--word-score", type=float, default=None, help="word bonus (= beta)")
+    g.add_argument("--beam-size", type=int, default=None)
+    g.add_argument("--beam-threshold", type=float, default=None)
+    g.add_argument("--lexicon-free", action="store_true", help="spell freely (needs a token LM: build_lm --unit token)")
+    g = p.add_argument_group("acoustic model")
+    g.add_argument("--max-batch-seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
+                   help="padded audio per forward pass (per process); 0 runs one utterance per pass")
+    g.add_argument("--max-padding", type=float, default=DEFAULT_MAX_PADDING,
+                   help="models without an attention mask: an utterance is batched only with ones at most this "
+                        "fraction longer (padding changes their output); 1 disables the bound")
+    g.add_argument("--min-duration", type=float, default=EVAL_MIN_DURATION, help="shorter items are dropped (s)")
+    g.add_argument("--max-duration", type=float, default=EVAL_MAX_DURATION, help="longer items are dropped (s)")
+    g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="log-prob cache")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the log-prob cache")
+    g.add_argument("--check-padding", type=int, default=DEFAULT_PADDING_SAMPLE,
+                   help="utterances run one by one to measure the effect of batch padding; 0 skips, -1 checks all")
+    g = p.add_argument_group("tuning")
+    g.add_argument("--tune", action="store_true", help="grid-search alpha/beta and store the best in the LM dir")
+    g.add_argument("--tune-data", default=None, help="tuning (dev) set; default: --data (then the table is optimistic)")
+    g.add_argument("--tune-split", default=None, help="split of --tune-data")
+    g.add_argument("--alphas", type=float, nargs="+", default=list(grid.alphas))
+    g.add_argument("--betas", type=float, nargs="+", default=list(grid.betas))
+    g.add_argument("--beam-widths", type=int, nargs="+", default=list(grid.beam_widths),
+                   help="also search beam widths (default: keep the current one)")
+    g.add_argument("--nbest", type=int, default=DEFAULT_NBEST, help="n-best size for the oracle WER; 0 skips it")
+    args = p.parse_args(argv)
+    args.decoder = list(DECODERS) if "all" in args.decoder else [d for d in DECODERS if d in args.decoder]
+    if args.workers < 1:
+        p.error(f"--workers is {args.workers}; use 1 or more")
+    searched = [f"--{k.replace('_', '-')}" for k in ("alpha", "beta", "lm_weight", "word_score")
+                if getattr(args, k) is not None]
+    if args.tune and searched:
+        p.error(f"{', '.join(searched)} are what --tune searches; give the grid with --alphas/--betas instead")
+    return args
+
+
+def resolve_lm(args: argparse.Namespace) -> Path | None:
+    """The LM directory for the beam decoders; exits with one line when one is needed and missing."""
+    lm = args.lm if args.lm is not None else (args.model if has_lm(args.model) else None)
+    needs_lm = any(d in BEAM_DECODERS for d in args.decoder) or args.tune
+    if needs_lm and (lm is None or not has_lm(lm)):
+        where = f"{args.lm}" if args.lm is not None else f"the model directory {args.model}"
+        sys.exit(f"error: no KenLM language model in {where} for the beam decoders; build one with "
+                 f"`python scripts/build_lm.py --model {args.model} --text LM_TEXT.txt`, pass --lm DIR, "
+                 "or use --decoder greedy")
+    return lm
+
+
+def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettings:
+    """The LM directory's stored settings with the command line's overrides."""
+    stored = load_decoder_settings(lm)
+    py = {"alpha": args.alpha, "beta": args.beta, "beam_width": args.beam_width,
+          "beam_prune_logp": args.beam_prune_logp, "token_min_logp": args.token_min_logp,
+          "hotwords": args.hotwords, "hotword_weight": args.hotword_weight}
+    fl = {"lm_weight": args.lm_weight, "word_score": args.word_score, "beam_size": args.beam_size,
+          "beam_threshold": args.beam_threshold, "lexicon_free": args.lexicon_free or None}
+    return DecoderSettings(
+        dataclasses.replace(stored.pyctcdecode, num_processes=args.workers,
+                            **{k: v for k, v in py.items() if v is not None}),
+        dataclasses.replace(stored.flashlight, **{k: v for k, v in fl.items() if v is not None}))
+
+
+def make_accelerator():
+    """An Accelerator for the launch environment; gloo on CPU when launched with several processes."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    import torch
+
+    handlers = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # accelerate launch ignores a config's use_cpu for multi-process runs; name gloo explicitly.
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(kwargs_handlers=handlers)
+
+
+def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
+                 accelerator) -> tuple[AcousticOutput | None, dict[str, str | bytes]]:
+    """A source's log-probs (cache or model; None on non-main processes) and its audio by utterance id."""
+    source = SourceConfig(kind=args.source_kind, path=data, split=split, text_column=args.text_column,
+                          audio_column=args.audio_column)
+    utterances = load_source(source)
+    output = compute_acoustic(
+        args.model, utterances, filters=eval_filters(args.min_duration, args.max_duration),
+        max_batch_seconds=args.max_batch_seconds, max_padding=args.max_padding,
+        cache_dir=None if args.no_cache else args.cache_dir, accelerator=accelerator, progress=True)
+    return output, {u.id: u.audio for u in utterances}
+
+
+def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, data: str) -> None:
+    """Grid-search the beam decoders on `acoustic`, store the best values in the LM dir, write tuning.md/.json."""
+    grid = TuneGrid(tuple(args.alphas), tuple(args.betas), tuple(args.beam_widths))
+    decoders = [d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS)
+    result = tune(acoustic.log_probs, acoustic.references, load_vocab(args.model), lm, decoders=decoders, grid=grid,
+                  settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data)
+    save_tuned(lm, result, extra={"model": str(args.model)})
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "tuning.md").write_text(result.to_markdown(), encoding="utf-8")
+    (args.output / "tuning.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    print(result.to_markdown())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the acoustic model once per set, tune (optionally), decode with each decoder, write and print the table."""
+    args = parse_args(argv)
+    lm = resolve_lm(args)
+    accelerator = make_accelerator()
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    # Every process takes part in the acoustic passes; only the main one decodes, so both passes come
+    # first (a long tuning would otherwise leave the other processes waiting at a collective).
+    tune_acoustic = None
+    if args.tune and args.tune_data:
+        tune_acoustic, _ = acoustic_for(args, args.tune_data, args.tune_split, accelerator)
+    acoustic, audio = acoustic_for(args, args.data, args.split, accelerator)
+    if acoustic is None:  # not the main process: its share of the model work is done
+        return
+
+    if args.tune:
+        if tune_acoustic is None:
+            logger.warning("tuning on the evaluation set itself, so the table's beam WER is optimistic; pass "
+                           "--tune-data DEV to tune on another set")
+        run_tuning(args, lm, tune_acoustic or acoustic, args.tune_data or args.data)
+    settings = decoder_settings(args, lm)  # after tuning, the LM directory holds the tuned values
+    vocab = load_vocab(args.model)
+    runs = [decode_all(name, vocab, acoustic.log_probs, lm, settings) for name in args.decoder]
+    padding = None
+    if args.check_padding:
+        from asr.inference import load_model
+
+        sample = None if args.check_padding < 0 else args.check_padding
+        padding = check_padding(load_model(args.model), acoustic, audio, sample)
+    report = build_report(acoustic, runs, model=str(args.model), data=args.data,
+                          lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in args.decoder) else None,
+                          padding=padding)
+    write_results(report, utterance_rows(acoustic, runs), acoustic.drops, args.output)
+    print(report.to_markdown())
+    print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl")
+
+
+if __name__ == "__main__":
+    main()
