@@ -40,7 +40,7 @@ fi
 
 if [ -f scripts/transcribe.py ]; then
   say "5/5 transcribing the held-out test audio directory"
-  $PY scripts/transcribe.py "$CORPUS/audio/test" --model "$OUT/model" --decoder beam --output "$OUT/transcripts" \
+  $PY scripts/transcribe.py "$CORPUS/audio/test" --model "$OUT/model" --decoder flashlight --output "$OUT/transcripts" \
     --formats txt,srt || true
 fi
 
