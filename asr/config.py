@@ -145,8 +145,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         # YAML 1.1 reads `3e-4` as a string; accept it as the float it obviously is.
         try:
             return float(value)
-        except ValueError:
-            pass
+        except ValueError as e:
+            raise ConfigError(f"{path} must be float, got str: {value!r}") from e
     if isinstance(tp, type):
         if tp is not bool and isinstance(value, bool):
             raise ConfigError(f"{path} must be {tp.__name__}, got a boolean {value!r}")
