@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from asr.audio import AudioError
+from asr.audio import AudioError, _one_line, _unreadable  # one wording for decode errors everywhere
 from asr.constants import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -191,18 +191,6 @@ def _undecodable(name: str, read: int, declared: int | None, detail: str) -> Aud
         return AudioError(f"Audio file {name} is truncated: its header declares {declared} samples but only {read} "
                           f"could be decoded ({detail}); re-copy or re-export it.", reason="unreadable", source=name)
     return _unreadable(name, detail)
-
-
-def _unreadable(name: str, detail: str) -> AudioError:
-    """The error for a file no decoder could read."""
-    return AudioError(f"Audio file {name} could not be decoded ({detail}); check that it is a complete audio file "
-                      "in a supported format.", reason="unreadable", source=name)
-
-
-def _one_line(error: BaseException | str) -> str:
-    """The last non-empty line of a decoder's message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 # ----------------------------------------------------------------------------------------- chunking
