@@ -2,7 +2,8 @@
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
 `collate` (data), `model`, `train`, `checkpoint` (training), `inference`, `decoding`, `beam`,
-`metrics` (decoding and scoring), `corpus` (the synthetic speech corpus).
+`metrics` (decoding and scoring), `corpus` (the synthetic speech corpus), `onnx_export` and
+`onnx_model` (ONNX export and the ONNX Runtime backend; imported on demand, not re-exported here).
 """
 
 from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio

@@ -17,6 +17,7 @@ A corpus directory holds:
 from __future__ import annotations
 
 import csv
+import fnmatch
 import functools
 import hashlib
 import io
@@ -366,6 +367,8 @@ class CorpusOptions:
     engines: tuple[str, ...] = ENGINES  # absent engines are skipped with a warning
     heldout_voices: int | tuple[str, ...] = 0  # K voices picked per seed, or explicit voice ids; dev/test only
     heldout_fraction: float = 0.5  # share of dev/test utterances read by held-out voices
+    voices: tuple[str, ...] = ()  # only voices matching one of these glob patterns (id, timbre or engine:name)
+    exclude_voices: tuple[str, ...] = ()  # drop voices matching any of these patterns (applied after `voices`)
     min_words: int = 4  # shorter sentences make too little audio to be worth an utterance
     max_words: int = 14  # longer ones make utterances over ~6 s that pad batches badly
 
@@ -434,6 +437,7 @@ def make_corpus(
     catalogue = sorted(voices if voices is not None else list_voices(options.engines), key=lambda v: v.id)
     if not catalogue:
         raise ValueError("the voice catalogue is empty; pass voices from list_voices()")
+    catalogue = select_voices(catalogue, options.voices, options.exclude_voices)
     args = _args_record(options, sentences, catalogue)
     marker = out_dir / ".in_progress.json"  # the args of a run under way: its audio files may be reused
     reuse = marker.is_file() and json.loads(marker.read_text()) == args
@@ -554,6 +558,34 @@ def _pick_heldout(catalogue: list[Voice], spec: int | Sequence[str], seed: int) 
     if chosen == timbres:
         raise ValueError("every voice is held out, so nothing is left to train on; hold out fewer voices")
     return frozenset(chosen)
+
+
+def select_voices(catalogue: Sequence[Voice], include: Sequence[str], exclude: Sequence[str]) -> list[Voice]:
+    """The voices matching some `include` pattern (all when empty) and no `exclude` pattern.
+
+    A pattern is a shell glob matched against a voice's id (`espeak-ng:en-us+f3:s100:p100`), its
+    timbre (`person:kal`, `flite:rms`) and its `engine:name`, so `espeak-ng:en-gb-scotland*` picks
+    every variant and prosody of that accent. Used to give a base model and its fine-tuning run
+    disjoint speakers.
+
+    Raises:
+        ValueError: when a pattern matches no voice, or nothing is left.
+    """
+
+    def matches(voice: Voice, pattern: str) -> bool:
+        keys = (voice.id, voice.timbre, f"{voice.engine}:{voice.name}")
+        return any(fnmatch.fnmatchcase(key, pattern) for key in keys)
+
+    for pattern in (*include, *exclude):
+        if not any(matches(v, pattern) for v in catalogue):
+            raise ValueError(
+                f"voice pattern {pattern!r} matches no voice; see --list-voices (e.g. {catalogue[0].id!r})"
+            )
+    chosen = [v for v in catalogue if not include or any(matches(v, p) for p in include)]
+    chosen = [v for v in chosen if not any(matches(v, p) for p in exclude)]
+    if not chosen:
+        raise ValueError("the voice patterns leave no voice to synthesise with; loosen --voices/--exclude-voices")
+    return chosen
 
 
 def _every_engine_seen(catalogue: list[Voice], heldout: set[str]) -> bool:

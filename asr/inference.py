@@ -3,6 +3,11 @@
 Used by evaluation and transcription. Batches are packed by padded audio seconds after sorting by
 length, so padding is small; base-style models (group-norm feature encoder, no attention mask)
 see zero padding, which shifts their first normalisation slightly; `padding_report` measures it.
+
+Two backends share everything but the forward pass (`AcousticModel.logits`): PyTorch (`LoadedModel`,
+a training run's model directory) and ONNX Runtime (`asr.onnx_model.OnnxModel`, a directory written
+by `scripts/export.py`). `load_acoustic_model(path, backend)` picks one; batching, padding,
+normalisation, log-softmax and frame counts are the same code for both.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,6 +26,29 @@ from asr.constants import SAMPLE_RATE
 from asr.text import TextNormalizer, load_processor
 
 logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")  # LoadedModel, asr.onnx_model.OnnxModel
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")  # PyTorch/TF/Flax weights
+
+
+class AcousticModel(Protocol):
+    """What inference needs from a model, whichever backend runs it."""
+
+    vocab: dict[str, int]
+    normalizer: TextNormalizer
+    return_attention_mask: bool  # the model takes `attention_mask` (else it sees zero padding)
+    do_normalize: bool  # inputs are normalised to zero mean, unit variance per utterance
+    path: Path
+
+    @property
+    def blank_id(self) -> int: ...
+
+    @property
+    def seconds_per_frame(self) -> float: ...
+
+    def frames(self, num_samples: int) -> int: ...
+
+    def logits(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray: ...
 
 
 @dataclass
@@ -46,6 +75,23 @@ class LoadedModel:
         """The model's real frame period (20 ms for wav2vec2: 320 samples per frame)."""
         return float(np.prod(self.model.config.conv_stride)) / SAMPLE_RATE
 
+    @torch.no_grad()
+    def logits(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        """Raw CTC logits.
+
+        Args:
+            input_values: float32 [B, S] padded (and normalised) audio.
+            attention_mask: int64 [B, S], 1 on real samples; None for models that take no mask.
+
+        Returns:
+            float32 [B, T, V] on the CPU, T = frames(S).
+        """
+        device = next(self.model.parameters()).device
+        inputs = {"input_values": torch.from_numpy(input_values).to(device)}
+        if attention_mask is not None:
+            inputs["attention_mask"] = torch.from_numpy(attention_mask).to(device)
+        return self.model(**inputs).logits.float().cpu().numpy()
+
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Loads a model directory written by training (model + processor + normalizer.json).
@@ -62,7 +108,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         processor, normalizer = load_processor(path)
     except (OSError, FileNotFoundError) as e:
         raise ValueError(f"{path} has no processor/normalizer files ({e}); use a directory written by scripts/train.py") from e
-    model = AutoModelForCTC.from_pretrained(path).to(device).eval()
+    if (path / "model.onnx").is_file() and not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        raise ValueError(f"{path} holds an ONNX export without PyTorch weights; run it with --backend onnx")
+    try:
+        model = AutoModelForCTC.from_pretrained(path).to(device).eval()
+    except OSError as e:
+        raise ValueError(f"{path} cannot be loaded as a CTC model ({str(e).splitlines()[0]}); pass the model/ "
+                         "folder of a training run") from e
     vocab = processor.tokenizer.get_vocab()
     if model.config.vocab_size != len(vocab):
         raise ValueError(f"{path}: the model emits {model.config.vocab_size} tokens but vocab.json has {len(vocab)}")
@@ -86,26 +138,44 @@ def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[in
     return batches
 
 
-@torch.no_grad()
-def log_probs_batch(loaded: LoadedModel, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """CTC log-probabilities of a batch: one float32 array [frames_i, V] per input, padding cut off."""
-    device = next(loaded.model.parameters()).device
+def load_acoustic_model(path: str | Path, backend: str = "torch", device: str | torch.device = "cpu") -> AcousticModel:
+    """A model directory run by `backend`: "torch" (a training run's model/) or "onnx" (scripts/export.py's output).
+
+    Raises:
+        ValueError: unknown backend, or the directory is not a model for that backend.
+    """
+    if backend == "torch":
+        return load_model(path, device)
+    if backend == "onnx":
+        from asr.onnx_model import load_onnx_model
+
+        return load_onnx_model(path)
+    raise ValueError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+
+
+def prepare_batch(loaded: AcousticModel, audios: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Zero-padded (and normalised, if the model wants it) float32 [B, S] audio and its int64 [B, S] mask.
+
+    The mask is None for models that take none (they see the zero padding).
+    """
     lengths = [len(a) for a in audios]
     batch = np.zeros((len(audios), max(lengths)), dtype=np.float32)
     mask = np.zeros(batch.shape, dtype=np.int64)
     for row, audio in enumerate(audios):
         batch[row, : len(audio)] = normalize_audio(audio) if loaded.do_normalize else audio
         mask[row, : len(audio)] = 1
-    inputs = {"input_values": torch.from_numpy(batch).to(device)}
-    if loaded.return_attention_mask:
-        inputs["attention_mask"] = torch.from_numpy(mask).to(device)
-    logits = loaded.model(**inputs).logits.float()
-    log_probs = torch.log_softmax(logits, dim=-1).cpu().numpy()
-    return [log_probs[row, : loaded.frames(n)] for row, n in enumerate(lengths)]
+    return batch, mask if loaded.return_attention_mask else None
+
+
+def log_probs_batch(loaded: AcousticModel, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """CTC log-probabilities of a batch: one float32 array [frames_i, V] per input, padding cut off."""
+    logits = loaded.logits(*prepare_batch(loaded, audios))
+    log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    return [log_probs[row, : loaded.frames(len(audio))] for row, audio in enumerate(audios)]
 
 
 def iter_log_probs(
-    loaded: LoadedModel, audios: Sequence[np.ndarray], max_batch_seconds: float = 60.0
+    loaded: AcousticModel, audios: Sequence[np.ndarray], max_batch_seconds: float = 60.0
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (index, log-probs [T, V]) for every input, batched by length (order: ascending length)."""
     max_samples = int(max_batch_seconds * SAMPLE_RATE)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -148,3 +150,46 @@ def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
+
+
+def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> dict[str, Any]:
+    """Copies an exported model directory with its weights stored in `dtype` (a compact checkpoint to ship).
+
+    The config keeps `dtype: float32`, so `AutoModelForCTC.from_pretrained(dst)` (and our training
+    and inference code) load the weights back in float32 whatever transformers' default dtype is.
+    Written to a temporary directory first and renamed, so `dst` is never half-written.
+
+    Returns:
+        {"bytes": size of the weights file, "params": parameter count, "max_abs_diff": largest
+        logit difference between `src` and `dst` on one second of noise}.
+    """
+    import torch
+    from transformers import AutoModelForCTC
+
+    src, dst = Path(src), Path(dst)
+    if not (src / "config.json").is_file():
+        raise ValueError(f"{src} has no config.json; pass the `model` directory a training run exported")
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
+    model = AutoModelForCTC.from_pretrained(src, dtype=torch.float32).eval()
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    weights = {p.name for p in src.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")}
+    # Only the top-level weights are rewritten: an LM folder's lm.bin is copied as it is.
+    shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if Path(d) == src and n in weights])
+    state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
+    model.config.dtype = "float32"
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+    again = AutoModelForCTC.from_pretrained(dst).eval()
+    noise = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (model(noise).logits - again(noise).logits).abs().max().item()
+    return {
+        "bytes": (dst / "model.safetensors").stat().st_size,
+        "params": sum(p.numel() for p in model.parameters()),
+        "max_abs_diff": diff,
+        "loaded_dtype": str(next(again.parameters()).dtype),
+    }

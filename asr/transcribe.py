@@ -39,7 +39,7 @@ from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
 from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs, stream_audio
 from asr.constants import SAMPLE_RATE
-from asr.inference import LoadedModel, log_probs_batch, plan_batches
+from asr.inference import AcousticModel, log_probs_batch, plan_batches
 from asr.sources import AUDIO_KEYS
 
 logger = logging.getLogger(__name__)
@@ -617,13 +617,13 @@ class Transcriber:
     """A model and a decoder turning files into Transcripts.
 
     Args:
-        loaded: The model (asr.inference.load_model).
+        loaded: The model, PyTorch or ONNX (asr.inference.load_acoustic_model).
         decoder: GreedyCTC, PyCTCDecodeBeam or FlashlightBeam over the model's vocabulary.
         options: Chunking and batching.
         lm: The LM directory the decoder uses, recorded with each transcript.
     """
 
-    def __init__(self, loaded: LoadedModel, decoder: CTCDecoder, options: TranscribeOptions,
+    def __init__(self, loaded: AcousticModel, decoder: CTCDecoder, options: TranscribeOptions,
                  lm: str | None = None) -> None:
         self.loaded, self.decoder, self.options, self.lm = loaded, decoder, options, lm
         self.model_name = str(Path(loaded.path).resolve())

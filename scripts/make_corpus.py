@@ -12,6 +12,8 @@ Options worth knowing:
     --engines espeak-ng,flite   engines to use (default: all three; absent ones are skipped)
     --heldout-voices 3        keep 3 voices (or comma-separated voice ids) out of train, so dev/test
                               measure unseen speakers (manifests say `seen_voice`)
+    --voices 'flite:rms,espeak-ng:en-gb-scotland*'   only these voices (glob patterns on voice ids)
+    --exclude-voices PATTERNS   never these voices (a base model's corpus leaves out its fine-tuning voices)
     --layout librispeech --layout-out DIR
                               also export as librispeech | audiofolder | folder | parquet | nemo_csv | tsv
     --list-voices             print the voice catalogue and exit
@@ -25,7 +27,7 @@ import logging
 import sys
 from pathlib import Path
 
-from asr.corpus import ENGINES, LAYOUTS, CorpusOptions, export_layout, list_voices, make_corpus
+from asr.corpus import ENGINES, LAYOUTS, CorpusOptions, export_layout, list_voices, make_corpus, select_voices
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")
     p.add_argument("--heldout-voices", default="0", help="voices only in dev/test: a count, or comma-separated ids")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of dev/test read by held-out voices")
+    p.add_argument("--voices", default="", help="comma-separated glob patterns: only matching voices")
+    p.add_argument("--exclude-voices", default="", help="comma-separated glob patterns: never these voices")
     p.add_argument("--min-words", type=int, default=4)
     p.add_argument("--max-words", type=int, default=14)
     p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: os.cpu_count())")
@@ -51,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _patterns(text: str) -> tuple[str, ...]:
+    """Comma-separated patterns as a tuple, blanks dropped."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Makes (or finds up to date) the corpus, then exports it if asked."""
     args = parse_args(argv)
@@ -58,9 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     heldout = args.heldout_voices.strip()
     heldout_voices = int(heldout) if heldout.isdigit() else tuple(h.strip() for h in heldout.split(",") if h.strip())
+    include, exclude = _patterns(args.voices), _patterns(args.exclude_voices)
     try:
         if args.list_voices:
-            for voice in list_voices(engines):
+            for voice in select_voices(list_voices(engines), include, exclude):
                 print(voice.id)
             return
         options = CorpusOptions(
@@ -72,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             engines=engines,
             heldout_voices=heldout_voices,
             heldout_fraction=args.heldout_fraction,
+            voices=include,
+            exclude_voices=exclude,
             min_words=args.min_words,
             max_words=args.max_words,
         )

@@ -5,6 +5,8 @@
           --lm runs/tiny/model --decoder beam --formats txt,srt,vtt --output out/
     $ accelerate launch --config_file configs/accelerate/cpu_2proc.yaml scripts/transcribe.py recordings/ \\
           --model runs/tiny/model --output out/        # files sharded over 2 processes by duration
+    $ .venv/bin/python scripts/transcribe.py recordings/ --backend onnx --model runs/tiny/onnx --output out/
+          # ONNX Runtime on CPU, on a directory written by scripts/export.py (same batching, chunks, decoders)
 
 Inputs: directories (searched recursively for wav/flac/ogg/opus/mp3/aiff/..., plus m4a/aac/webm/mp4/...
 through FFmpeg when it is installed; hidden names skipped) and --manifest files (JSONL/CSV with an
@@ -39,7 +41,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_obj
 from tqdm.auto import tqdm
 
 from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC, PyCTCDecodeBeam
-from asr.inference import load_model
+from asr.inference import BACKENDS, load_acoustic_model
 from asr.transcribe import (
     DECODERS,
     ERRORS_FILE,
@@ -69,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", type=Path, help="directories (or files) of audio")
     p.add_argument("--manifest", type=Path, action="append", default=[], help="JSONL/CSV/plain list of audio paths")
-    p.add_argument("--model", type=Path, required=True, help="model directory (the model/ of a training run)")
+    p.add_argument("--model", type=Path, required=True, help="model directory (the model/ of a training run; "
+                   "with --backend onnx, a directory written by scripts/export.py)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the acoustic model: PyTorch, or ONNX Runtime (CPU) on an exported model")
     p.add_argument("--lm", type=Path, default=None, help="LM directory from scripts/build_lm.py (default: the "
                    "model directory when it holds language_model/)")
     p.add_argument("--decoder", choices=DECODERS, default=None, help="default: beam with --lm, else greedy")
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if not items:
             raise ValueError(f"no audio files found in {[str(p) for p in args.inputs + args.manifest]}; check the "
                              "paths (hidden files are skipped).")
-        loaded = load_model(args.model, accelerator.device)
+        loaded = load_acoustic_model(args.model, args.backend, accelerator.device)
         transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab), options,
                                   lm=str(lm.resolve()) if lm else None)
     except (ValueError, FileNotFoundError) as e:

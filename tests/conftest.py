@@ -69,3 +69,29 @@ def trained_model() -> Path:
         raise RuntimeError(f"training the test model failed:\n{proc.stderr[-4000:]}")
     (TRAINED_CACHE / "done").write_text("ok\n")
     return model_dir
+
+
+BASE_MODEL = Path(__file__).resolve().parents[1] / "assets" / "base_model"
+# Voices the shipped base checkpoint was trained on (its corpus excludes only the demo's voices).
+BASE_SEEN_VOICES = (
+    Voice("espeak-ng", "en-us+m3"),
+    Voice("espeak-ng", "en-gb+f2"),
+    Voice("flite", "slt"),
+    Voice("flite", "awb"),
+) + ((Voice("festival", "kal_diphone"),) if shutil.which("text2wave") else ())
+
+
+@pytest.fixture(scope="session")
+def base_heldout_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 test utterances whose sentences the base checkpoint never trained on, read by voices it knows.
+
+    Seed 0 with no dev split makes the test sentences the base corpus's dev sentences (scripts/
+    build_base_model.sh: seed 0, dev first), so they are held out from its training text; lm.txt
+    holds every other sentence. ~5 s to make.
+    """
+    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+        pytest.skip("espeak-ng and flite are needed; run `bash scripts/setup.sh`")
+    out = tmp_path_factory.mktemp("base_heldout")
+    make_corpus(CorpusOptions(train=0, dev=0, test=60, seed=0), out, voices=BASE_SEEN_VOICES, workers=2,
+                progress=False)
+    return out

@@ -26,6 +26,7 @@ from asr.corpus import (
     load_sentences,
     make_corpus,
     normalise_sentence,
+    select_voices,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -119,6 +120,33 @@ def test_list_voices_skips_an_absent_engine(monkeypatch: pytest.MonkeyPatch, cap
     assert "flite not found" in caplog.text
     with pytest.raises(RuntimeError, match="flite not found; run `bash scripts/setup.sh`"):
         list_voices(("flite",))
+
+
+def test_select_voices_by_glob_on_id_timbre_and_name() -> None:
+    catalogue = list_voices(("espeak-ng", "flite"))
+    scottish = select_voices(catalogue, ["espeak-ng:en-gb-scotland*"], [])
+    assert scottish and all(v.name.startswith("en-gb-scotland") for v in scottish)
+    assert len(scottish) == 16 * 9  # every variant at every rate x pitch
+    # person:kal covers flite kal and kal16; the base corpus keeps neither when it is excluded.
+    rest = select_voices(catalogue, [], ["person:kal", "espeak-ng:en-gb-scotland*"])
+    assert {v.name for v in rest if v.engine == "flite"} == {"awb", "rms", "slt"}
+    assert len(rest) == len(catalogue) - len(scottish) - 6
+    both = select_voices(catalogue, ["flite:*"], ["flite:rms"])
+    assert {v.name for v in both} == {"awb", "kal", "kal16", "slt"}
+    with pytest.raises(ValueError, match="'flite:nobody' matches no voice; see --list-voices"):
+        select_voices(catalogue, ["flite:nobody"], [])
+    with pytest.raises(ValueError, match="leave no voice"):
+        select_voices(catalogue, ["flite:rms"], ["flite:*"])
+
+
+def test_voice_filters_keep_the_corpus_to_those_voices(tmp_path: Path) -> None:
+    options = CorpusOptions(train=6, dev=2, test=2, seed=3, exclude_voices=("espeak-ng:*",))
+    summary = make_corpus(options, tmp_path / "c", voices=VOICES, workers=2, progress=False)
+    used = {v for split in summary.voices.values() for v in split}
+    assert used and not any(v.startswith("espeak-ng:") for v in used)
+    with pytest.raises(ValueError, match="matches no voice"):
+        make_corpus(CorpusOptions(train=2, dev=0, test=0, voices=("espeak-ng:xx*",)), tmp_path / "d", voices=VOICES)
+    assert not (tmp_path / "d").exists()
 
 
 # --------------------------------------------------------------------------------------- corpus

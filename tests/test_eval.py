@@ -479,3 +479,26 @@ def test_two_processes_give_the_one_process_log_probs(group_norm_model, synth_co
         np.testing.assert_allclose(a, b, atol=1e-5)
     rows = [json.loads((tmp_path / o / "results.json").read_text())["results"][0] for o in ("o2", "o1")]
     assert rows[0]["wer"] == rows[1]["wer"] and rows[0]["cer"] == rows[1]["cer"]
+
+
+@pytest.mark.slow
+def test_beam_with_lm_beats_greedy_on_held_out_sentences(base_heldout_corpus, tmp_path):
+    """The shipped base checkpoint on sentences it never trained on: the table for all three decoders, and
+    the LM (built from the corpus's LM text, which holds no test sentence) lowers the WER."""
+    from conftest import BASE_MODEL
+
+    lm, out = tmp_path / "lm", tmp_path / "out"
+    _run([sys.executable, str(ROOT / "scripts/build_lm.py"), "--model", str(BASE_MODEL), "--text",
+          str(base_heldout_corpus / "lm.txt"), "--output", str(lm), "--order", "4"])
+    test_sentences = {json.loads(line)["text"] for line in (base_heldout_corpus / "test.jsonl").open()}
+    assert not test_sentences & set((base_heldout_corpus / "lm.txt").read_text().splitlines())
+    proc = _run([sys.executable, str(ROOT / "scripts/eval.py"), "--model", str(BASE_MODEL), "--data",
+                 str(base_heldout_corpus / "test.jsonl"), "--lm", str(lm), "--decoder", "all", "--output", str(out),
+                 "--cache-dir", str(tmp_path / "cache")])
+    logger.info("base model on held-out sentences:\n%s", proc.stdout)
+    by_name = {r["decoder"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert list(by_name) == ["greedy", "beam", "flashlight"]
+    assert by_name["greedy"]["wer"] < 0.8  # it reads them: the comparison is about real, imperfect output
+    assert by_name["beam"]["wer"] < by_name["greedy"]["wer"]
+    assert by_name["flashlight"]["wer"] < by_name["greedy"]["wer"]
+    assert abs(by_name["beam"]["wer"] - by_name["flashlight"]["wer"]) < 0.1

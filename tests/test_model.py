@@ -79,3 +79,31 @@ def test_local_checkpoint_gets_a_new_head_and_keeps_the_encoder(tmp_path):
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="neither a local model directory nor a reachable hub id"):
         load_model_config(ModelConfig(name_or_path=str(tmp_path / "nope")))
+
+
+def test_publish_stores_half_precision_weights_that_load_back_in_float32(tmp_path):
+    from transformers import AutoModelForCTC
+
+    from asr.model import publish_model
+    from asr.text import TextNormalizer, make_processor, save_processor
+
+    torch.manual_seed(0)
+    src = tmp_path / "model"
+    build_model(tiny(), VOCAB, pad_token_id=0).save_pretrained(src)
+    save_processor(make_processor(VOCAB, return_attention_mask=False), TextNormalizer(), src)
+    (src / "README.md").write_text("card\n")
+    (src / "language_model").mkdir()
+    (src / "language_model" / "lm.bin").write_bytes(b"kenlm")  # an LM beside the model ships with it
+    report = publish_model(src, tmp_path / "shipped")
+    shipped = tmp_path / "shipped"
+    assert not (tmp_path / "shipped.tmp").exists()
+    assert {"config.json", "model.safetensors", "vocab.json", "README.md"} <= {p.name for p in shipped.iterdir()}
+    assert (shipped / "language_model" / "lm.bin").read_bytes() == b"kenlm"
+    full = (src / "model.safetensors").stat().st_size
+    assert report["bytes"] == (shipped / "model.safetensors").stat().st_size < 0.6 * full
+    assert report["loaded_dtype"] == "torch.float32" and 0 < report["max_abs_diff"] < 1e-2
+    model = AutoModelForCTC.from_pretrained(shipped)
+    assert next(model.parameters()).dtype == torch.float32
+    assert report["params"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="has no config.json"):
+        publish_model(tmp_path / "nothing", tmp_path / "out")

@@ -1,0 +1,100 @@
+"""The main job and the base checkpoint: shortened runs of scripts/demo.sh and scripts/build_base_model.sh,
+and the shipped assets/base_model itself (it must load and recognise speech by voices it was trained on)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import soundfile as sf
+
+from asr.corpus import Voice, synthesise
+from asr.decoding import greedy_decode
+from asr.inference import iter_log_probs, load_model
+from asr.metrics import error_rates
+from trainrun import ROOT, env
+
+BASE = ROOT / "assets" / "base_model"
+needs_engines = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+    reason="espeak-ng and flite are needed; run `bash scripts/setup.sh`",
+)
+
+
+def test_shipped_base_checkpoint_loads_in_float32_with_the_recipe_architecture() -> None:
+    from transformers import AutoModelForCTC
+
+    model = AutoModelForCTC.from_pretrained(BASE)
+    assert str(next(model.parameters()).dtype) == "torch.float32"
+    recipe = yaml.safe_load((ROOT / "configs/train/base_synth.yaml").read_text())["model"]["architecture"]
+    for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "conv_dim", "do_stable_layer_norm"):
+        assert getattr(model.config, key) == recipe[key], key
+    assert (BASE / "model.safetensors").stat().st_size < 10_000_000  # a few MB: float16 weights
+
+
+@needs_engines
+def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path) -> None:
+    sentences = ["the quick brown fox jumps over the lazy dog", "a good name is better than riches"]
+    audios = []
+    for i, text in enumerate(sentences):
+        synthesise(Voice("espeak-ng", "en-us+m3"), text, tmp_path / f"{i}.wav")
+        audios.append(sf.read(tmp_path / f"{i}.wav", dtype="float32")[0])
+    loaded = load_model(BASE)
+    hyps = {i: greedy_decode(lp[None], None, loaded.vocab, loaded.blank_id)[0]
+            for i, lp in iter_log_probs(loaded, audios)}
+    rates = error_rates(sentences, [hyps[i] for i in range(len(sentences))])
+    assert rates.cer < 0.35, hyps
+
+
+@pytest.mark.slow
+@needs_engines
+def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
+    """scripts/build_base_model.sh end to end with a 40-utterance corpus and 3 steps."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCTC
+
+    out = tmp_path / "base_model"
+    run_env = {**env(), "BASE_CORPUS": str(tmp_path / "corpus"), "BASE_TRAIN": "40", "BASE_STEPS": "3",
+               "BASE_RUN": str(tmp_path / "run"), "BASE_OUT": str(out)}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), "train.eval_every=3",
+                           "train.save_every=3", f"data.cache_dir={tmp_path / 'cache'}"],
+                          cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    corpus = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
+    demo_voices = ("flite:rms", "festival:ked_diphone", "espeak-ng:en-gb-scotland", "espeak-ng:en-029")
+    assert not any(v.startswith(demo_voices) for split in corpus["voices"].values() for v in split)
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    model = AutoModelForCTC.from_pretrained(out)
+    assert str(next(model.parameters()).dtype) == "torch.float32" and model.config.hidden_size == 256
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["output"] == str(out) and report["max_abs_diff"] < 0.05
+
+
+@pytest.mark.slow
+@needs_engines
+def test_demo_pipeline_in_short(tmp_path: Path) -> None:
+    """scripts/demo.sh end to end (corpus, 2-process fine-tuning of the base, LM, eval, transcription), shortened."""
+    out = tmp_path / "demo"
+    run_env = {**env(), "DEMO_DIR": str(out), "DEMO_CORPUS": str(tmp_path / "corpus"), "DEMO_TRAIN": "60",
+               "DEMO_STEPS": "6"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh")], cwd=ROOT, env=run_env, capture_output=True,
+                          text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("model/config.json", "model/model.safetensors", "curves.png", "eval/results.md",
+                 "eval/comparison.png", "eval/utterances.jsonl"):
+        assert (out / name).is_file(), name
+    results = {r["decoder"]: r for r in json.loads((out / "eval/results.json").read_text())["results"]}
+    assert set(results) == {"greedy", "beam", "flashlight"}
+    assert all(r["utterances"] == 200 for r in results.values())
+    transcripts = (out / "transcripts" / "transcripts.jsonl").read_text().splitlines()
+    assert len(transcripts) == 200 and all(json.loads(line)["text"] is not None for line in transcripts)
+    assert "targets:" in proc.stdout and proc.stdout.count("] ") >= 3
+    # Fine-tuning starts from the base: its first logged loss is already far below a fresh CTC head's.
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] < 2.0, first
