@@ -27,6 +27,7 @@ from asr.beam import (
     pyctcdecode_labels,
     word_edits,
 )
+from asr.benchmark import noisy_log_probs
 from asr.corpus import load_sentences
 from asr.metrics import error_rates
 from asr.text import build_vocab, encode
@@ -92,31 +93,6 @@ def spelled_log_probs(text: str, vocab: dict[str, int], ambiguous: dict[int, tup
         rows.append(blank)
     probs = np.array(rows)
     return np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def noisy_log_probs(text: str, vocab: dict[str, int], rng: np.random.Generator, confusion: float = 0.25,
-                    noise: float = 1.3) -> np.ndarray:
-    """[T, V] log-probs of a noisy acoustic model reading `text` (see the module docstring)."""
-    letters = [i for t, i in vocab.items() if len(t) == 1 and t.isalpha()]
-    ids = encode(text, vocab)
-    frames: list[int] = []
-    for i, token in enumerate(ids):
-        if (i and ids[i - 1] == token) or rng.random() < 0.5:
-            frames.append(vocab["[PAD]"])  # a blank must separate repeated characters
-        frames += [token] * int(rng.integers(1, 4))
-    frames.append(vocab["[PAD]"])
-    scores = rng.normal(0.0, noise, (len(frames), len(vocab)))
-    scores[np.arange(len(frames)), frames] += 6.0
-    start = 0
-    while start < len(frames):  # confuse whole runs of one character, as an acoustic model would
-        end = start
-        while end < len(frames) and frames[end] == frames[start]:
-            end += 1
-        if frames[start] not in (vocab["[PAD]"], vocab["|"]) and rng.random() < confusion:
-            scores[start:end, rng.choice(letters)] += 6.0 + rng.normal(0.3, 1.0)
-        start = end
-    scores -= np.logaddexp.reduce(scores, axis=1, keepdims=True)
-    return scores.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------- hand-made logits

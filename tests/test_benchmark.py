@@ -1,0 +1,208 @@
+"""asr.benchmark and the bench_* scripts: what can be checked without timing anything.
+
+Tables, the scaling model's arithmetic and the real parameter counts, bench_decode's baseline vs
+our pyctcdecode on a fork pool (the same search, so the same transcripts), bench_transcribe's
+transcript comparison with the transformers pipeline, and bench_memory's fresh-process peaks.
+No assertion depends on speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr.benchmark import (
+    ctc_vocab,
+    markdown_table,
+    ratio,
+    time_runs,
+    write_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module, registered so fork-pool workers can unpickle its functions."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------ tables
+def test_markdown_table_formats_and_aligns():
+    table = markdown_table(["decoder", "utt/s", "WER %", "ok"],
+                           [["greedy", 21699.4, 59.26, None], ["beam", 4.8153, 0.001234, True],
+                            ["flashlight", 43.0, 0.0, False]])
+    assert table == ("| decoder | utt/s | WER % | ok |\n"
+                     "|---|---:|---:|---|\n"
+                     "| greedy | 21699 | 59.26 | - |\n"
+                     "| beam | 4.815 | 0.001234 | yes |\n"
+                     "| flashlight | 43.00 | 0 | no |\n")
+    with pytest.raises(ValueError, match="2 cells for 4 headers"):
+        markdown_table(["a", "b", "c", "d"], [[1, 2]])
+
+
+def test_time_runs_counts_warmup_and_repeats(tmp_path):
+    calls = []
+    timing = time_runs(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(timing.runs) == 3
+    assert timing.best <= timing.median and all(t >= 0 for t in timing.runs)
+    assert ratio(6.0, 2.0) == 3.0 and ratio(1.0, 0.0) != ratio(1.0, 0.0)  # NaN for a zero reference
+    md, js = write_report(tmp_path / "out", "decode", "| a |\n", {"x": 1.5})
+    assert md.read_text() == "| a |\n" and json.loads(js.read_text()) == {"x": 1.5}
+
+
+def test_ctc_vocab_layout():
+    vocab = ctc_vocab(32)
+    assert len(vocab) == 32 and sorted(vocab.values()) == list(range(32))
+    assert (vocab["[PAD]"], vocab["[UNK]"], vocab["|"], vocab["a"]) == (0, 1, 2, 3)
+
+
+# ----------------------------------------------------------------------------------------- scaling
+@pytest.fixture(scope="module")
+def scaling():
+    return load_script("bench_scaling")
+
+
+def test_real_parameter_counts(scaling):
+    params, trainable = scaling.parameter_counts(scaling.build_meta_model("base"))
+    assert abs(params - 94.4e6) / 94.4e6 < 0.01  # wav2vec2-base + 32-token CTC head (94,396,320)
+    # The frozen conv feature encoder (7 conv layers, 512 channels) is what is not trained.
+    assert 4.0e6 < params - trainable < 4.5e6
+    xlsr, _ = scaling.parameter_counts(scaling.build_meta_model("xlsr-300m"))
+    assert 3.0e8 < xlsr < 3.2e8
+
+
+def test_memory_per_gpu_follows_the_zero_paper(scaling):
+    a = scaling.Assumptions()
+    psi = 1_000_000
+    assert scaling.model_state_bytes("ddp", 8, psi, psi, a) == 16 * psi
+    assert scaling.model_state_bytes("zero2", 8, psi, psi, a) == pytest.approx(2 * psi + 14 * psi / 8)
+    assert scaling.model_state_bytes("zero3", 8, psi, psi, a) == pytest.approx(16 * psi / 8)
+    for strategy in scaling.STRATEGIES:  # one GPU: nothing to shard
+        assert scaling.model_state_bytes(strategy, 1, psi, psi, a) == 16 * psi
+    zero3 = [scaling.model_state_bytes("zero3", n, psi, psi, a) for n in (1, 2, 8, 16, 64)]
+    assert all(x > y for x, y in zip(zero3, zero3[1:]))
+    # Frozen parameters keep their weights only.
+    assert scaling.model_state_bytes("ddp", 1, 2 * psi, psi, a) == 2 * 2 * psi + 14 * psi
+
+
+def test_communication_volumes(scaling):
+    a = scaling.Assumptions()
+    psi = 1_000_000
+    grads = psi * a.grad_bytes
+    for n in (1, 2, 8, 16):
+        ddp = scaling.comm_bytes_per_gpu("ddp", n, psi, psi, a)
+        assert ddp == pytest.approx(2 * (n - 1) / n * grads)
+        assert scaling.comm_bytes_per_gpu("zero2", n, psi, psi, a) == pytest.approx(ddp)
+        assert scaling.comm_bytes_per_gpu("zero3", n, psi, psi, a) == pytest.approx(1.5 * ddp)
+    assert scaling.bus_bandwidth(8, a) == a.intra_node_gbs * 1e9
+    assert scaling.bus_bandwidth(16, a) == a.inter_node_gbps * 1e9 / 8
+    with pytest.raises(ValueError, match="mfu"):
+        scaling.Assumptions(mfu=0)
+
+
+def test_estimates_hide_communication_behind_compute(scaling):
+    a = scaling.Assumptions(seconds_per_gpu=10.0, overlap=0.5)
+    cost = scaling.ModelCost("m", 100_000_000, 100_000_000, 1e13, 1e13)
+    one, = scaling.estimates([cost], [1], ["ddp"], a)
+    assert one.comm_seconds == 0 and one.step_seconds == one.compute_seconds and one.efficiency == 1.0
+    rows = {r.gpus: r for r in scaling.estimates([cost], [8, 16], ["zero3"], a)}
+    for r in rows.values():
+        expected = r.compute_seconds + max(0.0, r.comm_seconds - 0.5 * r.compute_seconds)
+        assert r.step_seconds == pytest.approx(expected)
+        assert r.audio_hours_per_hour == pytest.approx(r.gpus * 10.0 / r.step_seconds)
+    assert rows[16].comm_seconds > rows[8].comm_seconds  # across nodes: the network, not NVLink
+
+
+def test_flop_count_grows_with_utterance_length(scaling):
+    model = scaling.build_meta_model("tiny")
+    short, long = scaling.count_step_flops(model, 2.0), scaling.count_step_flops(model, 4.0)
+    # Between linear (convs, projections) and quadratic (attention, a large share only in a model this narrow).
+    assert short > 0 and 2.0 < long / short < 2.5
+
+
+# ------------------------------------------------------------------------------------------ decode
+def test_bench_decode_pool_equals_baseline(tmp_path):
+    from asr.corpus import load_sentences
+
+    bench = load_script("bench_decode")
+    decode_set = bench.synthetic_set(tmp_path, num_utterances=6, lm_sentences=2000, sentences=load_sentences())
+    rows = bench.run_benchmark(decode_set, processes=2, repeats=1)
+    by_name = {r.name: r for r in rows}
+    baseline = rows[0]
+    assert baseline.name == "pyctcdecode (baseline)" and len(baseline.texts) == 6
+    # The same search on a fork pool: the same transcripts, word for word.
+    assert by_name["pyctcdecode beam 100, fork pool x2"].texts == baseline.texts
+    assert baseline.wer < by_name["greedy (ceiling)"].wer  # the LM corrects the noisy log-probs
+    flashlight = by_name["flashlight"]
+    assert by_name["flashlight, fork pool x2"].texts == flashlight.texts
+    logger.warning("6 noisy utterances: WER baseline %.3f, flashlight %.3f (difference %+.3f)", baseline.wer,
+                   flashlight.wer, flashlight.wer - baseline.wer)
+    info = {"cpus": 2, "load_average_1min": 0.0}
+    table = bench.render(decode_set, rows, info)
+    assert "ΔWER (pp)" in table and f"{100 * (flashlight.wer - baseline.wer):+.2f}" in table
+    assert "| pyctcdecode beam 100, fork pool x2 | 2 |" in table
+
+
+# -------------------------------------------------------------------------------------- transcribe
+def test_bench_transcribe_compares_with_the_pipeline(synth_corpus, tmp_path):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the transformers pipeline reads files with FFmpeg; run `bash scripts/setup.sh`")
+    from asr.transcribe import find_audio
+
+    bench = load_script("bench_transcribe")
+    model = bench.tiny_random_model(tmp_path / "model")
+    items = find_audio([synth_corpus / "audio" / "test"])
+    assert len(items) == 4
+    sides, differing, durations = bench.benchmark(model, items, batch_size=2, max_batch_seconds=60.0, repeats=1,
+                                                  work=tmp_path / "work")
+    base, preloaded, ours = sides
+    assert set(base.texts) == set(ours.texts) == {str(i.file) for i in items}
+    assert preloaded.texts == base.texts  # reading by FFmpeg or soundfile gives the same audio to the model
+    # In each pipeline batch of 2, the longer file has no padding: the transcripts must be equal. The
+    # shorter one may only gain text decoded from its padding frames.
+    for start in (0, 2):
+        pair = items[start : start + 2]
+        longer = max(pair, key=lambda item: durations[items.index(item)])
+        assert str(longer.file) not in differing
+    assert set(bench.only_trailing(base, ours, differing)) == set(differing)
+    assert base.padding == pytest.approx(bench.padding_fraction([durations[:2], durations[2:]]))
+    assert 0 <= ours.padding < 1
+
+
+# ------------------------------------------------------------------------------------------ memory
+def test_bench_memory_tiny_peaks():
+    bench = load_script("bench_memory")
+    measured = bench.compare_checkpointing("tiny", seconds=1.0, batch_size=1, limit_bytes=None)
+    plain, checkpointed = measured[False], measured[True]
+    for m in (plain, checkpointed):
+        assert m["peak"] > 0 and m["step_peak"] > 0 and m["peak"] >= m["rss_before"]
+        assert m["trainable"] < m["params"]  # the conv encoder is frozen
+    assert plain["checkpointing"] is False and checkpointed["checkpointing"] is True
+    assert plain["loss"] == pytest.approx(checkpointed["loss"], rel=1e-5)  # same seed: the same step
+
+
+def test_longest_passing_binary_search():
+    bench = load_script("bench_memory")
+    probed = []
+
+    def fits(seconds):
+        probed.append(seconds)
+        return seconds <= 37.5
+
+    assert bench.longest_passing(fits, max_seconds=120, resolution=1.0) == (37.0, len(probed))
+    assert len(probed) <= 8  # log2(120) + the first probe at the maximum
+    assert bench.longest_passing(lambda s: True, 60)[0] == 60
+    assert bench.longest_passing(lambda s: False, 60)[0] == 0.0
+
