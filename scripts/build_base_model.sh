@@ -4,7 +4,7 @@
 #   2. training from scratch on 2 CPU processes (configs/train/base_synth.yaml; resumable),
 #   3. publishing the exported model with float16 weights (a few MB) into assets/base_model.
 # Knobs (environment): BASE_CORPUS (data/base), BASE_TRAIN (6000 utterances), BASE_RUN (runs/base),
-# BASE_STEPS (1400), BASE_OUT (assets/base_model), BASE_PROCS (2). Extra arguments go to train.py as
+# BASE_STEPS (1100), BASE_OUT (assets/base_model), BASE_PROCS (2). Extra arguments go to train.py as
 # config overrides (e.g. train.eval_every=50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print
 ACCELERATE_USE_CPU=true .venv/bin/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \
   --num_processes "$PROCS" --main_process_port "$port" \
   scripts/train.py --config configs/train/base_synth.yaml train.output_dir="$RUN" \
-  train.max_steps="${BASE_STEPS:-1400}" data.train.path="$CORPUS/train.jsonl" data.dev.path="$CORPUS/dev.jsonl" \
+  train.max_steps="${BASE_STEPS:-1100}" data.train.path="$CORPUS/train.jsonl" data.dev.path="$CORPUS/dev.jsonl" \
   "$@" --resume latest
 
 say "3/3 publishing $RUN/model -> $OUT (float16 weights)"

@@ -95,6 +95,7 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     transcripts = (out / "transcripts" / "transcripts.jsonl").read_text().splitlines()
     assert len(transcripts) == 200 and all(json.loads(line)["text"] is not None for line in transcripts)
     assert "targets:" in proc.stdout and proc.stdout.count("] ") >= 3
-    # Fine-tuning starts from the base: its first logged loss is already far below a fresh CTC head's.
-    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["loss"] < 2.0, first
+    # Fine-tuning starts from the base: after a few steps its dev loss on new voices is already near the
+    # base's own (~1.0 on its voices), where a fresh model sits on the CTC blank plateau (~2.9, see NOTES.md).
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert evals and evals[-1]["loss"] < 2.5, evals
