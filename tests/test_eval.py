@@ -498,7 +498,7 @@ def test_beam_with_lm_beats_greedy_on_held_out_sentences(base_heldout_corpus, tm
     logger.info("base model on held-out sentences:\n%s", proc.stdout)
     by_name = {r["decoder"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     assert list(by_name) == ["greedy", "beam", "flashlight"]
-    assert by_name["greedy"]["wer"] < 0.8  # it reads them: the comparison is about real, imperfect output
+    assert by_name["greedy"]["cer"] < 0.5  # it reads them: the comparison is about real, imperfect output
     assert by_name["beam"]["wer"] < by_name["greedy"]["wer"]
     assert by_name["flashlight"]["wer"] < by_name["greedy"]["wer"]
     assert abs(by_name["beam"]["wer"] - by_name["flashlight"]["wer"]) < 0.1
