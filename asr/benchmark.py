@@ -99,7 +99,7 @@ def time_runs(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> Timin
 
 # ------------------------------------------------------------------------------------------- memory
 def _status_bytes(field: str) -> int:
-    """A `VmXXX:  123 kB` line of /proc/self/status, in bytes."""
+    """The value of a /proc/self/status memory line such as `VmHWM:  123 kB`, in bytes."""
     match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     if match is None:
         raise RuntimeError(f"/proc/self/status has no {field} line; memory is measured on Linux only.")

@@ -166,6 +166,8 @@ def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> d
     import torch
     from transformers import AutoModelForCTC
 
+    from asr.files import replace_dir
+
     src, dst = Path(src), Path(dst)
     if not (src / "config.json").is_file():
         raise ValueError(f"{src} has no config.json; pass the `model` directory a training run exported")
@@ -180,8 +182,7 @@ def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> d
     state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
     model.config.dtype = "float32"
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    replace_dir(tmp, dst)
 
     again = AutoModelForCTC.from_pretrained(dst).eval()
     noise = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))

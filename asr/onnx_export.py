@@ -54,6 +54,7 @@ import torch
 from asr.audio import load_audio
 from asr.beam import LM_SUBDIR, GreedyCTC, load_lm_files
 from asr.constants import SAMPLE_RATE
+from asr.files import replace_dir
 from asr.inference import WEIGHT_SUFFIXES, LoadedModel, load_model, log_probs_batch, prepare_batch
 from asr.onnx_model import ATTENTION_MASK, INPUT_VALUES, LOGITS, ONNX_FILE, REPORT_FILE, OnnxModel, load_onnx_model
 
@@ -214,7 +215,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, lm_dir:
                               f"{report.summary()}; try another --opset, or a larger --tolerance if transcripts "
                               "agree and the logits differ by little more than it", report)
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -440,12 +441,3 @@ def _report(model_dir: Path, output: Path, lm_dir: str | os.PathLike | None, opt
                   "onnxruntime": onnxruntime.__version__},
         seconds={k: round(v, 3) for k, v in seconds.items()})
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`, replacing an earlier export there only once the new one is complete."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

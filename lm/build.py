@@ -49,6 +49,7 @@ from asr.beam import (
     read_arpa_unigrams,
 )
 from asr.constants import PAD, UNK, WORD_DELIMITER
+from asr.files import replace_dir
 from asr.text import TextNormalizer
 
 if TYPE_CHECKING:  # asr.sources pulls in the audio stack; only read_source_texts needs it, at call time
@@ -544,7 +545,7 @@ def build_lm(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _replace_dir(staging, out_dir / LM_SUBDIR)
+        replace_dir(staging, out_dir / LM_SUBDIR)
 
     if vocab is not None:
         alphabet = {"labels": pyctcdecode_labels(vocab), "is_bpe": False}  # pyctcdecode's Alphabet.dumps() format
@@ -571,15 +572,6 @@ def build_lm(
                 if heldout_report else " (no held-out text: perplexity not measured)", info.seconds)
     return info
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`, replacing an existing directory there only once the new one is complete."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_lm_info(directory: str | os.PathLike) -> dict[str, Any]:
