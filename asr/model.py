@@ -167,6 +167,7 @@ def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> d
     from transformers import AutoModelForCTC
 
     from asr.files import replace_dir
+    from asr.inference import WEIGHT_SUFFIXES
 
     src, dst = Path(src), Path(dst)
     if not (src / "config.json").is_file():
@@ -176,7 +177,7 @@ def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> d
     model = AutoModelForCTC.from_pretrained(src, dtype=torch.float32).eval()
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    weights = {p.name for p in src.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")}
+    weights = {p.name for p in src.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")}
     # Only the top-level weights are rewritten: an LM folder's lm.bin is copied as it is.
     shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if Path(d) == src and n in weights])
     state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
