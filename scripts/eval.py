@@ -28,6 +28,8 @@ import os
 import sys
 from pathlib import Path
 
+from asr import launch
+from asr.beam import load_vocab
 from asr.evaluation import (
     BEAM_DECODERS,
     DECODERS,
@@ -53,7 +55,6 @@ from asr.evaluation import (
     utterance_rows,
     write_results,
 )
-from asr.beam import load_vocab
 from asr.sources import SourceConfig, load_source
 
 logger = logging.getLogger("eval")
@@ -146,21 +147,6 @@ def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettin
         dataclasses.replace(stored.flashlight, **{k: v for k, v in fl.items() if v is not None}))
 
 
-def make_accelerator():
-    """An Accelerator for the launch environment; gloo on CPU when launched with several processes."""
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    import torch
-
-    handlers = []
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # accelerate launch ignores a config's use_cpu for multi-process runs; name gloo explicitly.
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(kwargs_handlers=handlers)
-
-
 def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
                  accelerator) -> tuple[AcousticOutput | None, dict[str, str | bytes]]:
     """A source's log-probs (cache or model; None on non-main processes) and its audio by utterance id."""
@@ -191,7 +177,15 @@ def main(argv: list[str] | None = None) -> None:
     """Run the acoustic model once per set, tune (optionally), decode with each decoder, write and print the table."""
     args = parse_args(argv)
     lm = resolve_lm(args)
-    accelerator = make_accelerator()
+    accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        _evaluate(args, lm, accelerator)
+    finally:
+        launch.finish(accelerator)
+
+
+def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> None:
+    """main's work between setting up and tearing down the process group."""
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)

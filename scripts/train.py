@@ -24,18 +24,35 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
+from asr import launch
 from asr.checkpoint import TrainerState, begin_save, finish_save, resolve_resume
 from asr.collate import CTCCollator
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.constants import PAD
-from asr.data import SpeechDataset, StreamingBatches, StreamingSpeechDataset, prepare_split
-from asr.model import build_model, feature_extractor_settings, frames_fn_for, load_model_config
+from asr.data import (
+    SpeechDataset,
+    StreamingBatches,
+    StreamingSpeechDataset,
+    prepare_split,
+)
+from asr.model import (
+    build_model,
+    feature_extractor_settings,
+    frames_fn_for,
+    load_model_config,
+)
 from asr.sampler import DurationBatchSampler
 from asr.sources import load_source
-from asr.text import build_vocab, load_processor, make_processor, save_processor, vocab_from_tokenizer
+from asr.text import (
+    build_vocab,
+    load_processor,
+    make_processor,
+    save_processor,
+    vocab_from_tokenizer,
+)
 from asr.train import (
     MetricsLog,
     TrainConfig,
@@ -62,28 +79,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """Accelerator for the launch environment; gloo on CPU (DeepSpeed otherwise sees world=1)."""
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=cfg.model.layerdrop > 0)]
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if not torch.cuda.is_available() and world_size > 1:
-        # Multi-process on CPU: accelerate launch ignores a config file's `use_cpu` (every process
-        # then believes it is alone), and DeepSpeed needs gloo named explicitly.
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    accelerator = Accelerator(
+    """Accelerator for the launch environment (gloo on CPU; DeepSpeed otherwise sees world=1)."""
+    return launch.make_accelerator(
+        int(os.environ.get("WORLD_SIZE", "1")),
+        handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.model.layerdrop > 0)],
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
         project_dir=cfg.train.output_dir,
-        kwargs_handlers=handlers,
         step_scheduler_with_optimizer=False,  # we step the LR schedule once per optimizer step ourselves
     )
-    if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
-        raise RuntimeError(
-            f"launched as {world_size} processes but Accelerate set up none of them as distributed; "
-            "launch with `accelerate launch --multi_gpu` (add ACCELERATE_USE_CPU=true on CPU)"
-        )
-    return accelerator
 
 
 def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
@@ -378,7 +383,7 @@ def main(argv=None) -> int:
         plot_curves(metrics_log.read(), out / "curves.png")
         logger.info("best dev WER %.2f%% at step %s; model: %s", 100 * (state.best_wer or 0), state.best_step,
                     out / "model")
-    accelerator.end_training()
+    launch.finish(accelerator)
     return 0
 
 

@@ -34,12 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import transformers
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from asr import launch
 from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC, PyCTCDecodeBeam
 from asr.inference import BACKENDS, load_acoustic_model
 from asr.transcribe import (
@@ -49,8 +48,8 @@ from asr.transcribe import (
     Failure,
     OutputDir,
     ResultSink,
-    Transcriber,
     TranscribeOptions,
+    Transcriber,
     assign_by_cost,
     find_audio,
     plan_work,
@@ -93,22 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_accelerator() -> Accelerator:
-    """Accelerator for the launch environment; gloo on CPU, as scripts/train.py sets it up."""
-    handlers = [InitProcessGroupKwargs(timeout=BARRIER_TIMEOUT)]
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if not torch.cuda.is_available() and world_size > 1:
-        # accelerate launch ignores a config file's `use_cpu` for multi-process runs (every process then
-        # believes it is alone); gloo is the CPU backend.
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=BARRIER_TIMEOUT)]
-    accelerator = Accelerator(kwargs_handlers=handlers)
-    if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
-        raise RuntimeError(f"launched as {world_size} processes but Accelerate set up none of them as distributed; "
-                           "launch with `accelerate launch --multi_gpu` (add ACCELERATE_USE_CPU=true on CPU)")
-    return accelerator
-
-
 def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | None]:
     """Checked options and the LM directory (None for greedy decoding)."""
     lm = args.lm
@@ -141,7 +124,7 @@ def make_decoder(name: str, lm: Path | None, vocab: dict[str, int]):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    accelerator = make_accelerator()
+    accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")), timeout=BARRIER_TIMEOUT)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -227,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" (see {out.root / ERRORS_FILE})" if failures else "")
     accelerator.wait_for_everyone()
     errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    launch.finish(accelerator)
     return 1 if errors else 0
 
 
