@@ -6,22 +6,36 @@ Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, 
 `onnx_model` (ONNX export and the ONNX Runtime backend; imported on demand, not re-exported here).
 """
 
-from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio
-from asr.collate import CTCCollator
-from asr.config import ConfigError, load_config
-from asr.constants import PAD, SAMPLE_RATE, UNK, WORD_DELIMITER
-from asr.data import DataConfig, PreparedSplit, SpeechDataset, StreamingSpeechDataset, prepare_split
-from asr.decoding import greedy_decode
-from asr.filters import FilterConfig, apply_filters
-from asr.metrics import ErrorRates, error_rates
-from asr.sampler import DurationBatchSampler
-from asr.sources import SourceConfig, Utterance, load_source
-from asr.text import TextNormalizer, build_vocab, load_processor, make_processor, save_processor
+import importlib
+from typing import Any
 
-__all__ = [
-    "AUDIO_EXTENSIONS", "AudioError", "CTCCollator", "ConfigError", "DataConfig", "DurationBatchSampler",
-    "ErrorRates", "FilterConfig", "PAD", "PreparedSplit", "SAMPLE_RATE", "SourceConfig", "SpeechDataset",
-    "StreamingSpeechDataset", "TextNormalizer", "UNK", "Utterance", "WORD_DELIMITER", "apply_filters",
-    "audio_duration", "build_vocab", "error_rates", "greedy_decode", "load_audio", "load_config",
-    "load_processor", "load_source", "make_processor", "prepare_split", "save_processor",
-]
+# Public name -> defining module. Imported on first use, so that light modules (asr.allocator,
+# asr.constants) can be imported before torch, e.g. at the very top of a script.
+_EXPORTS = {
+    "AUDIO_EXTENSIONS": "audio", "AudioError": "audio", "audio_duration": "audio", "load_audio": "audio",
+    "CTCCollator": "collate",
+    "ConfigError": "config", "load_config": "config",
+    "PAD": "constants", "SAMPLE_RATE": "constants", "UNK": "constants", "WORD_DELIMITER": "constants",
+    "DataConfig": "data", "PreparedSplit": "data", "SpeechDataset": "data", "StreamingSpeechDataset": "data",
+    "prepare_split": "data",
+    "greedy_decode": "decoding",
+    "FilterConfig": "filters", "apply_filters": "filters",
+    "ErrorRates": "metrics", "error_rates": "metrics",
+    "DurationBatchSampler": "sampler",
+    "SourceConfig": "sources", "Utterance": "sources", "load_source": "sources",
+    "TextNormalizer": "text", "build_vocab": "text", "load_processor": "text", "make_processor": "text",
+    "save_processor": "text",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'asr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"asr.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

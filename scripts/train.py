@@ -13,6 +13,11 @@ and the data reports (`data/*.dropped.jsonl`).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before torch: re-run this command under jemalloc (see asr/allocator.py)
+    from asr.allocator import relaunch_under_jemalloc
+
+    ALLOCATOR_NOTE = relaunch_under_jemalloc()
+
 import argparse
 import json
 import logging
@@ -28,6 +33,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from asr import launch
+from asr.allocator import active_allocator
 from asr.checkpoint import TrainerState, begin_save, finish_save, resolve_resume
 from asr.collate import CTCCollator
 from asr.config import ConfigError, load_config, save_config, to_dict
@@ -232,6 +238,9 @@ def main(argv=None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    if globals().get("ALLOCATOR_NOTE"):  # set when run as a script
+        logger.warning(ALLOCATOR_NOTE)
+    logger.info("memory allocator: %s", active_allocator())
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"

@@ -25,6 +25,11 @@ interrupted run loses only the files in flight. Exit code: 0 all transcribed, 1 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before torch: re-run this command under jemalloc (see asr/allocator.py)
+    from asr.allocator import relaunch_under_jemalloc
+
+    ALLOCATOR_NOTE = relaunch_under_jemalloc()
+
 import argparse
 import datetime
 import json
@@ -39,6 +44,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from asr import launch
+from asr.allocator import active_allocator
 from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC, PyCTCDecodeBeam
 from asr.inference import BACKENDS, load_acoustic_model
 from asr.transcribe import (
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
     transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per process is noise here
+    if globals().get("ALLOCATOR_NOTE"):  # set when run as a script
+        logger.warning(ALLOCATOR_NOTE)
+    logger.info("memory allocator: %s", active_allocator())
     try:
         options, lm = options_from(args)
         items = find_audio(args.inputs, args.manifest, exclude=[args.output])

@@ -76,6 +76,7 @@ def test_killed_run_resumes_to_identical_weights(synth_corpus, tmp_path, kind):
     proc = run_train(synth_corpus, killed, *RESUME, kind=kind, resume="latest")
     assert f"resumed from {killed / 'run' / 'checkpoints' / f'step_{saved}'}" in proc.stderr
     assert "ignoring incomplete checkpoint" in proc.stderr
+    assert "memory allocator: jemalloc" in proc.stderr  # the resumed process re-executed itself under it
     assert max_weight_diff(full / "run" / "model", killed / "run" / "model") == 0.0
     full_losses = {r["step"]: r["loss"] for r in metrics(full / "run", "train")}
     resumed_losses = {r["step"]: r["loss"] for r in metrics(killed / "run", "train")}
