@@ -1,7 +1,7 @@
 """CTC speech recognition toolkit: data pipeline, training pieces, decoding and evaluation.
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
-`collate` (data), `model`, `train`, `checkpoint` (training), `inference`, `decoding`, `beam`,
+`collate`, `feature_cache` (data), `model`, `train`, `checkpoint` (training), `inference`, `decoding`, `beam`,
 `metrics` (decoding and scoring), `corpus` (the synthetic speech corpus), `onnx_export` and
 `onnx_model` (ONNX export and the ONNX Runtime backend; imported on demand, not re-exported here).
 """
@@ -19,6 +19,7 @@ _EXPORTS = {
     "DataConfig": "data", "PreparedSplit": "data", "SpeechDataset": "data", "StreamingSpeechDataset": "data",
     "prepare_split": "data",
     "greedy_decode": "decoding",
+    "FeatureCacheConfig": "feature_cache",
     "FilterConfig": "filters", "apply_filters": "filters",
     "ErrorRates": "metrics", "error_rates": "metrics",
     "DurationBatchSampler": "sampler",

@@ -108,21 +108,22 @@ class CTCCollator:
                 "(training) or none (inference)."
             )
         if labelled:
-            batch["labels"] = torch.from_numpy(self._pad_labels(features))
+            batch["labels"] = torch.from_numpy(pad_labels([item["labels"] for item in features], self.label_pad_id))
         batch["input_lengths"] = torch.from_numpy(lengths)
         return batch
 
-    def _pad_labels(self, features: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Label ids padded with ``label_pad_id``, shape [B, max L_i]."""
-        labels = [np.asarray(item["labels"], dtype=np.int64) for item in features]
-        for i, ids in enumerate(labels):
-            if ids.ndim != 1:
-                raise ValueError(
-                    f"item {i} has labels of shape {ids.shape}; expected a flat list of "
-                    "token ids, as the tokenizer returns for one transcript."
-                )
-        width = max(ids.size for ids in labels)
-        padded = np.full((len(labels), width), self.label_pad_id, dtype=np.int64)
-        for row, ids in zip(padded, labels):
-            row[: ids.size] = ids
-        return padded
+
+def pad_labels(labels: Sequence[Any], pad_id: int = -100) -> np.ndarray:
+    """Label id sequences padded with ``pad_id`` into int64 [B, max L_i] (also used for cached-feature batches)."""
+    arrays = [np.asarray(ids, dtype=np.int64) for ids in labels]
+    for i, ids in enumerate(arrays):
+        if ids.ndim != 1:
+            raise ValueError(
+                f"item {i} has labels of shape {ids.shape}; expected a flat list of "
+                "token ids, as the tokenizer returns for one transcript."
+            )
+    width = max(ids.size for ids in arrays)
+    padded = np.full((len(arrays), width), pad_id, dtype=np.int64)
+    for row, ids in zip(padded, arrays):
+        row[: ids.size] = ids
+    return padded

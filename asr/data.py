@@ -29,6 +29,7 @@ import torch
 from asr.audio import load_audio, normalize_audio
 from asr.config import to_dict
 from asr.constants import SAMPLE_RATE
+from asr.feature_cache import FeatureCacheConfig
 from asr.filters import Drop, FilterConfig, FramesFn, apply_filters, check_and_decode, summarize, write_report
 from asr.sources import SourceConfig, Utterance, detect_kind, iter_hf, load_source, open_hf_dataset
 from asr.text import TextNormalizer
@@ -66,6 +67,8 @@ class DataConfig:
     shuffle: bool = True  # False: batches in ascending length, same every epoch (debugging, equivalence tests)
     num_workers: int = 2  # DataLoader workers decoding audio; 0 decodes in the training process
     cache_dir: str = "data/cache"  # prepared tables, one folder per (source, normaliser, vocab, filters)
+    # the frozen conv encoder's output computed once per utterance: steps skip the encoder (off by default)
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
 
 
 @dataclass

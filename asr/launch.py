@@ -2,15 +2,18 @@
 
 `accelerate launch` on a machine without CUDA ignores a config file's `use_cpu` for multi-process
 runs (every process then believes it is alone) and DeepSpeed needs the gloo backend named
-explicitly, so both are set here. Every process must also destroy its process group before the
+explicitly, so both are set here; but Accelerate skips DeepSpeed altogether when told to use the
+CPU, so under a DeepSpeed launch `use_cpu` is cleared instead. Every process must also destroy its process group before the
 interpreter exits: otherwise gloo's threads are torn down under a live communicator and the process
 can abort with "terminate called without an active exception" (seen on CI with eval.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,8 +36,13 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
     """
     group: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
     if not torch.cuda.is_available() and world_size > 1:
-        os.environ["ACCELERATE_USE_CPU"] = "true"
         group["backend"] = "gloo"
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            # Accelerate starts DeepSpeed only when `cpu` is off: with ACCELERATE_USE_CPU it would quietly
+            # run plain multi-CPU DDP instead of ZeRO. DeepSpeed itself runs on CPU over gloo.
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = "true"
     all_handlers = [*handlers, *([InitProcessGroupKwargs(**group)] if group else [])]
     accelerator = Accelerator(kwargs_handlers=all_handlers, **kwargs)
     if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
@@ -46,3 +54,25 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
 def finish(accelerator: Accelerator) -> None:
     """Stop the trackers and destroy this process's process group (call on every process before it exits)."""
     accelerator.end_training()
+
+
+@contextlib.contextmanager
+def full_model_construction(accelerator: Accelerator) -> Iterator[None]:
+    """Build the model whole on every process even under ZeRO-3; DeepSpeed partitions it at `prepare()`.
+
+    Accelerate registers its DeepSpeed config with transformers, which then builds ZeRO-3 models inside
+    `deepspeed.zero.Init` and initialises weights on gathered partitions: with wav2vec2's weight-normed
+    positional convolution that fails ("Dimension out of range" in `_weight_norm`, transformers 5.23).
+    A full copy per process costs the model's size in host memory once (1.2 GB for XLS-R 300M).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # ZeRO-3 saving and gathering need it registered again

@@ -44,6 +44,13 @@ from asr.data import (
     StreamingSpeechDataset,
     prepare_split,
 )
+from asr.feature_cache import (
+    FeatureCollator,
+    check_feature_cache,
+    check_model_matches,
+    prepare_feature_cache,
+    use_cached_features,
+)
 from asr.model import (
     build_model,
     feature_extractor_settings,
@@ -172,8 +179,11 @@ def _collate_with_ids(collator):
     return collate
 
 
-def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *, train: bool):
-    """DataLoader over our duration sampler (not prepared by Accelerate: the sampler already shards)."""
+def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *, train: bool, dataset=None):
+    """DataLoader over our duration sampler (not prepared by Accelerate: the sampler already shards).
+
+    `dataset` replaces the audio of `split` (the cached conv features); its items are in the table's order.
+    """
     seconds = cfg.data.max_batch_seconds if train else (cfg.train.eval_max_batch_seconds or 2 * cfg.data.max_batch_seconds)
     try:
         sampler = DurationBatchSampler(
@@ -184,7 +194,8 @@ def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *,
         raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}") from e
 
     loader = torch.utils.data.DataLoader(
-        SpeechDataset(split.table, do_normalize), batch_sampler=sampler, collate_fn=_collate_with_ids(collator),
+        dataset if dataset is not None else SpeechDataset(split.table, do_normalize), batch_sampler=sampler,
+        collate_fn=_collate_with_ids(collator),
         num_workers=cfg.data.num_workers, persistent_workers=False,
         # Its own generator: worker seeding must not draw from the global RNG, or a resumed run
         # (which starts its DataLoader iterator mid-epoch) would see different dropout/SpecAugment.
@@ -206,6 +217,19 @@ def save_checkpoint(accelerator, state: TrainerState, sampler, root: Path, cfg: 
         save_config(cfg, tmp / "train_config.yaml")
         finish_save(tmp, state, cfg.train.save_total_limit)
     accelerator.wait_for_everyone()
+
+
+def open_feature_cache(cfg: TrainConfig, accelerator, model, split, do_normalize, return_mask):
+    """The cached conv features of the train split (filled by all processes) and their collator."""
+    dataset = prepare_feature_cache(
+        model, split, cfg.data.feature_cache, do_normalize, return_mask, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, local_rank=accelerator.local_process_index,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)),
+        barrier=accelerator.wait_for_everyone, num_workers=cfg.data.num_workers,
+        progress=accelerator.is_local_main_process,
+    )
+    use_cached_features(model)  # steps now feed the cached features where the audio went
+    return dataset, FeatureCollator(return_attention_mask=return_mask)
 
 
 def export_model(accelerator, model, processor, normalizer, cfg, out: Path, metrics: dict, data_summary: dict) -> None:
@@ -248,17 +272,25 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "train_config.yaml")
     try:
+        ds_plugin = accelerator.state.deepspeed_plugin
+        check_feature_cache(cfg.data.feature_cache, freeze_feature_encoder=cfg.model.freeze_feature_encoder,
+                            streaming=cfg.data.train.streaming, zero_stage=ds_plugin.zero_stage if ds_plugin else None)
         resume_dir = resolve_resume(args.resume, ckpt_root)
         processor, normalizer, vocab, splits, return_mask, do_normalize, frames_fn = prepare_data(cfg, accelerator, out)
-        model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])
+        with launch.full_model_construction(accelerator):
+            model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])
         collator = CTCCollator(return_attention_mask=return_mask)
+        cached, train_collator = None, collator
+        if cfg.data.feature_cache.enabled:
+            cached, train_collator = open_feature_cache(cfg, accelerator, model, splits["train"], do_normalize,
+                                                        return_mask)
         if cfg.data.train.streaming:
             # the stream is its own sampler: same interface (set_epoch, state_dict, load_state_dict)
             train_loader = train_sampler = make_streaming_loader(
                 cfg, accelerator, collator, vocab, normalizer, frames_fn, do_normalize, out)
         else:
-            train_loader, train_sampler = make_loader(splits["train"], cfg, accelerator, collator, do_normalize,
-                                                      train=True)
+            train_loader, train_sampler = make_loader(splits["train"], cfg, accelerator, train_collator, do_normalize,
+                                                      train=True, dataset=cached)
         dev_loader, _ = make_loader(splits["dev"], cfg, accelerator, collator, do_normalize, train=False)
     except ValueError as e:  # ConfigError included: bad input, reported in one line before any training
         logger.error("%s", e)
@@ -277,6 +309,8 @@ def main(argv=None) -> int:
     state = TrainerState()
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
+        if cached is not None:  # the frozen encoder must be the one the cache was filled with
+            check_model_matches(cached, accelerator.unwrap_model(model), do_normalize)
         state = TrainerState.load(resume_dir)
         train_sampler.load_state_dict(json.loads((resume_dir / "sampler.json").read_text()))
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
@@ -294,8 +328,8 @@ def main(argv=None) -> int:
         accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in to_dict(cfg.optim).items()})
         train_desc = ("streamed" if cfg.data.train.streaming else
                       f"{len(splits['train'])} utt, {splits['train'].hours:.2f} h, {len(train_sampler)} batches/epoch/process")
-        logger.info("train: %s; dev: %d utt, %.2f h; %d processes", train_desc, len(splits["dev"]),
-                    splits["dev"].hours, accelerator.num_processes)
+        logger.info("train: %s; dev: %d utt, %.2f h; %d processes (%s)", train_desc, len(splits["dev"]),
+                    splits["dev"].hours, accelerator.num_processes, accelerator.distributed_type.value)
         logger.info("model: %.2f M parameters (%.2f M trainable)",
                     sum(p.numel() for p in model.parameters()) / 1e6,
                     sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)

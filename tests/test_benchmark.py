@@ -2,7 +2,8 @@
 
 Tables, the scaling model's arithmetic and the real parameter counts, bench_decode's baseline vs
 our pyctcdecode on a fork pool (the same search, so the same transcripts), bench_transcribe's
-transcript comparison with the transformers pipeline, and bench_memory's fresh-process peaks.
+transcript comparison with the transformers pipeline, bench_memory's fresh-process peaks, and
+bench_train's samplers (without training) and its smoke run end to end (slow).
 No assertion depends on speed.
 """
 
@@ -206,3 +207,57 @@ def test_longest_passing_binary_search():
     assert bench.longest_passing(lambda s: True, 60)[0] == 60
     assert bench.longest_passing(lambda s: False, 60)[0] == 0.0
 
+
+
+# ------------------------------------------------------------------------------------------- train
+def _train_config(batch_seconds: float):
+    from asr.train import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.data.max_batch_seconds = batch_seconds
+    return cfg
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bench_train_samplers_without_training(processes):
+    import numpy as np
+
+    bench = load_script("bench_train")
+    rng = np.random.default_rng(0)  # read-speech lengths in whole samples, as prepared splits hold them
+    durations = [round(d * 16_000) / 16_000 for d in np.clip(rng.lognormal(np.log(3.5), 0.5, 2000), 0.5, 15.0)]
+    cfg = _train_config(80.0 / processes)  # 80 s per global batch
+    epoch = bench.ours_epoch(durations, cfg, processes, 0)
+    # The replay is train.py's epoch: every utterance once, one batch per process per step.
+    assert sorted(i for step in epoch for batch in step for i in batch) == list(range(len(durations)))
+    assert all(len(step) == processes for step in epoch)
+    assert bench.ours_steps(durations, cfg, processes, len(epoch) + 3)[len(epoch):] == \
+        bench.ours_epoch(durations, cfg, processes, 1)[:3]  # the loop goes on into the next epoch
+    # The baseline's fixed batch holds our mean batch's audio.
+    batch_size = bench.baseline_batch_size(durations, cfg, processes)
+    ours_mean = sum(durations) / sum(len(step) for step in epoch)
+    assert batch_size * sum(durations) / len(durations) == pytest.approx(ours_mean, rel=0.05)
+    ours, baseline = bench.epoch_padding(durations, cfg, processes, batch_size)
+    assert 0 <= ours <= 0.03 and 0 <= baseline < 1 and ours < baseline
+
+
+@pytest.mark.slow
+def test_bench_train_smoke_end_to_end(synth_corpus, tmp_path):
+    bench = load_script("bench_train")
+    out = tmp_path / "out"
+    code = bench.main(["--smoke", "--manifest", str(synth_corpus / "train.jsonl"), "--output", str(out),
+                       "--work-dir", str(tmp_path / "work")])
+    assert code == 0
+    table = (out / "train.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert lines[0] == ("| side | setup | steps timed | audio s / step | padded % (timed) | padded % (epoch) | "
+                        "audio s / wall s | vs baseline |")
+    assert lines[2].startswith("| HF Trainer (baseline) | group_by_length, per_device_train_batch_size=")
+    assert lines[3].startswith("| ours (scripts/train.py) | DurationBatchSampler")
+    assert len(lines) == 4 and lines[2].endswith("| 1.00x |") and "Targets: ours" in table
+    base, ours = json.loads((out / "train.json").read_text())["sides"]
+    for side in (base, ours):
+        assert side["steps"] == 3 and side["audio_seconds"] > 0 and side["wall_seconds"] > 0
+        assert 0 <= side["padded_timed"] <= 1 and 0 <= side["padded_epoch"] <= 1
+    assert ours["padded_timed"] <= base["padded_timed"] and ours["padded_epoch"] <= base["padded_epoch"]
+    # Both trained the same model: the baseline's loss comes from it, ours logged one per step.
+    assert len(ours["losses"]) == 4 and base["training_loss"] > 0

@@ -41,8 +41,12 @@ def test_ddp_two_processes_matches_one_process_with_same_global_batch(synth_corp
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_runs_and_matches_ddp(synth_corpus, tmp_path, ddp_run, stage):
-    run_train(synth_corpus, tmp_path, "train.max_steps=4", *SAME_BATCHES, kind=stage)
+    proc = run_train(synth_corpus, tmp_path, "train.max_steps=4", *SAME_BATCHES, kind=stage)
     run = tmp_path / "run"
+    # really DeepSpeed, not DDP under another name: the engine ran and wrote its partitioned state
+    assert "2 processes (DEEPSPEED)" in proc.stderr
+    [last] = sorted((run / "checkpoints").glob("step_*"))
+    assert list(last.rglob("*zero_pp_rank_1*optim_states.pt")), sorted(p.name for p in last.rglob("*"))
     np.testing.assert_allclose([r["loss"] for r in metrics(run, "train")],
                                [r["loss"] for r in metrics(ddp_run, "train")], rtol=1e-4)
     # ZeRO-3 shards the parameters: the exported model must hold the gathered full weights
