@@ -67,6 +67,7 @@ class PyCTCDecodeOptions:
     hotwords: tuple[str, ...] = ()  # words or phrases to boost, may be outside the LM
     hotword_weight: float = 10.0  # boost per hotword character match
     num_processes: int = 0  # decode_batch: fork-pool workers (pyctcdecode cannot use spawn); 0 or 1 = in-process
+    skip_idle_frames: bool = True  # drop the frames the search cannot act on (see IdleFrames): same result, faster
 
     def __post_init__(self) -> None:
         if self.beam_width < 1:
@@ -244,6 +245,43 @@ def _log_probs(logits: np.ndarray, length: int | None, vocab_size: int) -> np.nd
     return np.ascontiguousarray(array - log_norm)
 
 
+@dataclass(frozen=True)
+class IdleFrames:
+    """Log-probs without the frames a prefix beam search cannot act on, and the way back to the original frames.
+
+    A frame whose only token at or above `token_min_logp` is the blank (which is then its argmax)
+    extends every beam with the blank and nothing else. The first such frame after a character still
+    matters: it ends the character, so a repeat of it becomes a new character. Every further frame of
+    the run adds the same blank log-prob to every beam: no beam is created, merged, pruned or reordered
+    (pruning compares scores with the best one, which moves by the same amount), so pyctcdecode's search
+    is unchanged when they are dropped; CTC models spend most frames in such runs. Word frame spans are
+    mapped back with `original_start`/`original_end`, and `dropped_blank_logp` (the same for every beam)
+    is added back to the scores.
+    """
+
+    log_probs: np.ndarray  # [T_kept, V]
+    kept: np.ndarray  # [T_kept] original index of each kept frame
+    dropped_blank_logp: float
+
+    @classmethod
+    def drop(cls, log_probs: np.ndarray, blank: int, token_min_logp: float) -> IdleFrames:
+        """`log_probs` [T, V] (normalised) without the 2nd, 3rd, ... frame of each run of blank-only frames."""
+        if log_probs.shape[0] == 0:
+            return cls(log_probs, np.zeros(0, dtype=np.int64), 0.0)
+        others = np.delete(log_probs, blank, axis=1)
+        idle = (others.max(axis=1) < token_min_logp) & (log_probs.argmax(axis=1) == blank)
+        dropped = idle & np.concatenate(([False], idle[:-1]))
+        kept = np.flatnonzero(~dropped)
+        return cls(np.ascontiguousarray(log_probs[kept]), kept, float(log_probs[dropped, blank].sum(dtype=np.float64)))
+
+    def original_start(self, frame: int) -> int:
+        return int(self.kept[frame])
+
+    def original_end(self, frame: int) -> int:
+        """An exclusive end frame of the kept frames -> the original exclusive end."""
+        return int(self.kept[frame - 1]) + 1 if frame > 0 else 0
+
+
 def _lengths(n: int, lengths: Sequence[int | None] | None) -> list[int | None]:
     """Per-utterance lengths, checked to pair up with the batch."""
     if lengths is None:
@@ -375,6 +413,7 @@ class PyCTCDecodeBeam:
         )
         # Labels are given already mapped, so pyctcdecode's guessing (and its logging) is not relied on.
         self._decoder = BeamSearchDecoderCTC(Alphabet(labels, is_bpe=False), language_model)
+        self._blank = vocab[PAD]
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, vocab: Mapping[str, int] | None = None,
@@ -395,8 +434,15 @@ class PyCTCDecodeBeam:
         return dict(beam_width=o.beam_width, beam_prune_logp=o.beam_prune_logp, token_min_logp=o.token_min_logp,
                     hotwords=list(o.hotwords) or None, hotword_weight=o.hotword_weight)
 
-    def _to_hypotheses(self, beams: Sequence[tuple]) -> list[Hypothesis]:
-        """pyctcdecode beams (text, ..., [(word, (start, end))], logit score, total score) -> Hypotheses."""
+    def _searched(self, log_probs: np.ndarray) -> IdleFrames | None:
+        """What the search runs on: `log_probs` without idle frames (None: all of them, as given)."""
+        if not self.options.skip_idle_frames:
+            return None
+        return IdleFrames.drop(log_probs, self._blank, self.options.token_min_logp)
+
+    def _to_hypotheses(self, beams: Sequence[tuple], idle: IdleFrames | None = None) -> list[Hypothesis]:
+        """pyctcdecode beams (text, ..., [(word, (start, end))], logit score, total score) -> Hypotheses,
+        with frames and scores of the original log-probs when the search skipped idle frames."""
         out = []
         for beam in beams:
             frames, total = beam[-3], beam[-1]
@@ -404,8 +450,10 @@ class PyCTCDecodeBeam:
             for word, (start, end) in frames:
                 word = word.replace(PYCTCDECODE_UNK, "")
                 if word:
+                    if idle is not None:
+                        start, end = idle.original_start(start), idle.original_end(end)
                     words.append(WordSpan(word, int(start), int(end)))
-            out.append(_hypothesis(words, total))
+            out.append(_hypothesis(words, total + (idle.dropped_blank_logp if idle is not None else 0.0)))
         return out
 
     def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
@@ -419,8 +467,10 @@ class PyCTCDecodeBeam:
         log_probs = _log_probs(logits, length, self.vocab_size)
         if log_probs.shape[0] == 0:
             return [Hypothesis("", (), 0.0)]
-        beams = self._decoder.decode_beams(log_probs, prune_history=False, **self._search_kwargs())
-        return _unique_texts(self._to_hypotheses(beams), n)
+        idle = self._searched(log_probs)
+        beams = self._decoder.decode_beams(idle.log_probs if idle else log_probs, prune_history=False,
+                                           **self._search_kwargs())
+        return _unique_texts(self._to_hypotheses(beams, idle), n)
 
     def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis:
         """Best hypothesis of one utterance; `logits` [T, V] log-probs, `length` valid frames (None: all)."""
@@ -428,8 +478,10 @@ class PyCTCDecodeBeam:
         if log_probs.shape[0] == 0:
             return Hypothesis("", (), 0.0)
         # Pruning beams that share their recent history is safe when only the best one is wanted.
-        beams = self._decoder.decode_beams(log_probs, prune_history=True, **self._search_kwargs())
-        return self._to_hypotheses(beams[:1])[0]
+        idle = self._searched(log_probs)
+        beams = self._decoder.decode_beams(idle.log_probs if idle else log_probs, prune_history=True,
+                                           **self._search_kwargs())
+        return self._to_hypotheses(beams[:1], idle)[0]
 
     def decode_batch(self, logits: Sequence[np.ndarray],
                      lengths: Sequence[int | None] | None = None) -> list[Hypothesis]:
@@ -444,14 +496,15 @@ class PyCTCDecodeBeam:
         if workers <= 1:
             return [self.decode(x) for x in batch]
         nonempty = [i for i, x in enumerate(batch) if x.shape[0]]
+        idle = {i: self._searched(batch[i]) for i in nonempty}
+        searched = [idle[i].log_probs if idle[i] else batch[i] for i in nonempty]
         # Workers inherit the LM from this process (pyctcdecode keeps it in a class attribute), which
         # only fork provides; spawn would make pyctcdecode fall back to one process with a warning.
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = self._decoder.decode_beams_batch(pool, [batch[i] for i in nonempty], prune_history=True,
-                                                       **self._search_kwargs())
+            results = self._decoder.decode_beams_batch(pool, searched, prune_history=True, **self._search_kwargs())
         out = [Hypothesis("", (), 0.0)] * len(batch)
         for i, beams in zip(nonempty, results):
-            out[i] = self._to_hypotheses(beams[:1])[0]
+            out[i] = self._to_hypotheses(beams[:1], idle[i])[0]
         return out
 
 

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,7 @@ class FillReport:
     reused: int  # already cached before this run
     computed: int  # computed by this process
     estimated_bytes: int  # the whole split's features on disk
+    seconds: float = 0.0  # wall time of the estimate and fill, barriers included (every process waits for all)
 
 
 def check_feature_cache(cfg: FeatureCacheConfig, *, freeze_feature_encoder: bool, streaming: bool,
@@ -404,6 +406,7 @@ def prepare_feature_cache(model: torch.nn.Module, split: Any, cfg: FeatureCacheC
         ConfigError: the estimate exceeds `cfg.max_gb`.
         ValueError: the model has no wav2vec2-style conv encoder.
     """
+    started = time.perf_counter()
     frames_fn = frames_fn_for(model.config)
     channels = int(model.config.conv_dim[-1])
     cache = FeatureCache(cfg.dir, encoder_fingerprint(model, do_normalize, cfg.dtype), channels, frames_fn, cfg.dtype)
@@ -438,9 +441,9 @@ def prepare_feature_cache(model: torch.nn.Module, split: Any, cfg: FeatureCacheC
         computed += _fill(cache, model, split.table, keys, still[local_rank::local_world_size], do_normalize,
                           num_workers, progress)
         barrier()
-    report = FillReport(len(keys), len(keys) - len(missing), computed, total)
-    logger.info("feature cache: %d reused, %d computed by this process (%d processes)", report.reused, computed,
-                world_size)
+    report = FillReport(len(keys), len(keys) - len(missing), computed, total, time.perf_counter() - started)
+    logger.info("feature cache: %d reused, %d computed by this process (%d processes) in %.1f s", report.reused,
+                computed, world_size, report.seconds)
     return CachedFeatureDataset(split.table, cache, keys, report)
 
 

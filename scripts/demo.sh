@@ -39,7 +39,8 @@ ACCELERATE_USE_CPU=true .venv/bin/accelerate launch --config_file configs/accele
   --num_processes "$PROCS" --main_process_port "$port" \
   scripts/train.py --config configs/train/demo_finetune.yaml \
   train.output_dir="$OUT" train.max_steps="$STEPS" data.train.path="$CORPUS/train.jsonl" \
-  data.dev.path="$CORPUS/dev.jsonl" model.name_or_path="$BASE" data.vocab="$BASE" --resume latest
+  data.dev.path="$CORPUS/dev.jsonl" data.feature_cache.dir="$OUT/feature_cache" model.name_or_path="$BASE" \
+  data.vocab="$BASE" --resume latest
 
 say "3/5 KenLM 4-gram from $CORPUS/lm.txt, beside the model"
 $PY scripts/build_lm.py --model "$OUT/model" --text "$CORPUS/lm.txt" --order 4 --heldout-fraction 0.02

@@ -330,6 +330,11 @@ def main(argv=None) -> int:
                       f"{len(splits['train'])} utt, {splits['train'].hours:.2f} h, {len(train_sampler)} batches/epoch/process")
         logger.info("train: %s; dev: %d utt, %.2f h; %d processes (%s)", train_desc, len(splits["dev"]),
                     splits["dev"].hours, accelerator.num_processes, accelerator.distributed_type.value)
+        if cached is not None and cached.report is not None:  # the one-off cost the cached steps repay
+            report = cached.report
+            metrics_log.write({"kind": "feature_cache", "step": state.step, "seconds": report.seconds,
+                               "utterances": report.utterances, "reused": report.reused,
+                               "audio_seconds": splits["train"].hours * 3600})
         logger.info("model: %.2f M parameters (%.2f M trainable)",
                     sum(p.numel() for p in model.parameters()) / 1e6,
                     sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)

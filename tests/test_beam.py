@@ -19,6 +19,7 @@ from asr.beam import (
     FlashlightOptions,
     GreedyCTC,
     Hypothesis,
+    IdleFrames,
     PyCTCDecodeBeam,
     PyCTCDecodeOptions,
     WordSpan,
@@ -260,3 +261,49 @@ def test_empty_and_silent_input(decoders, vocab):
         assert decoder.decode(np.zeros((0, len(vocab)), np.float32)) == Hypothesis("", (), 0.0)
         assert decoder.decode(silence).text == ""
         assert math.isfinite(decoder.decode(silence).score)
+
+
+# ------------------------------------------------------------------------------- idle-frame skipping
+def test_idle_frames_are_the_later_frames_of_blank_only_runs(vocab):
+    a, blank = vocab["a"], vocab["[PAD]"]
+    tokens = [a, blank, blank, blank, a, a, blank, blank]
+    probs = np.full((len(tokens), len(vocab)), 1e-4)
+    probs[np.arange(len(tokens)), tokens] = 0.9
+    probs[3, a] = 0.05  # a blank frame where "a" is still possible (log 0.05 > -5): not idle
+    log_probs = np.log(probs / probs.sum(axis=1, keepdims=True))
+    idle = IdleFrames.drop(log_probs, blank, token_min_logp=-5.0)
+    assert idle.kept.tolist() == [0, 1, 3, 4, 5, 6]  # frames 2 and 7 follow a blank-only frame
+    np.testing.assert_array_equal(idle.log_probs, log_probs[[0, 1, 3, 4, 5, 6]])
+    assert idle.dropped_blank_logp == pytest.approx(log_probs[2, blank] + log_probs[7, blank])
+    assert (idle.original_start(3), idle.original_end(5)) == (4, 6)  # the "aa" held at frames 4-5
+
+
+def test_skipping_idle_frames_changes_nothing_but_speed(lm_dir, vocab, noisy_set):
+    """Same texts, word frames and scores with and without skipping, on speech with pauses between words."""
+    refs, noisy = noisy_set
+    rng = np.random.default_rng(1)
+    silence = np.log(np.full((1, len(vocab)), 1e-5))
+    silence[0, vocab["[PAD]"]] = 0.0
+    space = np.log(np.full((2, len(vocab)), 1e-5))
+    space[:, vocab["|"]] = 0.0
+    paused = []  # real CTC output is mostly blank: long blank runs before, between and after the words
+    for ref in refs[:12]:
+        parts = [np.repeat(silence, rng.integers(5, 40), axis=0)]
+        for word in ref.split():
+            parts += [spelled_log_probs(word, vocab), space, np.repeat(silence, rng.integers(3, 25), axis=0)]
+        paused.append(np.concatenate(parts).astype(np.float32))
+    log_probs = paused + noisy[:12]
+    dropped = [1 - len(IdleFrames.drop(x, vocab["[PAD]"], -5.0).kept) / len(x) for x in paused]
+    assert np.mean(dropped) > 0.3
+    fast = PyCTCDecodeBeam.from_dir(lm_dir, vocab)
+    full = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(skip_idle_frames=False))
+    for x in log_probs:
+        a, b = fast.decode(x), full.decode(x)
+        assert (a.text, a.words) == (b.text, b.words)
+        assert a.score == pytest.approx(b.score, rel=1e-6)
+        nbest_a, nbest_b = fast.decode_nbest(x, n=5), full.decode_nbest(x, n=5)
+        assert [(h.text, h.words) for h in nbest_a] == [(h.text, h.words) for h in nbest_b]
+        assert [h.score for h in nbest_a] == pytest.approx([h.score for h in nbest_b], rel=1e-6)
+    pooled = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs)
+    assert [(h.text, h.words) for h in pooled] == [(h.text, h.words) for h in full.decode_batch(log_probs)]
+    assert error_rates(refs[:12], [h.text for h in pooled[:12]]).wer < 0.2

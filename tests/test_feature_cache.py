@@ -257,6 +257,8 @@ def cached_run(synth_corpus, tmp_path_factory) -> tuple[Path, str]:
 def test_cached_training_gives_the_uncached_losses(uncached_run, cached_run):
     out, log = cached_run
     assert "feature cache: 0 reused, 12 computed" in log
+    [fill] = metrics(out / "run", "feature_cache")  # the one-off cost, for benchmarks and the curious
+    assert (fill["step"], fill["utterances"], fill["reused"]) == (0, 12, 0) and fill["seconds"] > 0
     assert len(losses(uncached_run)) == 4
     np.testing.assert_allclose(losses(out), losses(uncached_run), rtol=0, atol=1e-5)
 
@@ -269,6 +271,7 @@ def test_resume_reuses_the_cache_and_continues_exactly(synth_corpus, cached_run,
                      f"data.feature_cache.dir={out / 'features'}",
                      resume=str(out / "run" / "checkpoints" / "step_2"))
     assert "feature cache: 12 reused, 0 computed" in proc.stderr
+    assert [(r["step"], r["reused"]) for r in metrics(tmp_path / "run", "feature_cache")] == [(2, 12)]
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     np.testing.assert_allclose(losses(tmp_path), losses(out)[2:], rtol=0, atol=1e-6)
 

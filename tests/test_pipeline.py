@@ -102,5 +102,9 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     assert "targets:" in proc.stdout and proc.stdout.count("] ") >= 3
     # Fine-tuning starts from the base: after a few steps its dev loss on new voices is already near the
     # base's own (~1.0 on its voices), where a fresh model sits on the CTC blank plateau (~2.9, see NOTES.md).
-    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
     assert evals and evals[-1]["loss"] < 2.5, evals
+    # The frozen conv encoder ran once per utterance (the feature cache), not once per step.
+    [fill] = [r for r in records if r["kind"] == "feature_cache"]
+    assert fill["utterances"] == len(list((out / "feature_cache").rglob("*.safetensors"))) > 0
