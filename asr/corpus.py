@@ -4,7 +4,8 @@ Real audio of known text, made offline in minutes, so loaders, filters, training
 tested and demonstrated without a dataset hub.
 
     summary = make_corpus(CorpusOptions(train=2000, dev=200, test=200, heldout_voices=3), Path("data/synth"))
-    export_layout(Path("data/synth"), "librispeech", Path("data/synth_librispeech"))
+
+`asr.layouts.export_layout` copies a corpus into the dataset layouts the loaders read.
 
 A corpus directory holds:
     audio/<split>/<utt_id>.wav          16 kHz mono 16-bit PCM
@@ -16,11 +17,9 @@ A corpus directory holds:
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import functools
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
@@ -48,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("espeak-ng", "flite", "festival")
 SPLITS = ("train", "dev", "test")
-LAYOUTS = ("librispeech", "audiofolder", "folder", "parquet", "nemo_csv", "tsv")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FESTIVAL_VOICES_DIR = Path("/usr/share/festival/voices")
 
@@ -671,127 +669,3 @@ def _atomic_write(path: Path, text: str) -> None:
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
-
-# -------------------------------------------------------------------------------------- layouts
-def export_layout(corpus_dir: Path, layout: str, out_dir: Path, splits: Sequence[str] = SPLITS) -> dict[str, int]:
-    """Copies a corpus into another dataset layout, so every loader can be tested on real audio.
-
-    Layouts (audio files are hard links to the corpus's wavs where possible, flac for librispeech):
-        librispeech: `<out>/<split>/<spk>/<chap>/<spk>-<chap>-<NNNN>.flac` + `<spk>-<chap>.trans.txt`
-            (`<utt-id> <UPPERCASE TEXT>`); speakers numbered 1.. over the whole corpus, chapter = split.
-        audiofolder: `<out>/<split>/<id>.wav` + `metadata.csv` (`file_name,transcription`).
-        folder: `<out>/<split>/wavs/<id>.wav` + `<out>/<split>/transcripts.txt` (`<id>\\t<text>`).
-        parquet: `<out>/data/<split>-00000-of-00001.parquet`, columns audio {bytes, path}, text, id,
-            speaker, duration (the hub's layout; audio bytes are the encoded wav file).
-        nemo_csv / tsv: `<out>/<split>.csv|.tsv` (`audio_filepath,duration,text`, paths relative to
-            it) + `<out>/audio/<split>/<id>.wav`.
-
-    Args:
-        corpus_dir: a directory written by make_corpus.
-        layout: one of LAYOUTS.
-        out_dir: destination, created if needed.
-        splits: splits to export.
-
-    Returns:
-        Utterances written per split.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
-    if not (corpus_dir / "corpus.json").is_file():
-        raise ValueError(f"{corpus_dir} is not a complete corpus (no corpus.json); run scripts/make_corpus.py first")
-    bad = sorted(set(splits) - set(SPLITS))
-    if bad:
-        raise ValueError(f"unknown split(s) {', '.join(bad)}; use some of {', '.join(SPLITS)}")
-    manifests = {s: _read_corpus_manifest(corpus_dir, s) for s in SPLITS}
-    speakers = sorted({r["speaker"] for rows in manifests.values() for r in rows})
-    speaker_nums = {spk: i + 1 for i, spk in enumerate(speakers)}  # the same number in every split
-    for split in splits:
-        rows = manifests[split]
-        if layout == "librispeech":
-            _write_librispeech(rows, out_dir / split, speaker_nums, chapter=SPLITS.index(split) + 1)
-        elif layout == "audiofolder":
-            for r in rows:
-                _link_or_copy(r["path"], out_dir / split / f"{r['id']}.wav")
-            table = [[f"{r['id']}.wav", r["text"]] for r in rows]
-            _write_csv(out_dir / split / "metadata.csv", ["file_name", "transcription"], table)
-        elif layout == "folder":
-            for r in rows:
-                _link_or_copy(r["path"], out_dir / split / "wavs" / f"{r['id']}.wav")
-            _atomic_write(out_dir / split / "transcripts.txt", "".join(f"{r['id']}\t{r['text']}\n" for r in rows))
-        elif layout == "parquet":
-            _write_parquet(rows, out_dir / "data" / f"{split}-00000-of-00001.parquet")
-        else:
-            for r in rows:
-                _link_or_copy(r["path"], out_dir / "audio" / split / f"{r['id']}.wav")
-            suffix, delimiter = (".csv", ",") if layout == "nemo_csv" else (".tsv", "\t")
-            table = [[f"audio/{split}/{r['id']}.wav", r["duration"], r["text"]] for r in rows]
-            _write_csv(out_dir / f"{split}{suffix}", ["audio_filepath", "duration", "text"], table, delimiter)
-    logger.info("exported %s as %s to %s", ", ".join(splits), layout, out_dir)
-    return {s: len(manifests[s]) for s in splits}
-
-
-def _read_corpus_manifest(corpus_dir: Path, split: str) -> list[dict[str, Any]]:
-    """Rows of `<split>.jsonl` with `path` = absolute audio path."""
-    lines = (corpus_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-    rows = [json.loads(line) for line in lines if line]
-    for r in rows:
-        r["path"] = corpus_dir / r["audio_filepath"]
-    return rows
-
-
-def _write_librispeech(rows: list[dict[str, Any]], split_dir: Path, speaker_nums: dict[str, int], chapter: int) -> None:
-    """One chapter per speaker: numbered flac files and the chapter's trans.txt."""
-    by_speaker: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_speaker.setdefault(speaker_nums[r["speaker"]], []).append(r)
-    for spk, utts in sorted(by_speaker.items()):
-        folder = split_dir / str(spk) / str(chapter)
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for n, r in enumerate(utts):
-            utt_id = f"{spk}-{chapter}-{n:04d}"
-            audio, rate = sf.read(r["path"], dtype="int16")
-            sf.write(folder / f"{utt_id}.flac", audio, rate, format="FLAC", subtype="PCM_16")
-            lines.append(f"{utt_id} {r['text'].upper()}\n")
-        _atomic_write(folder / f"{spk}-{chapter}.trans.txt", "".join(lines))
-
-
-def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    """A hub-style parquet shard whose audio column holds the encoded files."""
-    import pyarrow as pa  # deferred: only this layout needs it
-    import pyarrow.parquet as pq
-
-    audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    audio = [{"bytes": Path(r["path"]).read_bytes(), "path": f"{r['id']}.wav"} for r in rows]
-    table = pa.table({
-        "audio": pa.array(audio, type=audio_type),
-        "text": pa.array([r["text"] for r in rows], type=pa.string()),
-        "id": pa.array([r["id"] for r in rows], type=pa.string()),
-        "speaker": pa.array([r["speaker"] for r in rows], type=pa.string()),
-        "duration": pa.array([float(r["duration"]) for r in rows], type=pa.float64()),
-    })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]], delimiter: str = ",") -> None:
-    """Writes a CSV/TSV table atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-links `src` to `dst` (no extra disk), copying across file systems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

@@ -13,8 +13,8 @@ Stages, each usable on its own:
    KenLM, lexicon or lexicon-free), timed; `score_run` turns texts and times into a table row.
 3. `EvalReport` (the side-by-side table, decoder agreement, padding check) and `write_results`:
    results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl.
-4. `tune`: alpha/beta (and beam width) grid search on cached log-probs over a fork pool, n-best
-   oracle WER at the best point; `save_tuned` writes the winners into the LM directory.
+4. `asr.tuning.tune`: alpha/beta (and beam width) grid search on cached log-probs over a fork pool,
+   n-best oracle WER at the best point; `asr.tuning.save_tuned` writes the winners into the LM directory.
 
 Tuned values live in the LM directory, where every later decode finds them (`load_decoder_settings`):
 
@@ -44,10 +44,9 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,6 @@ from asr.beam import (
     PyCTCDecodeBeam,
     PyCTCDecodeOptions,
     load_lm_files,
-    oracle_texts,
     word_edits,
 )
 from asr.constants import SAMPLE_RATE
@@ -89,7 +87,6 @@ DEFAULT_MAX_PADDING = 0.02
 EVAL_MIN_DURATION = 0.1  # s; shorter clips hold no word and (< 25 ms) are shorter than the conv receptive field
 EVAL_MAX_DURATION = 60.0  # s; attention memory grows with the square of the length: split longer recordings
 DEFAULT_PADDING_SAMPLE = 16  # utterances run one by one to measure the effect of padding
-DEFAULT_NBEST = 10  # hypotheses per utterance for the oracle WER
 LN10 = math.log(10)  # flashlight's lm_weight multiplies KenLM's log10 scores, pyctcdecode's alpha natural logs
 # Files of a model directory that change its log-probs or references; the LM and eval outputs do not.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
@@ -817,253 +814,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, or {} when the file is absent."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
-
-# -------------------------------------------------------------------------------------------- tuning
-@dataclass(frozen=True)
-class TuneGrid:
-    """The grid searched, in pyctcdecode's units; flashlight uses lm_weight = alpha * ln 10, word_score = beta."""
-
-    alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5)  # LM weight; 0.5 is pyctcdecode's default
-    betas: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # per-word bonus; higher counters the LM's bias to few words
-    beam_widths: tuple[int, ...] = ()  # () keeps the decoder's current width; more widths multiply the cost
-
-    def __post_init__(self) -> None:
-        for name in ("alphas", "betas", "beam_widths"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.alphas or not self.betas:
-            raise ValueError(f"TuneGrid needs at least one alpha and one beta, got {self.alphas} and {self.betas}.")
-        if any(w < 1 for w in self.beam_widths):
-            raise ValueError(f"TuneGrid.beam_widths {self.beam_widths} must all be 1 or more.")
-
-
-@dataclass(frozen=True)
-class TunePoint:
-    """One grid point's result on the tuning set."""
-
-    decoder: str
-    alpha: float
-    beta: float
-    beam_width: int
-    wer: float
-    cer: float
-    seconds: float  # decode wall-clock of this point in its worker
-
-
-@dataclass(frozen=True)
-class OracleResult:
-    """How much better a perfect rescorer of the n-best lists could do than the 1-best."""
-
-    decoder: str
-    nbest: int
-    wer_1best: float
-    wer_oracle: float
-
-
-@dataclass
-class TuneResult:
-    """Every grid point, the best per decoder, and the n-best oracle at the best point."""
-
-    data: str
-    utterances: int
-    grid: TuneGrid
-    points: list[TunePoint]
-    best: dict[str, TunePoint]
-    oracle: dict[str, OracleResult]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    def to_markdown(self) -> str:
-        """Best settings per decoder, the oracle WER, and the full grid."""
-        lines = [f"## Tuning on {self.data} ({self.utterances} utterances, {len(self.points)} decodes in "
-                 f"{self.seconds:.0f} s)", "",
-                 "| decoder | alpha | beta | beam | WER | CER | n-best oracle WER |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, p in self.best.items():
-            oracle = self.oracle.get(name)
-            oracle_text = f"{oracle.wer_oracle:.4f} (n={oracle.nbest})" if oracle else ""
-            lines.append(f"| {name} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | {p.cer:.4f} | "
-                         f"{oracle_text} |")
-        lines += ["", "Every grid point (flashlight: lm_weight = alpha * ln 10, word_score = beta):", "",
-                  "| decoder | alpha | beta | beam | WER | CER | decode s |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for p in sorted(self.points, key=lambda p: (p.decoder, p.beam_width, p.alpha, p.beta)):
-            lines.append(f"| {p.decoder} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | {p.cer:.4f} | "
-                         f"{p.seconds:.1f} |")
-        return "\n".join(lines) + "\n"
-
-
-def with_point(settings: DecoderSettings, alpha: float, beta: float, beam_width: int | None = None,
-               ) -> DecoderSettings:
-    """`settings` with both decoders set to one grid point (flashlight through alpha * ln 10 and beta)."""
-    py = dataclasses.replace(settings.pyctcdecode, alpha=alpha, beta=beta,
-                             beam_width=beam_width or settings.pyctcdecode.beam_width)
-    fl = dataclasses.replace(settings.flashlight, lm_weight=alpha * LN10, word_score=beta,
-                             beam_size=beam_width or settings.flashlight.beam_size)
-    return DecoderSettings(py, fl)
-
-
-def tune(
-    log_probs: Sequence[np.ndarray],
-    references: Sequence[str],
-    vocab: Mapping[str, int],
-    lm_dir: str | os.PathLike,
-    *,
-    decoders: Sequence[str] = BEAM_DECODERS,
-    grid: TuneGrid | None = None,
-    settings: DecoderSettings | None = None,
-    processes: int = 1,
-    nbest: int = DEFAULT_NBEST,
-    data: str = "",
-) -> TuneResult:
-    """Grid search of alpha/beta (and beam width) for the beam decoders on cached log-probs.
-
-    Each grid point decodes the whole set in one worker of a fork pool (workers inherit the
-    log-probs; pyctcdecode cannot use spawn). Ties go to the lower CER, then the narrower beam.
-
-    Args:
-        log_probs: [T_i, V] per utterance of the tuning (dev) set.
-        references: Normalised transcripts.
-        vocab: Token -> id of the model.
-        lm_dir: The LM directory.
-        decoders: Which of "beam", "flashlight" to tune.
-        grid: Values searched.
-        settings: Everything not searched (prune thresholds, hotwords, lexicon-free ...).
-        processes: Pool workers; 1 decodes in this process.
-        nbest: Hypotheses per utterance for the oracle WER at the best point; 0 skips it.
-        data: Name of the tuning set, for the report.
-    """
-    grid = grid or TuneGrid()
-    settings = settings or DecoderSettings()
-    decoders = [d for d in decoders if d in BEAM_DECODERS]
-    if not decoders:
-        raise ValueError("tune() needs at least one of the beam decoders 'beam' and 'flashlight' to tune.")
-    if len(log_probs) != len(references):
-        raise ValueError(f"{len(log_probs)} log-prob arrays but {len(references)} references; they must pair up.")
-    build_decoder(decoders[0], vocab, lm_dir, settings)  # fail here, not in a worker, when the LM is missing
-    started = time.perf_counter()
-    widths = grid.beam_widths or (None,)
-    # pyctcdecode points first: they are the slow ones, so the pool's tail is made of quick flashlight points.
-    tasks = [(name, a, b, w) for name in sorted(decoders, key=lambda d: d != "beam")
-             for w in widths for a in grid.alphas for b in grid.betas]
-    state = {"log_probs": list(log_probs), "references": list(references), "vocab": dict(vocab),
-             "lm_dir": str(lm_dir), "settings": _single_process(settings)}
-    logger.info("tuning %s on %d utterances: %d decodes on %d process(es)", "/".join(decoders), len(log_probs),
-                len(tasks), processes)
-    points = fork_map(_tune_point, tasks, processes, state)
-    best = {name: min((p for p in points if p.decoder == name), key=lambda p: (p.wer, p.cer, p.beam_width))
-            for name in decoders}
-    oracle = {}
-    if nbest > 0:
-        for name, p in best.items():
-            oracle[name] = _oracle(name, p, state, nbest, processes)
-    seconds = time.perf_counter() - started
-    for name, p in best.items():
-        logger.info("best %s: alpha=%g beta=%g beam=%d WER %.4f%s", name, p.alpha, p.beta, p.beam_width, p.wer,
-                    f" (n-best oracle {oracle[name].wer_oracle:.4f})" if name in oracle else "")
-    return TuneResult(data=data, utterances=len(log_probs), grid=grid, points=points, best=best, oracle=oracle,
-                      seconds=seconds)
-
-
-def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write the best values into the LM directory so later decodes use them by default.
-
-    pyctcdecode's alpha/beta go into `language_model/attrs.json` (kept in pyctcdecode's format,
-    other keys untouched); both decoders' values into `decoder.json` with where they came from.
-    A decoder that was not tuned keeps its stored values.
-
-    Returns:
-        The path of decoder.json.
-    """
-    lm_dir = Path(lm_dir)
-    stored = _read_json(lm_dir / DECODER_FILE)
-    if "beam" in result.best:
-        p = result.best["beam"]
-        stored["pyctcdecode"] = {"alpha": p.alpha, "beta": p.beta, "beam_width": p.beam_width}
-        attrs_path = lm_dir / LM_SUBDIR / ATTRS_FILE
-        attrs = _read_json(attrs_path)
-        attrs.update(alpha=p.alpha, beta=p.beta)
-        _write_text(attrs_path, json.dumps(attrs) + "\n")
-    if "flashlight" in result.best:
-        p = result.best["flashlight"]
-        stored["flashlight"] = {"lm_weight": p.alpha * LN10, "word_score": p.beta, "beam_size": p.beam_width,
-                                "alpha": p.alpha}
-    stored["tuned"] = {
-        "data": result.data, "utterances": result.utterances, "grid": dataclasses.asdict(result.grid),
-        "wer": {name: p.wer for name, p in result.best.items()},
-        "oracle_wer": {name: o.wer_oracle for name, o in result.oracle.items()},
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {}),
-    }
-    path = lm_dir / DECODER_FILE
-    _write_text(path, json.dumps(stored, indent=1) + "\n")
-    logger.info("tuned settings written to %s and %s", path, lm_dir / LM_SUBDIR / ATTRS_FILE)
-    return path
-
-
-def _single_process(settings: DecoderSettings) -> DecoderSettings:
-    """Settings for use inside a pool worker (no nested pool)."""
-    return DecoderSettings(dataclasses.replace(settings.pyctcdecode, num_processes=0), settings.flashlight)
-
-
-def _tune_point(state: Mapping[str, Any], task: tuple[str, float, float, int | None]) -> TunePoint:
-    """Decode the tuning set at one grid point (runs in a pool worker)."""
-    name, alpha, beta, width = task
-    settings = with_point(state["settings"], alpha, beta, width)
-    decoder = build_decoder(name, state["vocab"], state["lm_dir"], settings)
-    started = time.perf_counter()
-    texts = [h.text for h in decoder.decode_batch(state["log_probs"])]
-    seconds = time.perf_counter() - started
-    rates = error_rates(state["references"], texts)
-    used_width = settings.pyctcdecode.beam_width if name == "beam" else settings.flashlight.beam_size
-    return TunePoint(name, alpha, beta, used_width, rates.wer, rates.cer, seconds)
-
-
-def _nbest_chunk(state: Mapping[str, Any], task: tuple[str, tuple[float, float, int], list[int], int]) -> list[list]:
-    """N-best lists of some utterances at one setting (runs in a pool worker)."""
-    name, (alpha, beta, width), indices, n = task
-    decoder = build_decoder(name, state["vocab"], state["lm_dir"], with_point(state["settings"], alpha, beta, width))
-    return [decoder.decode_nbest(state["log_probs"][i], n=n) for i in indices]
-
-
-def _oracle(name: str, point: TunePoint, state: Mapping[str, Any], nbest: int, processes: int) -> OracleResult:
-    """N-best oracle WER of one decoder at its best point."""
-    n = len(state["log_probs"])
-    chunks = [list(range(k, n, max(processes, 1))) for k in range(max(processes, 1))]
-    setting = (point.alpha, point.beta, point.beam_width)
-    lists = fork_map(_nbest_chunk, [(name, setting, c, nbest) for c in chunks if c], processes, state)
-    nbest_lists: list[list] = [[] for _ in range(n)]
-    for chunk, result in zip([c for c in chunks if c], lists):
-        for i, hyps in zip(chunk, result):
-            nbest_lists[i] = hyps
-    refs = state["references"]
-    oracle = error_rates(refs, oracle_texts(refs, nbest_lists)).wer
-    first = error_rates(refs, [h[0].text if h else "" for h in nbest_lists]).wer
-    return OracleResult(name, nbest, first, oracle)
-
-
-_POOL_STATE: dict[str, Any] = {}  # what fork-pool workers inherit instead of receiving it pickled
-
-
-def fork_map(fn: Callable[[Mapping[str, Any], Any], Any], tasks: Sequence[Any], processes: int,
-             state: Mapping[str, Any]) -> list[Any]:
-    """`[fn(state, t) for t in tasks]` on a fork pool; workers inherit `state` (log-probs are never pickled).
-
-    `fn` must be a module-level function; results come back in task order. `processes` <= 1, or
-    one task, runs in this process.
-    """
-    global _POOL_STATE
-    if processes <= 1 or len(tasks) <= 1:
-        return [fn(state, t) for t in tasks]
-    _POOL_STATE = dict(state)
-    try:
-        # fork: workers get the log-probs and loaded modules by copy-on-write; pyctcdecode also needs it.
-        with multiprocessing.get_context("fork").Pool(min(processes, len(tasks))) as pool:
-            return pool.starmap(_call_with_state, [(fn, t) for t in tasks], chunksize=1)
-    finally:
-        _POOL_STATE = {}
-
-
-def _call_with_state(fn: Callable[[Mapping[str, Any], Any], Any], task: Any) -> Any:
-    """Pool entry point: `fn` with the inherited state."""
-    return fn(_POOL_STATE, task)

@@ -11,9 +11,12 @@ see asr/beam.py):
 
 - baseline: `pyctcdecode.build_ctcdecoder(labels, kenlm_model_path, unigrams, alpha, beta).decode(lp)`,
   one utterance after another, every search setting at pyctcdecode's default (beam width 100);
-- pyctcdecode on a fork pool (`PyCTCDecodeBeam(num_processes=N).decode_batch`): the same search, so
-  the same transcripts (the baseline's unknown-token marks "⁇" are removed, as ours drop [UNK]);
-  and the same with beam width `--fast-beam-width` (32): a narrower search, about 3x faster;
+- ours, pyctcdecode's search on the frames it can act on (`PyCTCDecodeBeam`, `skip_idle_frames`: the
+  2nd, 3rd, ... frame of each run where only the blank passes `token_min_logp` is a no-op for every
+  beam and is dropped, see `asr.beam.IdleFrames`), in one process and on a fork pool
+  (`num_processes=N`): the same search, so the same transcripts (the baseline's unknown-token marks
+  "⁇" are removed, as ours drop [UNK]); and the same with beam width `--fast-beam-width` (32), a
+  narrower search;
 - flashlight-text lexicon decoder (`FlashlightBeam`, beam 100), in one process and on a fork pool:
   it can only output words of the LM's vocabulary (the header gives the share of reference words
   outside it, which pyctcdecode can still spell);
@@ -57,9 +60,10 @@ from asr.beam import (
 )
 from asr.benchmark import machine_info, noisy_log_probs, markdown_table, ratio, time_runs, write_report
 from asr.corpus import load_sentences
-from asr.evaluation import DEFAULT_CACHE_DIR, DecoderSettings, fork_map, has_lm, load_decoder_settings
+from asr.evaluation import DEFAULT_CACHE_DIR, DecoderSettings, has_lm, load_decoder_settings
 from asr.metrics import error_rates
 from asr.text import build_vocab
+from asr.tuning import fork_map
 
 logger = logging.getLogger("bench_decode")
 
@@ -191,12 +195,15 @@ def make_decoders(decode_set: DecodeSet, settings: DecoderSettings, processes: i
                           False, time.perf_counter() - started,
                           lambda lps: [clean_baseline_text(baseline.decode(lp)) for lp in lps]))
 
-    for beam_width in dict.fromkeys((py.beam_width, fast_beam_width)):
+    variants = [(py.beam_width, 1), (py.beam_width, processes), (fast_beam_width, processes)]
+    for beam_width, workers in dict.fromkeys(variants):
         started = time.perf_counter()
         ours_py = PyCTCDecodeBeam(decode_set.vocab, files.kenlm_path, files.unigrams,
-                                  dataclasses.replace(py, beam_width=beam_width, num_processes=processes))
-        rows.append(Candidate(f"pyctcdecode beam {beam_width}, fork pool x{processes}", f"beam {beam_width}",
-                              processes, True, time.perf_counter() - started,
+                                  dataclasses.replace(py, beam_width=beam_width, num_processes=workers,
+                                                      skip_idle_frames=True))
+        pool = f", fork pool x{workers}" if workers > 1 else ""
+        rows.append(Candidate(f"pyctcdecode beam {beam_width}, idle frames skipped{pool}", f"beam {beam_width}",
+                              workers, True, time.perf_counter() - started,
                               lambda lps, d=ours_py: [h.text for h in d.decode_batch(lps)]))
 
     started = time.perf_counter()

@@ -45,11 +45,10 @@ from pathlib import Path
 
 from asr.benchmark import machine_info, markdown_table, ratio, write_report
 from asr.constants import UNK
+from asr.outputs import OutputDir, ResultSink
 from asr.transcribe import (
     AudioItem,
     Failure,
-    OutputDir,
-    ResultSink,
     Transcriber,
     TranscribeOptions,
     find_audio,

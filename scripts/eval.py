@@ -36,13 +36,11 @@ from asr.evaluation import (
     DEFAULT_CACHE_DIR,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_MAX_PADDING,
-    DEFAULT_NBEST,
     DEFAULT_PADDING_SAMPLE,
     EVAL_MAX_DURATION,
     EVAL_MIN_DURATION,
     AcousticOutput,
     DecoderSettings,
-    TuneGrid,
     build_report,
     check_padding,
     compute_acoustic,
@@ -50,12 +48,11 @@ from asr.evaluation import (
     eval_filters,
     has_lm,
     load_decoder_settings,
-    save_tuned,
-    tune,
     utterance_rows,
     write_results,
 )
 from asr.sources import SourceConfig, load_source
+from asr.tuning import DEFAULT_NBEST, TuneGrid, save_tuned, tune
 
 logger = logging.getLogger("eval")
 

@@ -27,7 +27,8 @@ import logging
 import sys
 from pathlib import Path
 
-from asr.corpus import ENGINES, LAYOUTS, CorpusOptions, export_layout, list_voices, make_corpus, select_voices
+from asr.corpus import ENGINES, CorpusOptions, list_voices, make_corpus, select_voices
+from asr.layouts import LAYOUTS, export_layout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

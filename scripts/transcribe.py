@@ -47,13 +47,10 @@ from asr import launch
 from asr.allocator import active_allocator
 from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC, PyCTCDecodeBeam
 from asr.inference import BACKENDS, load_acoustic_model
+from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputDir, ResultSink, write_atomic
 from asr.transcribe import (
     DECODERS,
-    ERRORS_FILE,
-    SUMMARY_FILE,
     Failure,
-    OutputDir,
-    ResultSink,
     TranscribeOptions,
     Transcriber,
     assign_by_cost,
@@ -61,7 +58,6 @@ from asr.transcribe import (
     plan_work,
     probe_durations,
     side_file_bases,
-    write_atomic,
 )
 
 logger = logging.getLogger("transcribe")

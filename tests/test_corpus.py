@@ -1,4 +1,4 @@
-"""Tests of asr.corpus on real synthesis: a small corpus is made once per module (a few seconds)."""
+"""Tests of asr.corpus and asr.layouts on real synthesis: a small corpus is made once per module (a few seconds)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ import soundfile as sf
 from asr import corpus
 from asr.constants import SAMPLE_RATE
 from asr.corpus import (
-    LAYOUTS,
     SPLITS,
     CorpusOptions,
     Voice,
-    export_layout,
     list_voices,
     load_sentences,
     make_corpus,
     normalise_sentence,
     select_voices,
 )
+from asr.layouts import LAYOUTS, export_layout
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,

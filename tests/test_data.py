@@ -18,9 +18,9 @@ from transformers import Wav2Vec2Config
 import asr.data
 from asr.audio import load_audio, normalize_audio
 from asr.collate import CTCCollator
-from asr.corpus import export_layout
 from asr.data import SpeechDataset, StreamingSpeechDataset, collate_skip_none, prepare_split
 from asr.filters import FilterConfig
+from asr.layouts import export_layout
 from asr.model import frames_fn_for
 from asr.sources import SourceConfig
 from asr.text import TextNormalizer, build_vocab, encode

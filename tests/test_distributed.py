@@ -120,7 +120,7 @@ def test_layerdrop_with_ddp_and_gradient_checkpointing(synth_corpus, tmp_path):
 @pytest.fixture(scope="module")
 def parquet_corpus(synth_corpus, tmp_path_factory) -> Path:
     """The synthetic corpus as hub-style parquet shards (audio bytes embedded), for streaming."""
-    from asr.corpus import export_layout
+    from asr.layouts import export_layout
 
     out = tmp_path_factory.mktemp("parquet")
     export_layout(synth_corpus, "parquet", out, splits=("train",))

@@ -1,4 +1,4 @@
-"""asr.evaluation and scripts/eval.py: the table, per-utterance files, cache, padding check, tuning, end to end.
+"""asr.evaluation, asr.tuning, scripts/eval.py: the table, per-utterance files, cache, padding check, tuning, end to end.
 
 Fast tests decode hand-made noisy log-probs of fortunes sentences with a real KenLM 3-gram, and run
 tiny untrained wav2vec2 models on real synthesised speech (their transcripts are noise, which is
@@ -27,21 +27,17 @@ from asr.evaluation import (
     AcousticOutput,
     DecodeRun,
     DecoderSettings,
-    TuneGrid,
     acoustic_cache_key,
     build_report,
     check_padding,
     compute_acoustic,
     decode_all,
     eval_filters,
-    fork_map,
     load_acoustic_cache,
     load_decoder_settings,
     padding_bounded_batches,
     save_acoustic_cache,
-    save_tuned,
     score_run,
-    tune,
     utterance_rows,
     write_results,
 )
@@ -49,6 +45,7 @@ from asr.filters import Drop
 from asr.metrics import error_rates
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer, build_vocab, encode
+from asr.tuning import TuneGrid, fork_map, save_tuned, tune
 from lm.build import LMBuildOptions, build_lm
 
 logger = logging.getLogger(__name__)

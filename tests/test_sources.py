@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asr.audio import load_audio
-from asr.corpus import export_layout
+from asr.layouts import export_layout
 from asr.sources import SourceConfig, Utterance, detect_kind, iter_hf, load_source, open_hf_dataset, read_folder
 from asr.text import TextNormalizer
 

@@ -23,20 +23,16 @@ import soxr
 from asr.audio import AudioError, load_audio
 from asr.chunking import ChunkSpec, Stitcher, chunked_log_probs, iter_chunks, stream_audio
 from asr.model import conv_output_frames
+from asr.outputs import append_line, cues, open_append, render, repair_jsonl
 from asr.transcribe import (
     AudioItem,
     Transcript,
     TranscribeOptions,
     WordTime,
-    append_line,
     assign_by_cost,
-    cues,
     find_audio,
-    open_append,
     plan_work,
     read_path_list,
-    render,
-    repair_jsonl,
     side_file_bases,
 )
 

@@ -1,0 +1,260 @@
+"""The output directory of a transcription run: crash-safe JSONL records and per-file .txt/.srt/.vtt.
+
+`OutputDir` names the files of one rank and merges them at the end; `ResultSink` writes each result of
+`asr.transcribe.Transcriber` as it comes; `render` turns a Transcript into a side file.
+
+Output directory layout (OUT):
+    transcripts.jsonl        one Transcript per line, in input order once a run completes
+    errors.jsonl             one Failure per line: files that could not be transcribed, and why
+    .parts/                  while running: other ranks' transcripts and every rank's failures
+    <mirror of inputs>/      optional .txt/.srt/.vtt per file
+
+Crash safety: a line is appended with a single write() and fsync'd, after the file's .txt/.srt/.vtt
+(written to a temporary name and renamed), so a transcript line means the file is completely done.
+`repair_jsonl` drops a line torn by a power loss. Failures are retried by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from asr.transcribe import FORMATS, AudioItem, Failure, Transcript, WordTime
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPTS_FILE = "transcripts.jsonl"
+ERRORS_FILE = "errors.jsonl"
+SUMMARY_FILE = "summary.json"
+PARTS_DIR = ".parts"
+
+CUE_MAX_CHARS = 84  # two subtitle lines of 42 characters, the usual broadcast limit
+CUE_MAX_SECONDS = 7.0  # longer cues are hard to read along with
+CUE_MAX_PAUSE = 1.0  # seconds of silence that start a new cue
+TORN_TAIL_SCAN_BYTES = 1 << 16  # how far back from the end to look for the last newline at a time
+
+
+# ------------------------------------------------------------------------------------ jsonl on disk
+def append_line(fd: int, record: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single write() on an O_APPEND descriptor, then fsync it.
+
+    A killed process leaves either the whole line or none of it; only a power loss can tear one,
+    which `repair_jsonl` drops on the next start.
+    """
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    written = os.write(fd, data)
+    while written < len(data):  # regular files take it all at once; this is for exotic file systems
+        written += os.write(fd, data[written:])
+    os.fsync(fd)
+
+
+def open_append(path: Path) -> int:
+    """An O_APPEND descriptor for `path`, created if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def repair_jsonl(path: Path) -> int:
+    """Cut a torn last line (no newline at the end) off `path`; returns the bytes dropped."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - TORN_TAIL_SCAN_BYTES)
+            f.seek(start)
+            block = f.read(end - start)
+            if end == size and block.endswith(b"\n"):
+                return 0
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    logger.warning("%s ended in a torn line (a crash while writing); dropped its %d bytes, that file is "
+                   "transcribed again.", path, size - end)
+    return size - end
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; unparsable lines are skipped with a warning."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s:%d is not valid JSON; ignoring it (that file is transcribed again).", path, number)
+    return rows
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, fsync, and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class OutputDir:
+    """The files of one output directory, for one rank of a run.
+
+    Args:
+        root: The output directory.
+        rank: This process's rank; rank 0 appends to transcripts.jsonl itself, others to part files.
+    """
+
+    def __init__(self, root: str | os.PathLike, rank: int = 0) -> None:
+        self.root = Path(root)
+        self.rank = rank
+        self.parts = self.root / PARTS_DIR
+
+    @property
+    def transcripts_path(self) -> Path:
+        """Where this rank appends transcripts."""
+        return self.root / TRANSCRIPTS_FILE if self.rank == 0 else self.parts / f"transcripts.rank{self.rank}.jsonl"
+
+    @property
+    def failures_path(self) -> Path:
+        """Where this rank appends failures (merged into errors.jsonl at the end)."""
+        return self.parts / f"errors.rank{self.rank}.jsonl"
+
+    def transcript_files(self) -> list[Path]:
+        """Every file holding transcripts: the final one and any rank's part (also from killed runs)."""
+        return [self.root / TRANSCRIPTS_FILE, *sorted(self.parts.glob("transcripts.rank*.jsonl"))]
+
+    def prepare(self) -> None:
+        """Main process, before any rank writes: repair torn lines, forget the last run's failures."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.parts.mkdir(exist_ok=True)
+        for path in self.transcript_files():
+            repair_jsonl(path)
+        for path in self.parts.glob("errors.rank*.jsonl"):
+            path.unlink()  # failures are retried: this run reports its own
+
+    def done(self) -> dict[tuple[str, str], Transcript]:
+        """Transcripts already written, by key (first one wins)."""
+        out: dict[tuple[str, str], Transcript] = {}
+        for path in self.transcript_files():
+            for row in read_jsonl(path):
+                try:
+                    record = Transcript.from_dict(row)
+                except (KeyError, TypeError, ValueError):
+                    logger.warning("%s has a line that is not a transcript record; ignoring it.", path)
+                    continue
+                out.setdefault(record.key, record)
+        return out
+
+    def merge(self, items: Sequence[AudioItem]) -> tuple[list[Transcript], list[Failure]]:
+        """Main process, after every rank finished: final transcripts.jsonl and errors.jsonl in input order.
+
+        Transcripts of files that are not among `items` (an earlier run's other inputs) are kept, after
+        the others. Part files are removed once their content is in the final files.
+
+        Returns:
+            (transcripts, failures) as written.
+        """
+        order = {item.key: item.index for item in items}
+        transcripts = sorted(self.done().values(), key=lambda t: (t.key not in order, order.get(t.key, 0)))
+        failures: dict[tuple[str, str], Failure] = {}
+        for path in sorted(self.parts.glob("errors.rank*.jsonl")):
+            for row in read_jsonl(path):
+                failure = Failure.from_dict(row)
+                failures.setdefault(failure.key, failure)
+        done = {t.key for t in transcripts}
+        failed = sorted((f for k, f in failures.items() if k not in done), key=lambda f: order.get(f.key, len(order)))
+        write_atomic(self.root / TRANSCRIPTS_FILE, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n"
+                                                           for t in transcripts))
+        write_atomic(self.root / ERRORS_FILE, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
+                                                      for f in failed))
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return transcripts, failed
+
+
+class ResultSink:
+    """Writes each result as it comes: side files first, then the line that marks the file done.
+
+    Args:
+        out: The output directory (for this rank).
+        side_bases: Item index -> side file path without suffix (see `side_file_bases`).
+        formats: Which of txt, srt, vtt to write.
+    """
+
+    def __init__(self, out: OutputDir, side_bases: Mapping[int, Path], formats: Sequence[str]) -> None:
+        self.side_bases = side_bases
+        self.formats = tuple(formats)
+        self._transcripts = open_append(out.transcripts_path)
+        self._failures = open_append(out.failures_path)
+
+    def write(self, item: AudioItem, result: Transcript | Failure) -> None:
+        """Record one finished file."""
+        if isinstance(result, Failure):
+            append_line(self._failures, result.to_dict())
+            return
+        base = self.side_bases.get(item.index)
+        for fmt in self.formats:
+            write_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt))
+        append_line(self._transcripts, result.to_dict())
+
+    def close(self) -> None:
+        """Close the files."""
+        os.close(self._transcripts)
+        os.close(self._failures)
+
+
+# -------------------------------------------------------------------------------------- side files
+def cues(words: Sequence[WordTime]) -> list[tuple[float, float, str]]:
+    """Words grouped into subtitle cues (start s, end s, text): split at pauses, length and duration limits."""
+    out: list[tuple[float, float, str]] = []
+    current: list[WordTime] = []
+    for word in words:
+        if current:
+            text_length = sum(len(w.word) + 1 for w in current) + len(word.word)
+            if (word.start - current[-1].end >= CUE_MAX_PAUSE or text_length > CUE_MAX_CHARS
+                    or word.end - current[0].start > CUE_MAX_SECONDS):
+                out.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
+                current = []
+        current.append(word)
+    if current:
+        out.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
+    return out
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    """HH:MM:SS<sep>mmm."""
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def render(transcript: Transcript, fmt: str) -> str:
+    """The text of one side file: "txt" (the transcript), "srt" or "vtt" (timed cues)."""
+    if fmt == "txt":
+        return transcript.text + "\n"
+    blocks = []
+    for number, (start, end, text) in enumerate(cues(transcript.words), 1):
+        if fmt == "srt":
+            blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n")
+        elif fmt == "vtt":
+            blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n")
+        else:
+            raise ValueError(f"Format {fmt!r} is unknown; use one of {', '.join(FORMATS)}.")
+    return ("WEBVTT\n\n" if fmt == "vtt" else "") + "\n".join(blocks)
