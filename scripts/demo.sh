@@ -46,8 +46,9 @@ say "3/5 KenLM 4-gram from $CORPUS/lm.txt, beside the model"
 $PY scripts/build_lm.py --model "$OUT/model" --text "$CORPUS/lm.txt" --order 4 --heldout-fraction 0.02
 
 if [ -f scripts/eval.py ]; then
-  say "4/5 greedy vs beam+LM on the test set"
-  $PY scripts/eval.py --model "$OUT/model" --data "$CORPUS/test.jsonl" --decoder all --output "$OUT/eval"
+  say "4/5 greedy vs beam+LM on the test set (LM weight and word bonus tuned on the dev set first)"
+  $PY scripts/eval.py --model "$OUT/model" --data "$CORPUS/test.jsonl" --decoder all --output "$OUT/eval" \
+    --tune --tune-data "$CORPUS/dev.jsonl" --workers 2
 fi
 
 if [ -f scripts/transcribe.py ]; then

@@ -54,14 +54,15 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 @pytest.mark.slow
 @needs_engines
 def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
-    """scripts/build_base_model.sh end to end: 40- and 60-utterance corpora, 3 steps per stage."""
+    """scripts/build_base_model.sh end to end: 40- and 60-utterance corpora, 3 steps per stage (3 stages)."""
     from safetensors import safe_open
     from transformers import AutoModelForCTC
 
     out = tmp_path / "base_model"
     run_env = {**env(), "BASE_CORPUS": str(tmp_path / "corpus"), "BASE_TRAIN": "40", "BASE_STEPS": "3",
                "BASE_RUN": str(tmp_path / "run"), "BASE_CORPUS2": str(tmp_path / "corpus2"), "BASE_TRAIN2": "60",
-               "BASE_STEPS2": "3", "BASE_RUN2": str(tmp_path / "run2"), "BASE_OUT": str(out)}
+               "BASE_STEPS2": "3", "BASE_RUN2": str(tmp_path / "run2"), "BASE_STEPS3": "3",
+               "BASE_RUN3": str(tmp_path / "run3"), "BASE_FEATURES": str(tmp_path / "features"), "BASE_OUT": str(out)}
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), "train.eval_every=3",
                            "train.save_every=3", f"data.cache_dir={tmp_path / 'cache'}"],
                           cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=900)
@@ -73,6 +74,12 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # stage 2 started from stage 1's model and ran its own 3 steps
     assert json.loads((tmp_path / "run2" / "model" / "metrics.json").read_text())["step"] == 3
     assert (tmp_path / "run2" / "train_config.yaml").read_text().count(str(tmp_path / "run" / "model")) == 2
+    # stage 3 started from stage 2's model, trained on its cached conv features, and is what was published
+    assert json.loads((tmp_path / "run3" / "model" / "metrics.json").read_text())["step"] == 3
+    assert (tmp_path / "run3" / "train_config.yaml").read_text().count(str(tmp_path / "run2" / "model")) == 2
+    [fill] = [r for r in map(json.loads, (tmp_path / "run3" / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "feature_cache"]
+    assert fill["utterances"] == len(list((tmp_path / "features").rglob("*.safetensors"))) > 0
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
