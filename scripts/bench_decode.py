@@ -16,7 +16,7 @@ see asr/beam.py):
   beam and is dropped, see `asr.beam.IdleFrames`), in one process and on a fork pool
   (`num_processes=N`): the same search, so the same transcripts (the baseline's unknown-token marks
   "⁇" are removed, as ours drop [UNK]); and the same with beam width `--fast-beam-width` (32), a
-  narrower search;
+  narrower search (flashlight too, on the pool);
 - flashlight-text lexicon decoder (`FlashlightBeam`, beam 100), in one process and on a fork pool:
   it can only output words of the LM's vocabulary (the header gives the share of reference words
   outside it, which pyctcdecode can still spell);
@@ -215,6 +215,13 @@ def make_decoders(decode_set: DecodeSet, settings: DecoderSettings, processes: i
     if processes > 1:
         rows.append(Candidate(f"flashlight, fork pool x{processes}", fl_settings, processes, True, load,
                               pooled(flashlight, processes)))
+        if fast_beam_width != fl.beam_size:
+            started = time.perf_counter()
+            fast = FlashlightBeam(decode_set.vocab, files.kenlm_path, files.unigrams,
+                                  dataclasses.replace(fl, beam_size=fast_beam_width))
+            rows.append(Candidate(f"flashlight beam {fast_beam_width}, fork pool x{processes}",
+                                  fl_settings.replace(f"beam {fl.beam_size}", f"beam {fast_beam_width}"), processes,
+                                  True, time.perf_counter() - started, pooled(fast, processes)))
 
     greedy = GreedyCTC(decode_set.vocab)
     rows.append(Candidate("greedy (ceiling)", "no LM", 1, False, 0.0,
