@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from asr import launch
 from asr.allocator import active_allocator
-from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC, PyCTCDecodeBeam
+from asr.beam import LM_SUBDIR, GreedyCTC
+from asr.evaluation import build_decoder, load_decoder_settings
 from asr.inference import BACKENDS, load_acoustic_model
 from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputDir, ResultSink, write_atomic
 from asr.transcribe import (
@@ -118,10 +119,11 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
 
 
 def make_decoder(name: str, lm: Path | None, vocab: dict[str, int]):
-    """The decoder called `name` over the model's vocabulary."""
+    """The decoder called `name` over the model's vocabulary, with the LM directory's settings (its
+    attrs.json alpha/beta and what `eval.py --tune` stored in decoder.json), as eval.py decodes."""
     if name == "greedy":
         return GreedyCTC(vocab)
-    return (PyCTCDecodeBeam if name == "beam" else FlashlightBeam).from_dir(lm, vocab)
+    return build_decoder(name, vocab, lm, load_decoder_settings(lm))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -347,6 +347,26 @@ def test_bad_options_are_one_sentence_errors(messy_tree, tiny_model, tmp_path, e
         script.options_from(args)
 
 
+def test_beam_decoders_use_the_lm_directorys_tuned_settings(tiny_model, tmp_path):
+    """transcribe.py decodes as eval.py does: attrs.json's alpha/beta and decoder.json's tuned values."""
+    from asr.beam import load_vocab
+    from asr.corpus import load_sentences
+    from asr.evaluation import DECODER_FILE
+    from lm.build import LMBuildOptions, build_lm
+
+    vocab = load_vocab(tiny_model)
+    lm = tmp_path / "lm"
+    build_lm(load_sentences()[:300], lm, vocab=vocab, options=LMBuildOptions(order=3))
+    attrs = json.loads((lm / "language_model" / "attrs.json").read_text())
+    (lm / "language_model" / "attrs.json").write_text(json.dumps({**attrs, "alpha": 0.75, "beta": 2.0}))
+    (lm / DECODER_FILE).write_text(json.dumps({"pyctcdecode": {"beam_width": 64},
+                                               "flashlight": {"lm_weight": 2.3, "word_score": 0.0, "beam_size": 50}}))
+    script = load_script()
+    beam, flashlight = script.make_decoder("beam", lm, vocab), script.make_decoder("flashlight", lm, vocab)
+    assert (beam.options.alpha, beam.options.beta, beam.options.beam_width) == (0.75, 2.0, 64)
+    assert (flashlight.options.lm_weight, flashlight.options.word_score, flashlight.options.beam_size) == (2.3, 0.0, 50)
+
+
 def test_sigkill_mid_run_then_rerun_transcribes_every_file_exactly_once(utterances, tiny_model, tmp_path):
     inputs = tmp_path / "in"
     for i in range(5):
