@@ -264,6 +264,11 @@ class IdleFrames:
     dropped_blank_logp: float
 
     @classmethod
+    def none(cls, log_probs: np.ndarray) -> IdleFrames:
+        """Every frame kept (skipping turned off)."""
+        return cls(log_probs, np.arange(log_probs.shape[0]), 0.0)
+
+    @classmethod
     def drop(cls, log_probs: np.ndarray, blank: int, token_min_logp: float) -> IdleFrames:
         """`log_probs` [T, V] (normalised) without the 2nd, 3rd, ... frame of each run of blank-only frames."""
         if log_probs.shape[0] == 0:
@@ -434,15 +439,15 @@ class PyCTCDecodeBeam:
         return dict(beam_width=o.beam_width, beam_prune_logp=o.beam_prune_logp, token_min_logp=o.token_min_logp,
                     hotwords=list(o.hotwords) or None, hotword_weight=o.hotword_weight)
 
-    def _searched(self, log_probs: np.ndarray) -> IdleFrames | None:
-        """What the search runs on: `log_probs` without idle frames (None: all of them, as given)."""
+    def _searched(self, log_probs: np.ndarray) -> IdleFrames:
+        """What the search runs on: `log_probs` without idle frames (all of them when skipping is off)."""
         if not self.options.skip_idle_frames:
-            return None
+            return IdleFrames.none(log_probs)
         return IdleFrames.drop(log_probs, self._blank, self.options.token_min_logp)
 
-    def _to_hypotheses(self, beams: Sequence[tuple], idle: IdleFrames | None = None) -> list[Hypothesis]:
-        """pyctcdecode beams (text, ..., [(word, (start, end))], logit score, total score) -> Hypotheses,
-        with frames and scores of the original log-probs when the search skipped idle frames."""
+    def _to_hypotheses(self, beams: Sequence[tuple], idle: IdleFrames) -> list[Hypothesis]:
+        """pyctcdecode beams (text, ..., [(word, (start, end))], logit score, total score) on `idle.log_probs`
+        -> Hypotheses with the frames and scores of the original log-probs."""
         out = []
         for beam in beams:
             frames, total = beam[-3], beam[-1]
@@ -450,10 +455,8 @@ class PyCTCDecodeBeam:
             for word, (start, end) in frames:
                 word = word.replace(PYCTCDECODE_UNK, "")
                 if word:
-                    if idle is not None:
-                        start, end = idle.original_start(start), idle.original_end(end)
-                    words.append(WordSpan(word, int(start), int(end)))
-            out.append(_hypothesis(words, total + (idle.dropped_blank_logp if idle is not None else 0.0)))
+                    words.append(WordSpan(word, idle.original_start(start), idle.original_end(end)))
+            out.append(_hypothesis(words, total + idle.dropped_blank_logp))
         return out
 
     def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
@@ -468,8 +471,7 @@ class PyCTCDecodeBeam:
         if log_probs.shape[0] == 0:
             return [Hypothesis("", (), 0.0)]
         idle = self._searched(log_probs)
-        beams = self._decoder.decode_beams(idle.log_probs if idle else log_probs, prune_history=False,
-                                           **self._search_kwargs())
+        beams = self._decoder.decode_beams(idle.log_probs, prune_history=False, **self._search_kwargs())
         return _unique_texts(self._to_hypotheses(beams, idle), n)
 
     def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis:
@@ -479,8 +481,7 @@ class PyCTCDecodeBeam:
             return Hypothesis("", (), 0.0)
         # Pruning beams that share their recent history is safe when only the best one is wanted.
         idle = self._searched(log_probs)
-        beams = self._decoder.decode_beams(idle.log_probs if idle else log_probs, prune_history=True,
-                                           **self._search_kwargs())
+        beams = self._decoder.decode_beams(idle.log_probs, prune_history=True, **self._search_kwargs())
         return self._to_hypotheses(beams[:1], idle)[0]
 
     def decode_batch(self, logits: Sequence[np.ndarray],
@@ -497,7 +498,7 @@ class PyCTCDecodeBeam:
             return [self.decode(x) for x in batch]
         nonempty = [i for i, x in enumerate(batch) if x.shape[0]]
         idle = {i: self._searched(batch[i]) for i in nonempty}
-        searched = [idle[i].log_probs if idle[i] else batch[i] for i in nonempty]
+        searched = [idle[i].log_probs for i in nonempty]
         # Workers inherit the LM from this process (pyctcdecode keeps it in a class attribute), which
         # only fork provides; spawn would make pyctcdecode fall back to one process with a warning.
         with multiprocessing.get_context("fork").Pool(workers) as pool:
