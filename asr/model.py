@@ -152,46 +152,118 @@ def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
     return model
 
 
+def _write_beside(src: Path, dst: Path, model, state: dict | None = None) -> None:
+    """Writes `model` to `dst` with every non-weight file of `src` (processor, card, LM folder) beside it.
+
+    Built in a temporary directory and renamed, so `dst` is never half-written.
+    """
+    from asr.files import replace_dir
+    from asr.inference import WEIGHT_SUFFIXES
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    weights = {p.name for p in src.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")}
+    # Only the top-level weights are rewritten: an LM folder's lm.bin is copied as it is.
+    shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if Path(d) == src and n in weights])
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    replace_dir(tmp, dst)
+
+
+def _load_exported(src: Path):
+    import torch
+    from transformers import AutoModelForCTC
+
+    if not (src / "config.json").is_file():
+        raise ValueError(f"{src} has no config.json; pass the `model` directory a training run exported")
+    return AutoModelForCTC.from_pretrained(src, dtype=torch.float32).eval()
+
+
+def _logit_change(model, dst: Path) -> tuple[float, str]:
+    """Largest logit difference between `model` and the model saved in `dst` on one second of noise,
+    and the dtype `dst` loads in."""
+    import torch
+    from transformers import AutoModelForCTC
+
+    again = AutoModelForCTC.from_pretrained(dst).eval()
+    noise = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (model(noise).logits - again(noise).logits).abs().max().item()
+    return diff, str(next(again.parameters()).dtype)
+
+
 def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> dict[str, Any]:
     """Copies an exported model directory with its weights stored in `dtype` (a compact checkpoint to ship).
 
     The config keeps `dtype: float32`, so `AutoModelForCTC.from_pretrained(dst)` (and our training
     and inference code) load the weights back in float32 whatever transformers' default dtype is.
-    Written to a temporary directory first and renamed, so `dst` is never half-written.
 
     Returns:
         {"bytes": size of the weights file, "params": parameter count, "max_abs_diff": largest
         logit difference between `src` and `dst` on one second of noise}.
     """
     import torch
-    from transformers import AutoModelForCTC
-
-    from asr.files import replace_dir
-    from asr.inference import WEIGHT_SUFFIXES
 
     src, dst = Path(src), Path(dst)
-    if not (src / "config.json").is_file():
-        raise ValueError(f"{src} has no config.json; pass the `model` directory a training run exported")
     if dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
-    model = AutoModelForCTC.from_pretrained(src, dtype=torch.float32).eval()
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    weights = {p.name for p in src.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")}
-    # Only the top-level weights are rewritten: an LM folder's lm.bin is copied as it is.
-    shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if Path(d) == src and n in weights])
+    model = _load_exported(src)
     state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
     model.config.dtype = "float32"
-    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    replace_dir(tmp, dst)
-
-    again = AutoModelForCTC.from_pretrained(dst).eval()
-    noise = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = (model(noise).logits - again(noise).logits).abs().max().item()
+    _write_beside(src, dst, model, state)
+    diff, loaded_dtype = _logit_change(model, dst)
     return {
         "bytes": (dst / "model.safetensors").stat().st_size,
         "params": sum(p.numel() for p in model.parameters()),
         "max_abs_diff": diff,
-        "loaded_dtype": str(next(again.parameters()).dtype),
+        "loaded_dtype": loaded_dtype,
+    }
+
+
+def deepen_model(src: str | Path, dst: str | Path, num_layers: int) -> dict[str, Any]:
+    """Grows a trained pre-LN transformer to `num_layers` layers without changing what it computes.
+
+    Each added layer is a copy of the layer before it whose two residual branches end in zeroed
+    projections (attention `out_proj`, feed-forward `output_dense`), so it starts as the identity
+    and the grown model's logits equal the original's; training then uses the extra depth. The new
+    layers are spread evenly between the old ones. Works for wav2vec2/HuBERT/WavLM-style encoders
+    with `do_stable_layer_norm` (pre-LN); post-LN layers normalise the residual sum, so a zeroed
+    branch is not the identity there, and they are refused.
+
+    Returns:
+        {"layers": (old, new), "params": (old, new), "max_abs_diff": largest logit change on noise}.
+    """
+    import copy
+
+    import torch
+
+    src, dst = Path(src), Path(dst)
+    model = _load_exported(src)
+    config = model.config
+    if not getattr(config, "do_stable_layer_norm", False):
+        raise ValueError(f"{src} is a post-LN encoder (do_stable_layer_norm false): an added layer cannot start "
+                         "as the identity there; only pre-LN models (wav2vec2-large/XLS-R style) can be deepened")
+    layers = model.base_model.encoder.layers
+    old = len(layers)
+    if num_layers <= old:
+        raise ValueError(f"{src} already has {old} layers; pass --layers above {old}")
+    params_before = sum(p.numel() for p in model.parameters())
+    extra = num_layers - old
+    grown = []
+    for i, layer in enumerate(layers):
+        grown.append(layer)
+        for _ in range(extra * (i + 1) // old - extra * i // old):
+            new = copy.deepcopy(layer)
+            with torch.no_grad():
+                for proj in (new.attention.out_proj, new.feed_forward.output_dense):
+                    proj.weight.zero_()
+                    proj.bias.zero_()
+            grown.append(new)
+    reference = copy.deepcopy(model)
+    model.base_model.encoder.layers = torch.nn.ModuleList(grown)
+    config.num_hidden_layers = num_layers
+    _write_beside(src, dst, model)
+    return {
+        "layers": (old, num_layers),
+        "params": (params_before, sum(p.numel() for p in model.parameters())),
+        "max_abs_diff": _logit_change(reference, dst)[0],
     }

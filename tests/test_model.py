@@ -107,3 +107,64 @@ def test_publish_stores_half_precision_weights_that_load_back_in_float32(tmp_pat
     assert report["params"] == sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="has no config.json"):
         publish_model(tmp_path / "nothing", tmp_path / "out")
+
+
+def _saved_tiny(path, **arch):
+    from asr.text import TextNormalizer, make_processor, save_processor
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture={**ARCH, **arch}, hidden_dropout=0.0, attention_dropout=0.0,
+                                    mask_time_prob=0.0, freeze_feature_encoder=False), VOCAB, pad_token_id=0)
+    with torch.no_grad():  # a "trained" head: random non-zero weights everywhere, so identity is not trivial
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(path)
+    save_processor(make_processor(VOCAB, return_attention_mask=True), TextNormalizer(), path)
+    return model.eval()
+
+
+def test_deepened_model_computes_the_same_logits_and_its_new_layers_learn(tmp_path):
+    from transformers import AutoModelForCTC
+
+    from asr.model import deepen_model
+
+    original = _saved_tiny(tmp_path / "model", do_stable_layer_norm=True, feat_extract_norm="layer")
+    report = deepen_model(tmp_path / "model", tmp_path / "deep", num_layers=5)
+    assert report["layers"] == (2, 5) and report["max_abs_diff"] == 0.0
+    assert (tmp_path / "deep" / "vocab.json").is_file()  # the processor travels with the weights
+    deep = AutoModelForCTC.from_pretrained(tmp_path / "deep")
+    assert deep.config.num_hidden_layers == 5 and len(deep.wav2vec2.encoder.layers) == 5
+    assert report["params"][1] - report["params"][0] == 3 * sum(p.numel() for p in original.wav2vec2.encoder.layers[0].parameters())
+    # old layers kept in order, the three new ones spread between them (after layer 0: 1, after layer 1: 2)
+    old = original.wav2vec2.encoder.layers
+    assert torch.equal(deep.wav2vec2.encoder.layers[0].attention.q_proj.weight, old[0].attention.q_proj.weight)
+    assert torch.equal(deep.wav2vec2.encoder.layers[2].attention.q_proj.weight, old[1].attention.q_proj.weight)
+    audio = torch.randn(2, 12000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(deep.eval()(audio).logits, original(audio).logits, atol=1e-6)
+    # a few optimizer steps move the new layers' zeroed projections and then the rest of those layers
+    deep.train()
+    opt = torch.optim.AdamW(deep.parameters(), lr=1e-3)
+    new = deep.wav2vec2.encoder.layers[1]
+    q_before = new.attention.q_proj.weight.detach().clone()
+    for _ in range(3):
+        loss = deep(**batch()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert new.attention.out_proj.weight.abs().sum() > 0 and new.feed_forward.output_dense.weight.abs().sum() > 0
+    assert not torch.equal(new.attention.q_proj.weight, q_before)
+
+
+def test_deepening_refuses_post_ln_models_and_fewer_layers(tmp_path):
+    from asr.model import deepen_model
+
+    _saved_tiny(tmp_path / "postln")  # wav2vec2-base style: layer norm after each residual sum
+    with pytest.raises(ValueError, match="post-LN encoder"):
+        deepen_model(tmp_path / "postln", tmp_path / "out", num_layers=4)
+    _saved_tiny(tmp_path / "preln", do_stable_layer_norm=True, feat_extract_norm="layer")
+    with pytest.raises(ValueError, match="already has 2 layers; pass --layers above 2"):
+        deepen_model(tmp_path / "preln", tmp_path / "out", num_layers=2)
+    with pytest.raises(ValueError, match="has no config.json"):
+        deepen_model(tmp_path / "nothing", tmp_path / "out", num_layers=4)
+    assert not (tmp_path / "out").exists()
