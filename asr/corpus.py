@@ -42,6 +42,7 @@ import soxr
 from tqdm import tqdm
 
 from asr.constants import SAMPLE_RATE
+from asr.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -314,9 +315,8 @@ def synthesise(voice: Voice, text: str, wav_path: Path) -> float:
     if peak > _PEAK:
         audio *= _PEAK / peak
     wav_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.part")
-    sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(partial, wav_path)
+    with atomic_path(wav_path) as partial:
+        sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return len(audio) / SAMPLE_RATE
 
 
@@ -447,7 +447,7 @@ def make_corpus(
         logger.info("%s is already complete with these arguments: nothing to do", out_dir)
         return done
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(marker, json.dumps(args))
+    write_text_atomic(marker, json.dumps(args))
 
     start = time.monotonic()
     results = _run_jobs(jobs, workers or os.cpu_count() or 1, progress)
@@ -470,9 +470,9 @@ def make_corpus(
             "seen_voice": job.seen_voice,
         })
     for split, rows in manifests.items():
-        _atomic_write(out_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    _atomic_write(out_dir / "skipped.jsonl", "".join(json.dumps(r) + "\n" for r in skipped))
-    _atomic_write(out_dir / "lm.txt", "".join(s + "\n" for s in lm_sentences))
+        write_text_atomic(out_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(out_dir / "skipped.jsonl", "".join(json.dumps(r) + "\n" for r in skipped))
+    write_text_atomic(out_dir / "lm.txt", "".join(s + "\n" for s in lm_sentences))
     summary = CorpusSummary(
         seed=options.seed,
         counts={s: len(rows) for s, rows in manifests.items()},
@@ -485,7 +485,7 @@ def make_corpus(
         wall_seconds=round(wall, 2),
         args=args,
     )
-    _atomic_write(out_dir / "corpus.json", json.dumps(summary.to_dict(), indent=1))
+    write_text_atomic(out_dir / "corpus.json", json.dumps(summary.to_dict(), indent=1))
     marker.unlink(missing_ok=True)
     _log_report(summary, len(jobs))
     return summary
@@ -661,11 +661,4 @@ def _log_report(summary: CorpusSummary, n_jobs: int) -> None:
         "/".join(f"{summary.counts[s]} {s}" for s in SPLITS), hours, summary.skipped,
         len(set().union(*summary.voices.values())), minutes, hours / minutes, n_jobs / (minutes * 60),
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Writes `text` to a temporary sibling and renames it, so readers never see half a file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 

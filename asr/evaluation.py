@@ -67,6 +67,7 @@ from asr.beam import (
     word_edits,
 )
 from asr.constants import SAMPLE_RATE
+from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop, FilterConfig, PreparedItem, apply_filters
 from asr.metrics import ErrorRates, error_rates
 from asr.sources import Utterance
@@ -183,10 +184,8 @@ def save_acoustic_cache(output: AcousticOutput, path: str | os.PathLike) -> Path
             "durations": output.durations, "drops": [d.to_dict() for d in output.drops],
             "seconds": output.seconds, "num_processes": output.num_processes,
             "max_batch_seconds": output.max_batch_seconds, "max_padding": output.max_padding, "key": output.key}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, log_probs=stacked, offsets=np.cumsum(frames), meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
     return path
 
 
@@ -753,12 +752,12 @@ def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: 
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("results.md", "results.json", "results.csv", "utterances.jsonl",
                                             "utterances.csv", "comparison.png", "dropped.jsonl")}
-    _write_text(paths["results.md"], report.to_markdown())
-    _write_text(paths["results.json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
-    _write_text(paths["results.csv"], _csv([dataclasses.asdict(r) for r in report.results]))
-    _write_text(paths["utterances.jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_text(paths["utterances.csv"], _csv(rows))
-    _write_text(paths["dropped.jsonl"], "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
+    write_text_atomic(paths["results.md"], report.to_markdown())
+    write_text_atomic(paths["results.json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(paths["results.csv"], _csv([dataclasses.asdict(r) for r in report.results]))
+    write_text_atomic(paths["utterances.jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(paths["utterances.csv"], _csv(rows))
+    write_text_atomic(paths["dropped.jsonl"], "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
     plot_comparison(report.results, paths["comparison.png"], title=f"{report.data} ({report.utterances} utterances)")
     return paths
 
@@ -784,10 +783,9 @@ def plot_comparison(results: Sequence[DecoderResult], path: str | os.PathLike, t
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -801,13 +799,6 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Replace `path` atomically with `text`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

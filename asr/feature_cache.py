@@ -55,6 +55,7 @@ import torch
 from asr.collate import pad_labels
 from asr.config import ConfigError
 from asr.constants import SAMPLE_RATE
+from asr.files import atomic_path, write_text_atomic
 from asr.model import frames_fn_for
 
 logger = logging.getLogger(__name__)
@@ -219,11 +220,9 @@ class FeatureCache:
             raise ValueError(f"features of {uid} have shape {features.shape}, expected "
                              f"({self.frames_fn(samples)}, {self.channels}) for {samples} samples")
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        save_file({"features": np.ascontiguousarray(features, dtype=_DTYPES[self.dtype])}, str(tmp),
-                  metadata={"id": uid, "samples": str(int(samples))})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"features": np.ascontiguousarray(features, dtype=_DTYPES[self.dtype])}, str(tmp),
+                      metadata={"id": uid, "samples": str(int(samples))})
 
     def load(self, key: str) -> tuple[np.ndarray, int] | None:
         """(float32 features [frames, channels], samples), or None when missing or damaged."""
@@ -247,12 +246,9 @@ class FeatureCache:
 
     def write_description(self, settings: dict[str, Any]) -> None:
         """`encoder.json`: what the fingerprint covers, for a human looking at the folder."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / "encoder.json"
         if not target.exists():
-            tmp = target.with_name(f".encoder.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(settings, indent=2, default=str))
-            os.replace(tmp, target)
+            write_text_atomic(target, json.dumps(settings, indent=2, default=str))
 
 
 def utterance_keys(table: Any) -> list[str]:

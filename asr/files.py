@@ -1,9 +1,37 @@
-"""Small file-system helpers shared by the writers of whole directories."""
+"""Small file-system helpers shared by every writer: a file or directory appears whole or not at all."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` to write; it is renamed over `path` only if the block completes.
+
+    The sibling keeps `path`'s suffix (so writers that pick a format from it, like matplotlib, still
+    do), and is removed if the block raises, so a crash leaves the old file or none, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replaces `path` with `text` (UTF-8), flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def replace_dir(new: Path, target: Path) -> None:

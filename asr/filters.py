@@ -37,6 +37,7 @@ import soundfile as sf
 
 from asr.audio import AudioError, audio_duration, load_audio
 from asr.constants import SAMPLE_RATE
+from asr.files import write_text_atomic
 from asr.sources import Utterance
 from asr.text import TextNormalizer, encode
 
@@ -228,12 +229,7 @@ def write_report(drops: Sequence[Drop], path: str | Path, total: int) -> dict[st
         Reason -> count.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for d in drops:
-            f.write(json.dumps(d.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
     counts = dict(Counter(d.reason for d in drops))
     if drops:
         logger.warning("dropped %d of %d utterances (%s); see %s", len(drops), total, summarize(counts), path)

@@ -20,7 +20,8 @@ from typing import Any
 
 import soundfile as sf
 
-from asr.corpus import SPLITS, _atomic_write
+from asr.corpus import SPLITS
+from asr.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def export_layout(corpus_dir: Path, layout: str, out_dir: Path, splits: Sequence
         elif layout == "folder":
             for r in rows:
                 _link_or_copy(r["path"], out_dir / split / "wavs" / f"{r['id']}.wav")
-            _atomic_write(out_dir / split / "transcripts.txt", "".join(f"{r['id']}\t{r['text']}\n" for r in rows))
+            write_text_atomic(out_dir / split / "transcripts.txt", "".join(f"{r['id']}\t{r['text']}\n" for r in rows))
         elif layout == "parquet":
             _write_parquet(rows, out_dir / "data" / f"{split}-00000-of-00001.parquet")
         else:
@@ -109,7 +110,7 @@ def _write_librispeech(rows: list[dict[str, Any]], split_dir: Path, speaker_nums
             audio, rate = sf.read(r["path"], dtype="int16")
             sf.write(folder / f"{utt_id}.flac", audio, rate, format="FLAC", subtype="PCM_16")
             lines.append(f"{utt_id} {r['text'].upper()}\n")
-        _atomic_write(folder / f"{spk}-{chapter}.trans.txt", "".join(lines))
+        write_text_atomic(folder / f"{spk}-{chapter}.trans.txt", "".join(lines))
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
@@ -126,10 +127,8 @@ def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
         "speaker": pa.array([r["speaker"] for r in rows], type=pa.string()),
         "duration": pa.array([float(r["duration"]) for r in rows], type=pa.float64()),
     })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        pq.write_table(table, partial)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]], delimiter: str = ",") -> None:
@@ -139,7 +138,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]], delimiter: 
     writer.writerow(header)
     writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from asr.files import write_text_atomic
 from asr.transcribe import FORMATS, AudioItem, Failure, Transcript, WordTime
 
 logger = logging.getLogger(__name__)
@@ -101,17 +102,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync, and rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class OutputDir:
     """The files of one output directory, for one rank of a run.
 
@@ -179,9 +169,9 @@ class OutputDir:
                 failures.setdefault(failure.key, failure)
         done = {t.key for t in transcripts}
         failed = sorted((f for k, f in failures.items() if k not in done), key=lambda f: order.get(f.key, len(order)))
-        write_atomic(self.root / TRANSCRIPTS_FILE, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n"
+        write_text_atomic(self.root / TRANSCRIPTS_FILE, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n"
                                                            for t in transcripts))
-        write_atomic(self.root / ERRORS_FILE, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
+        write_text_atomic(self.root / ERRORS_FILE, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
                                                       for f in failed))
         shutil.rmtree(self.parts, ignore_errors=True)
         return transcripts, failed
@@ -209,7 +199,7 @@ class ResultSink:
             return
         base = self.side_bases.get(item.index)
         for fmt in self.formats:
-            write_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt))
+            write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt))
         append_line(self._transcripts, result.to_dict())
 
     def close(self) -> None:

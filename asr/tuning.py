@@ -32,9 +32,9 @@ from asr.evaluation import (
     LN10,
     DecoderSettings,
     _read_json,
-    _write_text,
     build_decoder,
 )
+from asr.files import write_text_atomic
 from asr.metrics import error_rates
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str
         attrs_path = lm_dir / LM_SUBDIR / ATTRS_FILE
         attrs = _read_json(attrs_path)
         attrs.update(alpha=p.alpha, beta=p.beta)
-        _write_text(attrs_path, json.dumps(attrs) + "\n")
+        write_text_atomic(attrs_path, json.dumps(attrs) + "\n")
     if "flashlight" in result.best:
         p = result.best["flashlight"]
         stored["flashlight"] = {"lm_weight": p.alpha * LN10, "word_score": p.beta, "beam_size": p.beam_width,
@@ -220,7 +220,7 @@ def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {}),
     }
     path = lm_dir / DECODER_FILE
-    _write_text(path, json.dumps(stored, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(stored, indent=1) + "\n")
     logger.info("tuned settings written to %s and %s", path, lm_dir / LM_SUBDIR / ATTRS_FILE)
     return path
 

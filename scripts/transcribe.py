@@ -47,8 +47,9 @@ from asr import launch
 from asr.allocator import active_allocator
 from asr.beam import LM_SUBDIR, GreedyCTC
 from asr.evaluation import build_decoder, load_decoder_settings
+from asr.files import write_text_atomic
 from asr.inference import BACKENDS, load_acoustic_model
-from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputDir, ResultSink, write_atomic
+from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputDir, ResultSink
 from asr.transcribe import (
     DECODERS,
     Failure,
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                    "this_run": {"files": sum(s["files"] for s in stats), "audio_hours": run_audio / 3600,
                                 "seconds": wall, "rtf": wall / run_audio if run_audio else None,
                                 "processes": world}}
-        write_atomic(out.root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out.root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         logger.info("done: %d of %d files transcribed (%d this run, %.3f h of audio in %.1f s, RTF %.3f), %d failed%s",
                     len(transcripts), len(items), summary["this_run"]["files"], run_audio / 3600, wall,
                     summary["this_run"]["rtf"] or 0.0, len(failures),
