@@ -41,16 +41,14 @@ from asr.evaluation import (
     EVAL_MIN_DURATION,
     AcousticOutput,
     DecoderSettings,
-    build_report,
     check_padding,
     compute_acoustic,
     decode_all,
     eval_filters,
     has_lm,
     load_decoder_settings,
-    utterance_rows,
-    write_results,
 )
+from asr.report import build_report, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.tuning import DEFAULT_NBEST, TuneGrid, save_tuned, tune
 

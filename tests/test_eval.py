@@ -25,10 +25,9 @@ from asr.corpus import load_sentences
 from asr.evaluation import (
     DECODER_FILE,
     AcousticOutput,
-    DecodeRun,
     DecoderSettings,
+    DecodeRun,
     acoustic_cache_key,
-    build_report,
     check_padding,
     compute_acoustic,
     decode_all,
@@ -37,12 +36,10 @@ from asr.evaluation import (
     load_decoder_settings,
     padding_bounded_batches,
     save_acoustic_cache,
-    score_run,
-    utterance_rows,
-    write_results,
 )
 from asr.filters import Drop
 from asr.metrics import error_rates
+from asr.report import build_report, score_run, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer, build_vocab, encode
 from asr.tuning import TuneGrid, fork_map, save_tuned, tune

@@ -1,0 +1,232 @@
+"""The evaluation report: one row per decoder, decoder agreement, padding check, and the files written.
+
+    score_run(run, references, audio_seconds, acoustic_seconds) -> DecoderResult   (a table row)
+    build_report(acoustic, runs, ...) -> EvalReport                                  (the table)
+    write_results(report, utterance_rows(acoustic, runs), drops, out_dir)
+
+writes results.md/.json/.csv, utterances.jsonl/.csv, comparison.png and dropped.jsonl, each atomically.
+The runs come from `asr.evaluation.decode_all` on the log-probs of `asr.evaluation.compute_acoustic`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.beam import word_edits
+from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck
+from asr.files import atomic_path, write_text_atomic
+from asr.filters import Drop
+from asr.metrics import ErrorRates, error_rates
+
+logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class DecoderResult:
+    """One row of the comparison table."""
+
+    decoder: str
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    ref_words: int
+    utterances: int
+    decode_seconds: float
+    utterances_per_second: float  # decoding only; the acoustic model's time is shared by every row
+    rtf_decode: float  # decode seconds per second of audio
+    rtf_total: float  # (acoustic + decode) seconds per second of audio
+    processes: int
+    settings: str
+
+
+def score_run(run: DecodeRun, references: Sequence[str], audio_seconds: float,
+              acoustic_seconds: float) -> DecoderResult:
+    """A table row: error rates of `run` against `references`, speed and real-time factors."""
+    rates: ErrorRates = error_rates(references, run.texts)
+    audio = max(audio_seconds, 1e-9)
+    return DecoderResult(
+        decoder=run.decoder, wer=rates.wer, cer=rates.cer, substitutions=rates.substitutions,
+        deletions=rates.deletions, insertions=rates.insertions, ref_words=rates.ref_words,
+        utterances=len(run.texts), decode_seconds=run.seconds,
+        utterances_per_second=len(run.texts) / max(run.seconds, 1e-9), rtf_decode=run.seconds / audio,
+        rtf_total=(acoustic_seconds + run.seconds) / audio, processes=run.processes, settings=run.settings)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How close two decoders' transcripts are."""
+
+    a: str
+    b: str
+    identical: float  # share of utterances with the same text
+    word_difference: float  # word edits between them per word of `a`'s transcripts
+
+
+def agreement(a: DecodeRun, b: DecodeRun) -> Agreement:
+    """Share of identical transcripts and the word difference rate between two runs on the same set."""
+    edits = sum(word_edits(x, y) for x, y in zip(a.texts, b.texts))
+    words = sum(len(x.split()) for x in a.texts)
+    same = sum(x == y for x, y in zip(a.texts, b.texts))
+    return Agreement(a.decoder, b.decoder, same / max(len(a.texts), 1), edits / max(words, 1))
+
+
+@dataclass
+class EvalReport:
+    """Everything the comparison table shows."""
+
+    model: str
+    data: str
+    lm: str | None
+    utterances: int
+    dropped: int
+    audio_seconds: float
+    acoustic_seconds: float
+    acoustic_processes: int
+    acoustic_cached: bool
+    max_batch_seconds: float
+    max_padding: float | None
+    results: list[DecoderResult]
+    agreements: list[Agreement] = field(default_factory=list)
+    padding: PaddingCheck | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        data = dataclasses.asdict(self)
+        data["acoustic_rtf"] = self.acoustic_seconds / max(self.audio_seconds, 1e-9)
+        if self.padding is not None:
+            data["padding"]["explanation"] = self.padding.explanation()
+        return data
+
+    def to_markdown(self) -> str:
+        """The table with a header saying what was measured, and the notes under it."""
+        rtf = self.acoustic_seconds / max(self.audio_seconds, 1e-9)
+        lines = [
+            f"## {self.data}: {self.utterances} utterances, {self.audio_seconds / 60:.1f} min of audio"
+            + (f" ({self.dropped} dropped, see dropped.jsonl)" if self.dropped else ""),
+            "",
+            f"- model: `{self.model}`" + (f"; LM: `{self.lm}`" if self.lm else ""),
+            f"- acoustic model (shared by every row): {self.acoustic_seconds:.1f} s, RTF {rtf:.3f}, "
+            f"{self.acoustic_processes} process(es), batches of <= {self.max_batch_seconds:g} s padded audio"
+            + (f", each utterance padded by <= {100 * self.max_padding:g}% (the model takes no attention mask)"
+               if self.max_padding is not None and self.max_padding < 1 else "")
+            + (" (log-probs read from the cache; time of the run that computed them)" if self.acoustic_cached else ""),
+            "",
+            "| decoder | WER | CER | sub | del | ins | utt/s | RTF decode | RTF total | processes | settings |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in self.results:
+            lines.append(f"| {r.decoder} | {r.wer:.4f} | {r.cer:.4f} | {r.substitutions} | {r.deletions} | "
+                         f"{r.insertions} | {r.utterances_per_second:.1f} | {r.rtf_decode:.4f} | {r.rtf_total:.4f} | "
+                         f"{r.processes} | {r.settings} |")
+        lines.append("")
+        lines.append("RTF = seconds of compute per second of audio (wall-clock); utt/s counts decoding only.")
+        for g in self.agreements:
+            lines.append(f"- {g.a} vs {g.b}: {100 * g.identical:.1f}% identical transcripts, "
+                         f"{100 * g.word_difference:.2f}% word difference")
+        if self.padding is not None:
+            lines.append(f"- padding: {self.padding.explanation()}")
+        return "\n".join(lines) + "\n"
+
+
+def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: str, data: str,
+                 lm: str | None = None, padding: PaddingCheck | None = None) -> EvalReport:
+    """The comparison table of several decoders run on the same log-probs."""
+    results = [score_run(r, acoustic.references, acoustic.audio_seconds, acoustic.seconds) for r in runs]
+    # greedy is the baseline, not a rival search: only beam decoders are compared with each other
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:] if "greedy" not in (a.decoder, b.decoder)]
+    agreements = [agreement(a, b) for a, b in pairs]
+    for g in agreements:
+        logger.info("%s vs %s: %.1f%% identical transcripts, %.2f%% word difference", g.a, g.b, 100 * g.identical,
+                    100 * g.word_difference)
+    return EvalReport(model=model, data=data, lm=lm, utterances=len(acoustic.ids), dropped=len(acoustic.drops),
+                      audio_seconds=acoustic.audio_seconds, acoustic_seconds=acoustic.seconds,
+                      acoustic_processes=acoustic.num_processes, acoustic_cached=acoustic.from_cache,
+                      max_batch_seconds=acoustic.max_batch_seconds, max_padding=acoustic.max_padding,
+                      results=results, agreements=agreements,
+                      padding=padding)
+
+
+def utterance_rows(acoustic: AcousticOutput, runs: Sequence[DecodeRun]) -> list[dict[str, Any]]:
+    """One row per utterance: id, duration, reference, and each decoder's hypothesis and word errors."""
+    rows = []
+    for i, (utt_id, ref, duration) in enumerate(zip(acoustic.ids, acoustic.references, acoustic.durations)):
+        row: dict[str, Any] = {"id": utt_id, "duration": round(duration, 4), "reference": ref}
+        for run in runs:
+            row[run.decoder] = run.texts[i]
+            row[f"{run.decoder}_word_errors"] = word_edits(ref, run.texts[i])
+        rows.append(row)
+    return rows
+
+
+def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: Sequence[Drop],
+                  out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write results.{md,json,csv}, utterances.{jsonl,csv}, comparison.png and dropped.jsonl.
+
+    Returns:
+        File kind -> path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("results.md", "results.json", "results.csv", "utterances.jsonl",
+                                            "utterances.csv", "comparison.png", "dropped.jsonl")}
+    write_text_atomic(paths["results.md"], report.to_markdown())
+    write_text_atomic(paths["results.json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(paths["results.csv"], _csv([dataclasses.asdict(r) for r in report.results]))
+    write_text_atomic(paths["utterances.jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(paths["utterances.csv"], _csv(rows))
+    write_text_atomic(paths["dropped.jsonl"], "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
+    plot_comparison(report.results, paths["comparison.png"], title=f"{report.data} ({report.utterances} utterances)")
+    return paths
+
+
+def plot_comparison(results: Sequence[DecoderResult], path: str | os.PathLike, title: str = "") -> Path:
+    """Grouped bar chart of WER and CER per decoder (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.decoder for r in results]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.6))
+    for offset, metric, label in ((-0.18, "wer", "WER"), (0.18, "cer", "CER")):
+        values = [getattr(r, metric) for r in results]
+        bars = ax.bar(x + offset, values, width=0.36, label=label)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("error rate")
+    ax.set_ylim(0, max([max(r.wer, r.cer) for r in results] + [0.01]) * 1.2)
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV text, columns in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
