@@ -1,9 +1,12 @@
 """CTC speech recognition toolkit: data pipeline, training pieces, decoding and evaluation.
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
-`collate`, `feature_cache` (data), `model`, `train`, `checkpoint` (training), `inference`, `decoding`, `beam`,
-`metrics` (decoding and scoring), `corpus` (the synthetic speech corpus), `onnx_export` and
-`onnx_model` (ONNX export and the ONNX Runtime backend; imported on demand, not re-exported here).
+`collate`, `feature_cache` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
+`inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`
+(scripts/eval.py's stages), `chunking`, `transcribe`, `outputs` (batch transcription), `corpus` and
+`layouts` (the synthetic speech corpus and its export layouts), `benchmark`, `files`, and
+`onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
+re-exported here; the rest are imported from their modules.
 """
 
 import importlib
