@@ -304,6 +304,9 @@ def main(argv=None) -> int:
         ds["gradient_accumulation_steps"] = cfg.optim.grad_accum_steps
         ds["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0  # DeepSpeed clips inside its step
     model, optimizer = accelerator.prepare(model, optimizer)
+    stepping = optimizer  # the optimizer that really steps: under ZeRO-Offload, Accelerate swaps in DeepSpeedCPUAdam
+    while hasattr(stepping, "optimizer"):
+        stepping = stepping.optimizer
     accelerator.register_for_checkpointing(scheduler)
 
     state = TrainerState()
@@ -335,9 +338,10 @@ def main(argv=None) -> int:
             metrics_log.write({"kind": "feature_cache", "step": state.step, "seconds": report.seconds,
                                "utterances": report.utterances, "reused": report.reused,
                                "audio_seconds": splits["train"].hours * 3600})
-        logger.info("model: %.2f M parameters (%.2f M trainable)",
+        logger.info("model: %.2f M parameters (%.2f M trainable); optimizer %s",
                     sum(p.numel() for p in model.parameters()) / 1e6,
-                    sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+                    sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+                    type(stepping).__name__)
 
     def run_eval() -> dict:
         result = evaluate(accelerator, model, dev_loader, vocab, blank_id=vocab[PAD])

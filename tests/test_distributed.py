@@ -39,12 +39,14 @@ def test_ddp_two_processes_matches_one_process_with_same_global_batch(synth_corp
     assert max_weight_diff(ddp_run / "model", single / "model") < 1e-4
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero2_offload"])
 def test_deepspeed_zero_runs_and_matches_ddp(synth_corpus, tmp_path, ddp_run, stage):
     proc = run_train(synth_corpus, tmp_path, "train.max_steps=4", *SAME_BATCHES, kind=stage)
     run = tmp_path / "run"
     # really DeepSpeed, not DDP under another name: the engine ran and wrote its partitioned state
     assert "2 processes (DEEPSPEED)" in proc.stderr
+    if stage == "zero2_offload":  # the optimizer step ran in DeepSpeed's CPU Adam on the offloaded states
+        assert "optimizer DeepSpeedCPUAdam" in proc.stderr
     [last] = sorted((run / "checkpoints").glob("step_*"))
     assert list(last.rglob("*zero_pp_rank_1*optim_states.pt")), sorted(p.name for p in last.rglob("*"))
     np.testing.assert_allclose([r["loss"] for r in metrics(run, "train")],
@@ -67,7 +69,7 @@ RESUME = ["train.max_steps=10", "train.save_every=2", "train.eval_every=1000", "
           "model.hidden_dropout=0.1", "data.num_workers=1", "data.max_batch_seconds=10", "train.log_every=1"]
 
 
-@pytest.mark.parametrize("kind", ["single", "ddp2"])
+@pytest.mark.parametrize("kind", ["single", "ddp2", "zero2"])
 def test_killed_run_resumes_to_identical_weights(synth_corpus, tmp_path, kind):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_train(synth_corpus, full, *RESUME, kind=kind)
