@@ -17,6 +17,15 @@ Chunk starts and boundaries are multiples of the model's frame step (320 samples
 frame t of a chunk starting at sample s is global frame s / step + t and the stitched array has
 exactly `frames(num_samples)` rows, as the unchunked forward pass would.
 
+Cutting at pauses (`ChunkSpec.at_pauses`) instead gives the model utterance-like pieces: each chunk
+runs from the previous cut to the quietest stretch (PAUSE_WINDOW_SECONDS of lowest mean energy) between
+a third of `chunk_samples` and its end, plus PAUSE_PAD_SECONDS, and keeps everything up to that cut. No
+chunk sees audio across a pause, which suits models fine-tuned on short utterances: they read such
+pieces better than long windows (scripts/bench_chunking.py measures it for a model). A cut in real
+silence (PAUSE_SILENCE_RATIO below the piece's median frame energy) is also a word boundary: the
+stitched log-probs get the word delimiter at the cut frame, so a model that marks word ends weakly
+does not run the last word of one piece into the first of the next.
+
 Memory: the audio held is at most one chunk plus one stride plus one read block (about 3 MB for
 30 s chunks); what grows with the file is the stitched log-probs, 4 * V bytes per 20 ms frame
 (about 22 MB per hour of audio for a 30-token vocabulary).
@@ -48,6 +57,10 @@ BLOCK_SECONDS = 10.0  # audio read per decoder call; small enough to bound memor
 EXACT_LENGTH_FORMATS = frozenset({"FLAC"})
 WAV_FORMATS = frozenset({"WAV", "WAVEX"})
 UNKNOWN_WAV_SIZES = frozenset({0, 0xFFFFFFFF})  # data sizes streaming writers leave when they never seek back
+PAUSE_WINDOW_SECONDS = 0.2  # a cut goes in the middle of the quietest stretch this long (pauses, not stop closures)
+PAUSE_PAD_SECONDS = 0.2  # audio past a cut given to the chunk before it: covers the conv receptive field
+PAUSE_MIN_FRACTION = 1 / 3  # a pause cut comes no earlier than this share of --chunk-seconds into a chunk
+PAUSE_SILENCE_RATIO = 10 ** -2.5  # -25 dB under the median frame: silence, so the cut is a word boundary
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -207,22 +220,24 @@ class ChunkSpec:
     chunk_samples: int
     overlap_samples: int
     frame_samples: int
+    at_pauses: bool = False  # cut at the quietest stretch instead of the fixed grid (overlap then unused)
 
     @classmethod
-    def from_seconds(cls, chunk_seconds: float, overlap_seconds: float, frame_samples: int) -> ChunkSpec:
+    def from_seconds(cls, chunk_seconds: float, overlap_seconds: float, frame_samples: int,
+                     at_pauses: bool = False) -> ChunkSpec:
         """Round seconds to the frame grid: chunk to a whole number of frames, overlap to an even one (>= 2)."""
         if frame_samples < 1:
             raise ValueError(f"frame_samples is {frame_samples}; pass the model's frame step (e.g. 320).")
         chunk = max(1, round(chunk_seconds * SAMPLE_RATE / frame_samples)) * frame_samples
         overlap = max(1, round(overlap_seconds * SAMPLE_RATE / (2 * frame_samples))) * 2 * frame_samples
-        return cls(chunk, overlap, frame_samples)
+        return cls(chunk, overlap, frame_samples, at_pauses)
 
     def __post_init__(self) -> None:
         if self.chunk_samples % self.frame_samples or self.overlap_samples % (2 * self.frame_samples):
             raise ValueError(f"Chunk {self.chunk_samples} and overlap {self.overlap_samples} samples must be multiples "
                              f"of the frame step {self.frame_samples} (overlap of twice it); use "
                              "ChunkSpec.from_seconds.")
-        if self.overlap_samples <= 0 or self.chunk_samples < 2 * self.overlap_samples:
+        if not self.at_pauses and (self.overlap_samples <= 0 or self.chunk_samples < 2 * self.overlap_samples):
             raise ValueError(f"Overlap {self.overlap_samples / SAMPLE_RATE:g} s must be positive and at most half the "
                              f"chunk ({self.chunk_samples / SAMPLE_RATE:g} s); lower --overlap-seconds or raise "
                              "--chunk-seconds.")
@@ -242,12 +257,14 @@ class Chunk:
         start: Global sample index of audio[0] (a multiple of the frame step).
         keep_start: Global sample where this chunk's kept frames begin (a multiple of the frame step).
         keep_end: Global sample where they end; None for the last chunk (to the end of the file).
+        ends_in_silence: keep_end lies in silence (pause cuts only): the words on either side are apart.
     """
 
     audio: np.ndarray
     start: int
     keep_start: int
     keep_end: int | None
+    ends_in_silence: bool = False
 
     @property
     def last(self) -> bool:
@@ -269,6 +286,9 @@ def iter_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterator[Chunk
     Yields:
         Chunks in order; a recording of at most one chunk yields a single chunk keeping everything.
     """
+    if spec.at_pauses:
+        yield from _iter_pause_chunks(blocks, spec)
+        return
     size, stride, half = spec.chunk_samples, spec.stride_samples, spec.overlap_samples // 2
     buffer = np.zeros(0, dtype=np.float32)
     buffer_start = 0  # global index of buffer[0]
@@ -292,17 +312,64 @@ def iter_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterator[Chunk
     yield Chunk(buffer[start - buffer_start :].copy(), start, keep_start, None)
 
 
+def _iter_pause_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterator[Chunk]:
+    """`iter_chunks` for `spec.at_pauses`: consecutive pieces cut at the quietest stretch (see the module doc)."""
+    size, step = spec.chunk_samples, spec.frame_samples
+    pad = -(-int(PAUSE_PAD_SECONDS * SAMPLE_RATE) // step) * step
+    buffer = np.zeros(0, dtype=np.float32)
+    start = 0  # global index of buffer[0], the next chunk's start
+    for block in blocks:
+        if len(block):
+            buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
+        while len(buffer) > size + pad:
+            cut, silent = quietest_cut(buffer[:size], int(size * PAUSE_MIN_FRACTION), size, step)
+            yield Chunk(buffer[: cut + pad].copy(), start, start, start + cut, silent)
+            buffer, start = buffer[cut:], start + cut
+    if start + len(buffer) == 0:
+        return
+    yield Chunk(buffer.copy(), start, start, None)
+
+
+def quietest_cut(audio: np.ndarray, lo: int, hi: int, frame_samples: int) -> tuple[int, bool]:
+    """The frame-aligned sample in [lo, hi) at the middle of `audio`'s lowest-energy stretch.
+
+    Args:
+        audio: Samples [n], n >= hi.
+        lo, hi: Where the cut may go (samples from audio[0]).
+        frame_samples: The model's frame step; energies are per frame, the cut is a multiple of it.
+
+    Returns:
+        (the cut, a multiple of `frame_samples` in [lo, hi) (lo rounded up); whether the stretch there is
+        silence: PAUSE_SILENCE_RATIO or more below the median frame energy of audio[:hi]).
+    """
+    frames = hi // frame_samples
+    energy = np.square(audio[: frames * frame_samples].reshape(frames, frame_samples), dtype=np.float64).mean(1)
+    width = max(1, round(PAUSE_WINDOW_SECONDS * SAMPLE_RATE / frame_samples))
+    padded = np.pad(energy, (width // 2, width - 1 - width // 2), mode="edge")  # no false quiet at the ends
+    smoothed = np.convolve(padded, np.ones(width) / width, mode="valid")  # [frames]: the window centred on each
+    first = -(-lo // frame_samples)
+    if first >= frames:
+        return first * frame_samples, False
+    # the latest of equally quiet places: longer pieces, fewer cuts in long silences
+    best = frames - 1 - int(np.argmin(smoothed[first:][::-1]))
+    return best * frame_samples, bool(smoothed[best] <= PAUSE_SILENCE_RATIO * np.median(energy))
+
+
 class Stitcher:
     """Concatenates the kept frames of consecutive chunks into one [T, V] log-prob array.
 
     Args:
         frame_samples: The model's frame step in samples (ChunkSpec.frame_samples).
+        delimiter: The word delimiter's token id: the first frame after a cut in silence is made that
+            token (certain), so no word runs across the pause. None leaves every frame as the model gave it.
     """
 
-    def __init__(self, frame_samples: int) -> None:
+    def __init__(self, frame_samples: int, delimiter: int | None = None) -> None:
         self.frame_samples = frame_samples
+        self.delimiter = delimiter
         self._parts: list[np.ndarray] = []
         self._next_frame = 0  # global frame the next kept part must start at
+        self._boundary_in_silence = False  # the previous part ended at a cut in silence
         self._done = False
 
     def add(self, chunk: Chunk, log_probs: np.ndarray) -> None:
@@ -321,7 +388,11 @@ class Stitcher:
             if stop > len(log_probs):
                 raise ValueError(f"A chunk gave {len(log_probs)} frames but its kept region needs {stop}: the model's "
                                  "receptive field is wider than half the overlap; raise --overlap-seconds.")
-        self._parts.append(np.asarray(log_probs[first:stop], dtype=np.float32))
+        part = np.array(log_probs[first:stop], dtype=np.float32)
+        if self._parts and self.delimiter is not None and self._boundary_in_silence and len(part):
+            part[0] = _certain(self.delimiter, part.shape[1])
+        self._parts.append(part)
+        self._boundary_in_silence = chunk.ends_in_silence
         self._next_frame += stop - first
 
     def result(self) -> np.ndarray:
@@ -331,9 +402,16 @@ class Stitcher:
         return np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
 
 
+def _certain(token: int, vocab_size: int) -> np.ndarray:
+    """A log-prob row [V] that is `token` for certain (the others at a large finite negative)."""
+    row = np.full(vocab_size, -1e4, dtype=np.float32)
+    row[token] = 0.0
+    return row
+
+
 def chunked_log_probs(blocks: Iterable[np.ndarray], spec: ChunkSpec,
                       forward: Callable[[list[np.ndarray]], list[np.ndarray]],
-                      chunks_per_batch: int) -> tuple[np.ndarray, int]:
+                      chunks_per_batch: int, delimiter: int | None = None) -> tuple[np.ndarray, int]:
     """Run a model over a stream chunk by chunk and stitch its output.
 
     Args:
@@ -341,11 +419,12 @@ def chunked_log_probs(blocks: Iterable[np.ndarray], spec: ChunkSpec,
         spec: Chunk geometry.
         forward: Audios -> log-probs [frames_i, V] per audio (e.g. `asr.inference.log_probs_batch`).
         chunks_per_batch: Chunks per `forward` call.
+        delimiter: The word delimiter's id, to mark cuts in silence as word boundaries (see Stitcher).
 
     Returns:
         (log-probs [frames(num_samples), V], num_samples).
     """
-    stitcher = Stitcher(spec.frame_samples)
+    stitcher = Stitcher(spec.frame_samples, delimiter)
     pending: list[Chunk] = []
     num_samples = 0
 

@@ -30,7 +30,7 @@ import numpy as np
 from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
 from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs, stream_audio
-from asr.constants import SAMPLE_RATE
+from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
 from asr.sources import AUDIO_KEYS
 
@@ -52,6 +52,7 @@ class TranscribeOptions:
     decoder: str = "greedy"  # one of DECODERS (what the records name)
     chunk_seconds: float = 30.0  # longer files are cut into chunks of this length; 0 never chunks
     overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
+    cut_at_pauses: bool = False  # cut long files at their quietest stretches into pieces <= chunk_seconds (no overlap)
     max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
     formats: tuple[str, ...] = ()  # per-file outputs besides transcripts.jsonl: txt, srt, vtt
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
@@ -66,7 +67,7 @@ class TranscribeOptions:
             raise ValueError(f"--max-batch-seconds is {self.max_batch_seconds}; use a positive number of seconds.")
         if self.chunk_seconds < 0:
             raise ValueError(f"--chunk-seconds is {self.chunk_seconds}; use a positive length, or 0 to never chunk.")
-        if self.chunk_seconds and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
+        if self.chunk_seconds and not self.cut_at_pauses and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
             raise ValueError(f"--overlap-seconds {self.overlap_seconds} must be positive and at most half of "
                              f"--chunk-seconds {self.chunk_seconds}; 5 s of overlap for 30 s chunks works well.")
 
@@ -74,7 +75,7 @@ class TranscribeOptions:
         """The chunk geometry on the model's frame grid, or None when chunking is off."""
         if not self.chunk_seconds:
             return None
-        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples)
+        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples, self.cut_at_pauses)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -431,7 +432,7 @@ class Transcriber:
         per_batch = max(1, int(self.options.max_batch_seconds * SAMPLE_RATE // self.spec.chunk_samples))
         log_probs, num_samples = chunked_log_probs(
             stream_audio(item.file) if blocks is None else blocks, self.spec,
-            lambda audios: log_probs_batch(self.loaded, audios), per_batch)
+            lambda audios: log_probs_batch(self.loaded, audios), per_batch, self.loaded.vocab.get(WORD_DELIMITER))
         return self._to_transcript(item, log_probs, num_samples)
 
     def _to_transcript(self, item: AudioItem, log_probs: np.ndarray, num_samples: int) -> Transcript:

@@ -7,7 +7,7 @@
 
 The manifest's utterances (JSONL: audio_filepath relative to the manifest, text) are joined, 0.4 s
 apart, into one recording of about --minutes; `asr.transcribe` reads it unchunked and with each
---chunks length:overlap, greedy, on one process. Per row: WER and CER against the joined reference
+--chunks length:overlap (fixed grid) or length:pauses (`--cut-at-pauses`), greedy, on one process. Per row: WER and CER against the joined reference
 text, word agreement with the unchunked transcript (1 - word edits / unchunked words), and seconds.
 
 A transformer attends over everything it is given, so how much audio it sees changes its reading of
@@ -57,14 +57,15 @@ def join_utterances(manifest: Path, minutes: float, out: Path) -> str:
 
 
 def parse_chunks(spec: str) -> list[tuple[float, float]]:
-    """"10:2,30:5" -> [(10.0, 2.0), (30.0, 5.0)]."""
+    """"10:2,30:5,15:pauses" -> [(10.0, 2.0), (30.0, 5.0), (15.0, 0.0)]; overlap 0 means cut at pauses."""
     try:
-        pairs = [tuple(float(x) for x in item.split(":")) for item in spec.split(",") if item]
-        if not pairs or any(len(p) != 2 or p[0] <= 0 or not 0 < 2 * p[1] <= p[0] for p in pairs):
+        pairs = [(float(a), 0.0 if b == "pauses" else float(b)) for a, b in (item.split(":") for item in spec.split(",")
+                                                                              if item)]
+        if not pairs or any(a <= 0 or (b and not 0 < 2 * b <= a) for a, b in pairs):
             raise ValueError
     except ValueError:
         raise SystemExit(f"bench_chunking: --chunks {spec!r} must be length:overlap pairs in seconds with "
-                         "0 < 2 * overlap <= length, e.g. 10:2,30:5") from None
+                         "0 < 2 * overlap <= length, or length:pauses, e.g. 10:2,30:5,15:pauses") from None
     return pairs
 
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest", type=Path, default=Path("data/synth/test.jsonl"),
                    help="labelled utterances to join (default: the demo corpus's test split)")
     p.add_argument("--minutes", type=float, default=4.0, help="length of the joined recording")
-    p.add_argument("--chunks", default="10:2,15:3,20:4,30:5,60:5", help="length:overlap seconds to compare")
+    p.add_argument("--chunks", default="10:2,15:3,30:5,60:5,5:pauses,10:pauses,15:pauses",
+                   help="length:overlap seconds to compare; length:pauses cuts at pauses into pieces <= length")
     p.add_argument("--output", type=Path, help="write bench_chunking.md/.json here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("%s: %.1f s joined from %s", wav.name, duration, args.manifest)
         results = {}
         for length, overlap in [(0.0, 0.0)] + chunks:
-            options = TranscribeOptions(chunk_seconds=length, overlap_seconds=overlap or 5.0)
+            options = TranscribeOptions(chunk_seconds=length, overlap_seconds=overlap,
+                                        cut_at_pauses=bool(length) and not overlap)
             transcriber = Transcriber(loaded, GreedyCTC(loaded.vocab), options)
             started = time.perf_counter()
             [(_, transcript)] = list(transcriber.transcribe([item], chunked=bool(length)))
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     for (length, overlap), (text, seconds) in results.items():
         rates = error_rates([reference], [text])
         agree = 1 - error_rates([unchunked], [text]).wer
-        name = f"{length:g} s / {overlap:g} s" if length else "unchunked"
+        name = (f"{length:g} s / {overlap:g} s" if overlap else f"at pauses, <= {length:g} s") if length else "unchunked"
         rows.append([name, f"{rates.wer:.3f}", f"{rates.cer:.3f}", f"{agree:.3f}", f"{seconds:.1f}"])
         data.append({"chunk_seconds": length, "overlap_seconds": overlap, "wer": rates.wer, "cer": rates.cer,
                      "agreement_with_unchunked": agree, "seconds": seconds})

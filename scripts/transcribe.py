@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunk files longer than this (0: never chunk)")
     p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
                    help="overlap of neighbouring chunks")
+    p.add_argument("--cut-at-pauses", action="store_true", help="cut long files at their quietest stretches into "
+                   "pieces of at most --chunk-seconds, without overlap (suits models trained on short utterances)")
     p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
                    help="padded audio seconds per forward pass")
     p.add_argument("--in-place", action="store_true", help="write .txt/.srt/.vtt next to the audio files")
@@ -108,7 +110,7 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
         raise ValueError("--lm is ignored by --decoder greedy; drop --lm or choose --decoder beam or flashlight.")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
-                                overlap_seconds=args.overlap_seconds, max_batch_seconds=args.max_batch_seconds,
+                                overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
                                 formats=formats, in_place=args.in_place)
     out = args.output.resolve()
     for given in args.inputs:

@@ -191,13 +191,14 @@ def test_bench_chunking_table_rows_and_joined_recording(synth_corpus, tmp_path, 
     texts = [json.loads(line)["text"] for line in (synth_corpus / "test.jsonl").read_text().splitlines()]
     assert reference.startswith(" ".join(texts)) and 30 <= sf_duration(wav) < 45
     bench.main(["--model", str(model), "--manifest", str(synth_corpus / "test.jsonl"), "--minutes", "0.5",
-                "--chunks", "8:2,12:3", "--output", str(tmp_path / "out")])
+                "--chunks", "8:2,12:3,8:pauses", "--output", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "bench_chunking.json").read_text())
     rows = {(r["chunk_seconds"], r["overlap_seconds"]): r for r in report["rows"]}
-    assert list(rows) == [(0.0, 0.0), (8.0, 2.0), (12.0, 3.0)]
+    assert list(rows) == [(0.0, 0.0), (8.0, 2.0), (12.0, 3.0), (8.0, 0.0)]
     assert rows[(0.0, 0.0)]["agreement_with_unchunked"] == 1.0
     assert all(0 <= r["cer"] and r["seconds"] > 0 for r in rows.values())
-    assert "| 8 s / 2 s |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| 8 s / 2 s |" in out and "| at pauses, <= 8 s |" in out
     with pytest.raises(SystemExit, match="length:overlap pairs"):
         bench.parse_chunks("10:6")
 

@@ -21,7 +21,7 @@ import soundfile as sf
 import soxr
 
 from asr.audio import AudioError, load_audio
-from asr.chunking import ChunkSpec, Stitcher, chunked_log_probs, iter_chunks, stream_audio
+from asr.chunking import Chunk, ChunkSpec, Stitcher, chunked_log_probs, iter_chunks, stream_audio
 from asr.model import conv_output_frames
 from asr.outputs import append_line, cues, open_append, render, repair_jsonl
 from asr.transcribe import (
@@ -132,19 +132,89 @@ def messy_tree(tmp_path_factory, utterances) -> Path:
 # ------------------------------------------------------------------------------- chunking, stitching
 @pytest.mark.parametrize("num_samples", [400, 5_000, 32_000, 32_001, 32_320, 40_000, 123_457, 500_000])
 @pytest.mark.parametrize("block", [1_000, 7_777, 100_000])
-def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block):
+@pytest.mark.parametrize("at_pauses", [False, True])
+def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block, at_pauses):
     # A fake model whose frame t says which global sample it starts at: stitching must put every frame
     # of the file exactly once, in order, at the unchunked model's frame count.
-    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME)
-    audio = np.arange(num_samples, dtype=np.float32)
+    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME, at_pauses=at_pauses)
+    # noise with a quiet stretch every 0.7 s, so that pause cuts move around
+    audio = np.random.default_rng(num_samples).normal(0, 1, num_samples).astype(np.float32)
+    audio[(np.arange(num_samples) % 11_200) < 3_000] *= 1e-3
 
     def forward(audios):
-        return [np.repeat(a[np.arange(frames(len(a))) * FRAME][:, None], 3, axis=1) for a in audios]
+        starts = [_locate(audio, a) for a in audios]
+        return [np.repeat((s + np.arange(frames(len(a))) * FRAME)[:, None], 3, axis=1).astype(np.float32)
+                for s, a in zip(starts, audios)]
 
     log_probs, n = chunked_log_probs((audio[i : i + block] for i in range(0, num_samples, block)), spec, forward, 3)
     assert n == num_samples
     assert log_probs.shape == (frames(num_samples), 3)
     np.testing.assert_array_equal(log_probs[:, 0], np.arange(frames(num_samples)) * FRAME)
+
+
+def _locate(audio: np.ndarray, piece: np.ndarray) -> int:
+    """Where `piece` starts in `audio` (on the frame grid)."""
+    for start in range(0, len(audio) - len(piece) + 1, FRAME):
+        if np.array_equal(audio[start : start + len(piece)], piece):
+            return start
+    raise AssertionError("piece not found in the audio")
+
+
+def test_pause_cuts_fall_in_pauses_and_pieces_stay_short():
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.1, 60 * 16_000).astype(np.float32)  # a minute of loud noise ...
+    pauses = (7, 19, 26, 41, 52)  # ... with half-second pauses
+    for t in pauses:
+        audio[t * 16_000 : int((t + 0.5) * 16_000)] *= 1e-3
+    spec = ChunkSpec.from_seconds(15, 5, FRAME, at_pauses=True)
+    consumed = []
+
+    def blocks():
+        for i in range(60):
+            consumed.append(i)
+            yield audio[i * 16_000 : (i + 1) * 16_000]
+
+    chunks = []
+    for chunk in iter_chunks(blocks(), spec):
+        if not chunks:
+            assert len(consumed) <= 17  # read lazily: the first piece comes out after ~15 s
+        chunks.append(chunk)
+    cuts = [c.keep_end / 16_000 for c in chunks[:-1]]
+    assert len(cuts) == len(pauses) and all(t <= cut <= t + 0.5 for t, cut in zip(pauses, cuts)), cuts
+    assert chunks[0].keep_start == 0 and chunks[-1].keep_end is None
+    assert all(c.ends_in_silence for c in chunks[:-1]) and not chunks[-1].ends_in_silence
+    for chunk, following in zip(chunks, chunks[1:]):
+        assert following.start == following.keep_start == chunk.keep_end  # no overlap, no gap
+        assert len(chunk.audio) == chunk.keep_end - chunk.start + 3_200  # 0.2 s past the cut, no more
+        assert len(chunk.audio) <= spec.chunk_samples + 3_200 and chunk.keep_end % FRAME == 0
+    assert chunks[-1].start + len(chunks[-1].audio) == len(audio)
+    # Without pauses (constant noise) pieces still never exceed --chunk-seconds
+    flat = list(iter_chunks([rng.normal(0, 0.1, 50 * 16_000).astype(np.float32)], spec))
+    assert all(spec.chunk_samples // 3 <= c.keep_end - c.start <= spec.chunk_samples for c in flat[:-1])
+    assert not any(c.ends_in_silence for c in flat)  # quietest is not silent: no word boundary is forced
+
+
+@pytest.mark.parametrize("delimiter, silent, marked", [(2, True, True), (2, False, False), (None, True, False)])
+def test_a_cut_in_silence_becomes_a_word_boundary(delimiter, silent, marked):
+    # Two pieces whose model output is all blank (id 0): a cut in silence puts a certain "|" (id 2)
+    # at the first frame of the next piece, which keeps the words on either side apart.
+    first = Chunk(np.zeros(16_000 + 3_200, np.float32), 0, 0, 16_000, silent)
+    second = Chunk(np.zeros(8_000, np.float32), 16_000, 16_000, None)
+    blank = np.log(np.full((frames(len(first.audio)), 4), 1e-6, np.float32))
+    blank[:, 0] = 0.0
+    stitcher = Stitcher(FRAME, delimiter)
+    stitcher.add(first, blank)
+    stitcher.add(second, blank[: frames(len(second.audio))])
+    out = stitcher.result()
+    assert out.shape == (frames(24_000), 4)
+    boundary = 16_000 // FRAME
+    assert (out[boundary].argmax() == 2) == marked
+    assert (np.delete(out, boundary, axis=0).argmax(1) == 0).all()  # nothing else changed
+
+
+def test_pause_cutting_ignores_the_overlap_option():
+    options = TranscribeOptions(chunk_seconds=8, cut_at_pauses=True)  # the default 5 s overlap would not fit 8 s
+    assert options.chunk_spec(FRAME).at_pauses
 
 
 def test_chunks_overlap_keep_their_centres_and_are_read_lazily():
