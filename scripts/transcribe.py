@@ -18,7 +18,8 @@ with the reason), `summary.json`, and with --formats a mirror of the input tree 
 (next to the audio instead with --in-place). Nothing is written into an input tree without --in-place.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
-stitched CTC output is decoded once. Re-running the same command skips finished files; an
+stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
+overlap (better for models trained on short utterances: scripts/bench_chunking.py compares). Re-running the same command skips finished files; an
 interrupted run loses only the files in flight. Exit code: 0 all transcribed, 1 some files failed,
 2 bad arguments.
 """
