@@ -236,7 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-feature-encoder", action="store_true", help="train the conv encoder too (from scratch)")
     p.add_argument("--budget-gb", type=float, default=8.0, help="memory budget (GiB) of the search; 0 skips it")
     p.add_argument("--max-seconds", type=float, default=120.0, help="longest utterance the search tries")
-    p.add_argument("--resolution", type=float, default=1.0, help="search step in seconds")
+    p.add_argument("--resolution", type=float, default=5.0,
+                   help="search step in seconds (each probe that fits runs a whole step: 20 min for 45 s x 4 on 2 cores)")
     p.add_argument("--limit-gb", type=float, default=None,
                    help="abort a fixed-length run above this RSS (default: 85%% of available memory)")
     p.add_argument("--output", type=Path, default=None, help="also write memory.md and memory.json here")
