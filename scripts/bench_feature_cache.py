@@ -180,6 +180,7 @@ def measure(arch: str, args: argparse.Namespace) -> dict[str, Any]:
         logger.info("%s step %d: conv %.3f s, losses %.6f / %.6f", arch, step, conv, losses["uncached"][-1],
                     losses["cached"][-1])
 
+    op_times = op_profile(runs, cpu, args.profile) if args.profile else None
     # the fastest run: least disturbed by other jobs (every run does the same work); all runs are in the JSON
     best = {name: Timing(tuple(values)).best for name, values in times.items()}
     frames = frames_fn(int(args.seconds * 16000))
@@ -195,7 +196,32 @@ def measure(arch: str, args: argparse.Namespace) -> dict[str, Any]:
         "cache_read_s": Timing(tuple(read_runs)).best,
         "fill_s_per_audio_s": fill_seconds / (len(items) * args.batch_size * args.seconds),
         "cache_mb_per_audio_hour": frames / args.seconds * 3600 * channels * 4 / 1e6,
+        "profile": op_times,
     }
+
+
+def op_profile(runs: dict[str, tuple], cpu: torch.device, repeats: int) -> dict[str, Any]:
+    """Self CPU seconds per operator of one uncached and one cached step (torch.profiler), `repeats`
+    times alternately: where the saving comes from, and how much identical steps vary."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from asr.train import forward_loss
+
+    per_run: dict[str, list[dict[str, float]]] = {"uncached": [], "cached": []}
+    for _ in range(repeats):
+        for name, (model, optimizer, rng, batches) in runs.items():
+            with rng, profile(activities=[ProfilerActivity.CPU]) as prof:
+                loss, _, _ = forward_loss(model, model, batches[0], cpu)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            per_run[name].append({e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()})
+    ops = sorted(set().union(*per_run["uncached"], *per_run["cached"]))
+    mean = {name: {op: sum(r.get(op, 0.0) for r in rs) / len(rs) for op in ops} for name, rs in per_run.items()}
+    return {"repeats": repeats, "mean": mean,
+            "spread_uncached": {op: max(r.get(op, 0.0) for r in per_run["uncached"]) -
+                                min(r.get(op, 0.0) for r in per_run["uncached"]) for op in ops}}
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
@@ -210,12 +236,24 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
     headers = ["model", "params", "conv fwd s", "uncached step s", "cached step s", f"saved / conv (>= {TARGET})",
                "cached / uncached", f"max loss diff ({results[0]['loss_steps']} steps)", "cache read s",
                "fill s per audio s", "cache MB per audio h"]
+    text = ""
+    for r in results:
+        if r.get("profile"):
+            prof = r["profile"]
+            diff = {op: prof["mean"]["uncached"][op] - prof["mean"]["cached"][op] for op in prof["mean"]["uncached"]}
+            top = sorted(diff, key=lambda op: -abs(diff[op]))[:10]
+            text += (f"\n\nPer-operator self CPU seconds, {NAMES.get(r['arch'], r['arch'])}, mean of {prof['repeats']} "
+                     "profiled steps each (the ops whose time differs most; \"uncached spread\" = max - min over the "
+                     "uncached runs):\n\n" + markdown_table(
+                         ["op", "uncached", "cached", "uncached - cached", "uncached spread"],
+                         [[op, prof["mean"]["uncached"][op], prof["mean"]["cached"][op], diff[op],
+                           prof["spread_uncached"][op]] for op in top]))
     return (f"## Frozen conv encoder cache: {args.batch_size} x {args.seconds:g} s per step\n\n"
             f"Fastest of {args.steps} interleaved steps after {args.warmup} warm-up; forward + CTC + backward + clip + "
             f"AdamW; dropout 0, mask_time_prob {args.mask_time_prob:g}; equal-length utterances (no padding); float32 "
             f"cache read from disk outside the step (\"cache read s\" per batch); {info['cpus']} CPUs, "
             f"{info['torch_threads']} torch threads, load average {info['load_average_1min']}.\n\n"
-            + markdown_table(headers, rows))
+            + markdown_table(headers, rows) + text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -231,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-time-prob", type=float, default=0.0, help="SpecAugment (the RNG use is the same cached)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N uncached and N cached steps per operator (torch.profiler)")
     p.add_argument("--smoke", action="store_true", help="tiny_cpu and the 2 x 32 model, 2 x 1 s, 2 steps: seconds")
     p.add_argument("--output", type=Path, default=None, help="also write feature_cache.md and feature_cache.json here")
     args = p.parse_args(argv)
