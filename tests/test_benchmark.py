@@ -209,6 +209,19 @@ def sf_duration(path: Path) -> float:
     return sf.info(path).duration
 
 
+def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):
+    bench = load_script("bench_feature_cache")
+    assert bench.main(["--smoke", "--profile", "1", "--output", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "feature_cache.json").read_text())["results"]
+    assert [r["arch"] for r in results] == ["tiny_cpu", "tiny"]
+    for r in results:
+        assert r["max_loss_diff"] < 1e-5  # the cached step computes the uncached step's loss (float rounding)
+        mean = r["profile"]["mean"]
+        # the conv encoder's convolutions leave the step; only the positional convolution stays
+        assert mean["cached"]["aten::mkldnn_convolution"] < mean["uncached"]["aten::mkldnn_convolution"]
+    assert "uncached - cached" in (tmp_path / "feature_cache.md").read_text()
+
+
 # ------------------------------------------------------------------------------------------ memory
 def test_bench_memory_tiny_peaks():
     bench = load_script("bench_memory")
