@@ -388,8 +388,9 @@ class Stitcher:
             if stop > len(log_probs):
                 raise ValueError(f"A chunk gave {len(log_probs)} frames but its kept region needs {stop}: the model's "
                                  "receptive field is wider than half the overlap; raise --overlap-seconds.")
-        part = np.array(log_probs[first:stop], dtype=np.float32)
+        part = np.asarray(log_probs[first:stop], dtype=np.float32)
         if self._parts and self.delimiter is not None and self._boundary_in_silence and len(part):
+            part = part.copy()  # only a marked part is copied: the model's output is not ours to change
             part[0] = _certain(self.delimiter, part.shape[1])
         self._parts.append(part)
         self._boundary_in_silence = chunk.ends_in_silence

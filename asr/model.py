@@ -170,6 +170,7 @@ def _write_beside(src: Path, dst: Path, model, state: dict | None = None) -> Non
 
 
 def _load_exported(src: Path):
+    """The float32 model of an exported model directory, in eval mode (one-line error when it is none)."""
     import torch
     from transformers import AutoModelForCTC
 
