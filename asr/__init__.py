@@ -2,11 +2,12 @@
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
 `collate`, `feature_cache` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
-`inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`
-(scripts/eval.py's stages), `chunking`, `transcribe`, `outputs` (batch transcription), `corpus` and
-`layouts` (the synthetic speech corpus and its export layouts), `benchmark`, `files`, and
-`onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
-re-exported here; the rest are imported from their modules.
+`inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
+`reference` (scripts/eval.py's stages; `reference` is its pocketsphinx yardstick row), `chunking`,
+`transcribe`, `outputs` (batch transcription), `corpus` and `layouts` (the synthetic speech corpus and
+its export layouts), `benchmark`, `files`, and `onnx_export` and `onnx_model` (ONNX export and the
+ONNX Runtime backend). Only the names below are re-exported here; the rest are imported from their
+modules.
 """
 
 import importlib

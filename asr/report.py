@@ -1,11 +1,13 @@
 """The evaluation report: one row per decoder, decoder agreement, padding check, and the files written.
 
     score_run(run, references, audio_seconds, acoustic_seconds) -> DecoderResult   (a table row)
-    build_report(acoustic, runs, ...) -> EvalReport                                  (the table)
-    write_results(report, utterance_rows(acoustic, runs), drops, out_dir)
+    build_report(acoustic, runs, ..., references=reference_runs) -> EvalReport      (the table)
+    write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), drops, out_dir)
 
 writes results.md/.json/.csv, utterances.jsonl/.csv, comparison.png and dropped.jsonl, each atomically.
-The runs come from `asr.evaluation.decode_all` on the log-probs of `asr.evaluation.compute_acoustic`.
+The runs come from `asr.evaluation.decode_all` on the log-probs of `asr.evaluation.compute_acoustic`;
+reference runs (`asr.reference`, e.g. pocketsphinx) hear the same kept utterances themselves, so
+their rows are marked `reference` and their RTF is their own recognition time alone.
 """
 
 from __future__ import annotations
@@ -49,11 +51,21 @@ class DecoderResult:
     rtf_total: float  # (acoustic + decode) seconds per second of audio
     processes: int
     settings: str
+    reference: bool = False  # a reference recogniser (asr.reference), not a decoder of our model's log-probs
+
+    @property
+    def label(self) -> str:
+        """The row's name in the table: reference recognisers say so."""
+        return f"{self.decoder} (reference)" if self.reference else self.decoder
 
 
 def score_run(run: DecodeRun, references: Sequence[str], audio_seconds: float,
-              acoustic_seconds: float) -> DecoderResult:
-    """A table row: error rates of `run` against `references`, speed and real-time factors."""
+              acoustic_seconds: float, reference: bool = False) -> DecoderResult:
+    """A table row: error rates of `run` against `references`, speed and real-time factors.
+
+    `reference` marks a reference recogniser's run; pass acoustic_seconds=0 for it, since it
+    does not share our model's acoustic pass.
+    """
     rates: ErrorRates = error_rates(references, run.texts)
     audio = max(audio_seconds, 1e-9)
     return DecoderResult(
@@ -61,7 +73,8 @@ def score_run(run: DecodeRun, references: Sequence[str], audio_seconds: float,
         deletions=rates.deletions, insertions=rates.insertions, ref_words=rates.ref_words,
         utterances=len(run.texts), decode_seconds=run.seconds,
         utterances_per_second=len(run.texts) / max(run.seconds, 1e-9), rtf_decode=run.seconds / audio,
-        rtf_total=(acoustic_seconds + run.seconds) / audio, processes=run.processes, settings=run.settings)
+        rtf_total=(acoustic_seconds + run.seconds) / audio, processes=run.processes, settings=run.settings,
+        reference=reference)
 
 
 @dataclass(frozen=True)
@@ -127,11 +140,14 @@ class EvalReport:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.results:
-            lines.append(f"| {r.decoder} | {r.wer:.4f} | {r.cer:.4f} | {r.substitutions} | {r.deletions} | "
+            lines.append(f"| {r.label} | {r.wer:.4f} | {r.cer:.4f} | {r.substitutions} | {r.deletions} | "
                          f"{r.insertions} | {r.utterances_per_second:.1f} | {r.rtf_decode:.4f} | {r.rtf_total:.4f} | "
                          f"{r.processes} | {r.settings} |")
         lines.append("")
         lines.append("RTF = seconds of compute per second of audio (wall-clock); utt/s counts decoding only.")
+        if any(r.reference for r in self.results):
+            lines.append("(reference) rows: a classic offline recogniser on the same audio and references, as a "
+                         "yardstick, not a decoder of this model; its utt/s and RTFs cover its whole recognition.")
         for g in self.agreements:
             lines.append(f"- {g.a} vs {g.b}: {100 * g.identical:.1f}% identical transcripts, "
                          f"{100 * g.word_difference:.2f}% word difference")
@@ -141,9 +157,14 @@ class EvalReport:
 
 
 def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: str, data: str,
-                 lm: str | None = None, padding: PaddingCheck | None = None) -> EvalReport:
-    """The comparison table of several decoders run on the same log-probs."""
+                 lm: str | None = None, padding: PaddingCheck | None = None,
+                 references: Sequence[DecodeRun] = ()) -> EvalReport:
+    """The comparison table of several decoders run on the same log-probs, then reference recognisers' rows.
+
+    `references` are `asr.reference.transcribe_reference` runs on the same kept utterances, in order.
+    """
     results = [score_run(r, acoustic.references, acoustic.audio_seconds, acoustic.seconds) for r in runs]
+    results += [score_run(r, acoustic.references, acoustic.audio_seconds, 0.0, reference=True) for r in references]
     # greedy is the baseline, not a rival search: only beam decoders are compared with each other
     pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:] if "greedy" not in (a.decoder, b.decoder)]
     agreements = [agreement(a, b) for a, b in pairs]
@@ -198,7 +219,7 @@ def plot_comparison(results: Sequence[DecoderResult], path: str | os.PathLike, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.decoder for r in results]
+    names = [r.label.replace(" (", "\n(") for r in results]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.6))
     for offset, metric, label in ((-0.18, "wer", "WER"), (0.18, "cer", "CER")):

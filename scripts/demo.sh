@@ -4,7 +4,8 @@
 #   2. `accelerate launch` fine-tuning of the shipped base checkpoint (assets/base_model) on voices it
 #      never heard, on 2 CPU processes,
 #   3. a KenLM 4-gram beside the model,
-#   4. greedy vs beam+LM evaluation on the test set,
+#   4. greedy vs beam+LM evaluation on the test set, with pocketsphinx (a classic offline recogniser) as a
+#      reference row (~1 min more on 2 cores),
 #   5. transcription of a directory of held-out audio,
 # then the comparison table and where every artefact is.
 # Knobs (environment): DEMO_DIR (runs/demo), DEMO_CORPUS (data/synth), DEMO_TRAIN (2000 utterances),
@@ -46,9 +47,9 @@ say "3/5 KenLM 4-gram from $CORPUS/lm.txt, beside the model"
 $PY scripts/build_lm.py --model "$OUT/model" --text "$CORPUS/lm.txt" --order 4 --heldout-fraction 0.02
 
 if [ -f scripts/eval.py ]; then
-  say "4/5 greedy vs beam+LM on the test set (LM weight and word bonus tuned on the dev set first)"
+  say "4/5 greedy vs beam+LM on the test set (LM weight and word bonus tuned on the dev set first), pocketsphinx beside them"
   $PY scripts/eval.py --model "$OUT/model" --data "$CORPUS/test.jsonl" --decoder all --output "$OUT/eval" \
-    --tune --tune-data "$CORPUS/dev.jsonl" --workers 2
+    --tune --tune-data "$CORPUS/dev.jsonl" --workers 2 --reference pocketsphinx
 fi
 
 if [ -f scripts/transcribe.py ]; then

@@ -6,12 +6,16 @@
           --tune-data data/synth/dev.jsonl --output eval/x
     # the acoustic model on 2 processes (CPU here; GPUs with a multi-GPU accelerate config)
     $ accelerate launch --config_file configs/accelerate/cpu_2proc.yaml scripts/eval.py --model ... --output ...
+    # plus a classic offline recogniser on the same audio, as a yardstick row (asr.reference)
+    $ .venv/bin/python scripts/eval.py --model runs/x/model --data data/synth/test.jsonl --reference pocketsphinx \
+          --output eval/x
 
 The acoustic model runs once per (model, data, batch size): its log-probs are cached (--cache-dir,
 default ~/.cache/asr-toolkit/logits), so another decoder, other alpha/beta or tuning never rerun it.
 --lm defaults to the model directory when it holds an LM (`scripts/build_lm.py --model DIR` puts
 it there). Decoder settings default to what the LM directory stores (language_model/attrs.json,
-decoder.json written by --tune); flags override them.
+decoder.json written by --tune); flags override them. --reference adds rows for reference recognisers
+(pocketsphinx) that transcribe the same kept utterances themselves, on every available core.
 
 Writes to --output: results.md (the table), results.json, results.csv, utterances.jsonl/.csv (id,
 reference, every decoder's hypothesis and word errors), comparison.png, dropped.jsonl (items left
@@ -48,8 +52,10 @@ from asr.evaluation import (
     has_lm,
     load_decoder_settings,
 )
+from asr.reference import REFERENCES, check_reference, transcribe_reference
 from asr.report import build_report, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
+from asr.text import TextNormalizer
 from asr.tuning import DEFAULT_NBEST, TuneGrid, save_tuned, tune
 
 logger = logging.getLogger("eval")
@@ -70,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, required=True, help="where results go")
     p.add_argument("--workers", type=int, default=1,
                    help="fork-pool processes for pyctcdecode decoding and for tuning (flashlight runs in one)")
+    p.add_argument("--reference", default="", metavar="NAME[,NAME]",
+                   help=f"reference recognisers to add as rows, comma-separated ({', '.join(REFERENCES)}); they "
+                        "hear the audio themselves on every available core and are not decoders of this model")
     g = p.add_argument_group("pyctcdecode (beam); unset values come from the LM directory")
     g.add_argument("--alpha", type=float, default=None, help="LM weight")
     g.add_argument("--beta", type=float, default=None, help="word bonus")
@@ -107,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nbest", type=int, default=DEFAULT_NBEST, help="n-best size for the oracle WER; 0 skips it")
     args = p.parse_args(argv)
     args.decoder = list(DECODERS) if "all" in args.decoder else [d for d in DECODERS if d in args.decoder]
+    args.reference = list(dict.fromkeys(n.strip() for n in args.reference.split(",") if n.strip()))
+    unknown = [n for n in args.reference if n not in REFERENCES]
+    if unknown:
+        p.error(f"--reference {', '.join(unknown)} is unknown; use one of {', '.join(REFERENCES)}")
     if args.workers < 1:
         p.error(f"--workers is {args.workers}; use 1 or more")
     searched = [f"--{k.replace('_', '-')}" for k in ("alpha", "beta", "lm_weight", "word_score")
@@ -172,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run the acoustic model once per set, tune (optionally), decode with each decoder, write and print the table."""
     args = parse_args(argv)
     lm = resolve_lm(args)
+    for name in args.reference:  # before the acoustic model runs, not after
+        try:
+            check_reference(name)
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")))
     try:
         _evaluate(args, lm, accelerator)
@@ -207,10 +225,15 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> None:
 
         sample = None if args.check_padding < 0 else args.check_padding
         padding = check_padding(load_model(args.model), acoustic, audio, sample)
+    reference_runs = []
+    if args.reference:
+        normalizer = TextNormalizer.load(args.model)  # the one the reference texts went through: both sides alike
+        reference_runs = [transcribe_reference(name, [audio[i] for i in acoustic.ids], normalizer=normalizer)
+                          for name in args.reference]
     report = build_report(acoustic, runs, model=str(args.model), data=args.data,
                           lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in args.decoder) else None,
-                          padding=padding)
-    write_results(report, utterance_rows(acoustic, runs), acoustic.drops, args.output)
+                          padding=padding, references=reference_runs)
+    write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), acoustic.drops, args.output)
     print(report.to_markdown())
     print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl")
 

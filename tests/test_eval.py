@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import pytest
 
@@ -392,6 +393,38 @@ def test_script_end_to_end_on_an_untrained_model(eval_script, group_norm_model, 
     eval_script.main([*common, "--output", str(tmp_path / "again"), "--decoder", "greedy", "--check-padding", "0"])
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["acoustic_cached"] and again["results"][0]["wer"] == results["results"][0]["wer"]
+
+
+def test_reference_row_beside_the_decoders(eval_script, group_norm_model, manifest, tmp_path, capsys):
+    """--reference pocketsphinx: the real recogniser on the kept utterances, a row of its own that says so."""
+    out = tmp_path / "out"
+    eval_script.main(["--model", str(group_norm_model), "--data", str(manifest), "--decoder", "greedy",
+                      "--reference", "pocketsphinx", "--check-padding", "0", "--no-cache", "--output", str(out)])
+    assert "| pocketsphinx (reference) |" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    greedy, sphinx = results["results"]
+    assert (greedy["decoder"], greedy["reference"]) == ("greedy", False)
+    assert (sphinx["decoder"], sphinx["reference"]) == ("pocketsphinx", True)
+    # the 4 utterances the model read (the broken and missing files are dropped for both)
+    lines = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
+    assert sphinx["utterances"] == results["utterances"] == len(lines) == 4
+    refs, hyps = [u["reference"] for u in lines], [u["pocketsphinx"] for u in lines]
+    assert sphinx["wer"] == jiwer.wer(refs, hyps) and sphinx["cer"] == jiwer.cer(refs, hyps)
+    # it hears the audio itself: its RTF is its own time, our acoustic pass is not in it
+    assert sphinx["rtf_total"] == sphinx["rtf_decode"] == pytest.approx(
+        sphinx["decode_seconds"] / results["audio_seconds"])
+    assert sphinx["wer"] < greedy["wer"]  # it reads the synthetic speech; the untrained model does not
+
+
+def test_unknown_or_missing_reference_is_a_one_line_error(eval_script, group_norm_model, monkeypatch, tmp_path):
+    common = ["--model", str(group_norm_model), "--data", "x.jsonl", "--decoder", "greedy", "--output", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        eval_script.main([*common, "--reference", "pocketsphinx,kaldi"])
+    monkeypatch.setitem(sys.modules, "pocketsphinx", None)  # what `import` sees when it is not installed
+    with pytest.raises(SystemExit) as e:
+        eval_script.main([*common, "--reference", "pocketsphinx"])
+    message = str(e.value.code)
+    assert "pip install pocketsphinx==5.1.1" in message and "\n" not in message
 
 
 @pytest.fixture(scope="module")

@@ -102,8 +102,9 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
                  "eval/comparison.png", "eval/utterances.jsonl"):
         assert (out / name).is_file(), name
     results = {r["decoder"]: r for r in json.loads((out / "eval/results.json").read_text())["results"]}
-    assert set(results) == {"greedy", "beam", "flashlight"}
+    assert set(results) == {"greedy", "beam", "flashlight", "pocketsphinx"}
     assert all(r["utterances"] == 200 for r in results.values())
+    assert results["pocketsphinx"]["reference"] and "| pocketsphinx (reference) |" in proc.stdout
     transcripts = (out / "transcripts" / "transcripts.jsonl").read_text().splitlines()
     assert len(transcripts) == 200 and all(json.loads(line)["text"] is not None for line in transcripts)
     assert "targets:" in proc.stdout and proc.stdout.count("] ") >= 3
