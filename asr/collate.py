@@ -113,6 +113,45 @@ class CTCCollator:
         return batch
 
 
+@dataclass(frozen=True)
+class FilterbankCollator:
+    """Like `CTCCollator`, for filterbank models: the batch's audio becomes log-mel `input_features`.
+
+    The features are computed here, in the DataLoader workers, by the processor's feature extractor
+    (SeamlessM4TFeatureExtractor for wav2vec2-bert), so training, evaluation and a
+    `transformers.pipeline` all see the same input.
+
+    Attributes:
+        feature_extractor: the processor's feature extractor (picklable).
+        label_pad_id: label value for padding positions; -100 is ignored by the CTC loss.
+    """
+
+    feature_extractor: Any
+    label_pad_id: int = -100
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Items as for `CTCCollator` -> ``input_features`` float32 [B, T, 160], ``attention_mask``
+        int64 [B, T], ``labels`` (if any) and ``input_lengths`` (samples) int64 [B]."""
+        audio_batch = CTCCollator(return_attention_mask=False, label_pad_id=self.label_pad_id)(features)
+        lengths = audio_batch.pop("input_lengths")
+        audio = [row[:n].numpy() for row, n in zip(audio_batch.pop("input_values"), lengths.tolist())]
+        fbank = self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate, padding=True,
+                                       return_attention_mask=True, return_tensors="np")
+        return {
+            "input_features": torch.from_numpy(np.ascontiguousarray(fbank["input_features"], dtype=np.float32)),
+            "attention_mask": torch.from_numpy(fbank["attention_mask"].astype(np.int64)),
+            **audio_batch,
+            "input_lengths": lengths,
+        }
+
+
+def make_collator(processor: Any, return_attention_mask: bool) -> CTCCollator | FilterbankCollator:
+    """The collator for a processor: waveform models pad audio, filterbank models get log-mel features."""
+    if type(processor.feature_extractor).__name__ == "SeamlessM4TFeatureExtractor":
+        return FilterbankCollator(processor.feature_extractor)
+    return CTCCollator(return_attention_mask=return_attention_mask)
+
+
 def pad_labels(labels: Sequence[Any], pad_id: int = -100) -> np.ndarray:
     """Label id sequences padded with ``pad_id`` into int64 [B, max L_i] (also used for cached-feature batches)."""
     arrays = [np.asarray(ids, dtype=np.int64) for ids in labels]

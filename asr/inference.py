@@ -16,13 +16,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from asr.audio import normalize_audio
 from asr.constants import SAMPLE_RATE
+from asr.model import output_frames, seconds_per_frame, takes_filterbank
 from asr.text import TextNormalizer, load_processor
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class LoadedModel:
     return_attention_mask: bool
     do_normalize: bool
     path: Path
+    feature_extractor: Any = None  # filterbank models: makes `input_features` from the audio (else None)
 
     @property
     def blank_id(self) -> int:
@@ -68,12 +70,12 @@ class LoadedModel:
 
     def frames(self, num_samples: int) -> int:
         """Output frames for an input of `num_samples` samples."""
-        return int(self.model._get_feat_extract_output_lengths(torch.tensor(num_samples)))
+        return int(output_frames(self.model, torch.tensor(num_samples)))
 
     @property
     def seconds_per_frame(self) -> float:
-        """The model's real frame period (20 ms for wav2vec2: 320 samples per frame)."""
-        return float(np.prod(self.model.config.conv_stride)) / SAMPLE_RATE
+        """The model's real frame period (20 ms for wav2vec2 and wav2vec2-bert)."""
+        return seconds_per_frame(self.model.config)
 
     @torch.no_grad()
     def logits(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
@@ -87,10 +89,25 @@ class LoadedModel:
             float32 [B, T, V] on the CPU, T = frames(S).
         """
         device = next(self.model.parameters()).device
-        inputs = {"input_values": torch.from_numpy(input_values).to(device)}
-        if attention_mask is not None:
-            inputs["attention_mask"] = torch.from_numpy(attention_mask).to(device)
+        if self.feature_extractor is not None:
+            inputs = filterbank_inputs(self.feature_extractor, input_values, attention_mask)
+        else:
+            inputs = {"input_values": input_values}
+            if attention_mask is not None:
+                inputs["attention_mask"] = attention_mask
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         return self.model(**inputs).logits.float().cpu().numpy()
+
+
+def filterbank_inputs(feature_extractor, input_values: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """A filterbank model's inputs for padded audio: `input_features` float32 [B, T, 160] and its
+    int64 [B, T] `attention_mask`, each row's features computed from its real samples only."""
+    lengths = attention_mask.sum(axis=1)
+    audio = [row[:n] for row, n in zip(input_values, lengths)]
+    out = feature_extractor(audio, sampling_rate=feature_extractor.sampling_rate, padding=True,
+                            return_attention_mask=True, return_tensors="np")
+    return {"input_features": np.ascontiguousarray(out["input_features"], dtype=np.float32),
+            "attention_mask": out["attention_mask"].astype(np.int64)}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -119,6 +136,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if model.config.vocab_size != len(vocab):
         raise ValueError(f"{path}: the model emits {model.config.vocab_size} tokens but vocab.json has {len(vocab)}")
     fe = processor.feature_extractor
+    if takes_filterbank(model.config):  # the mask gives each row's length; features are made per row
+        return LoadedModel(model, vocab, normalizer, True, False, path, feature_extractor=fe)
     return LoadedModel(model, vocab, normalizer, bool(fe.return_attention_mask), bool(fe.do_normalize), path)
 
 

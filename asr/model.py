@@ -1,5 +1,10 @@
 """Building a CTC model: any CTC-capable checkpoint (hub id or local dir), or an architecture from scratch.
 
+Two kinds of front end: raw-waveform models (wav2vec2, HuBERT, WavLM, XLS-R: a conv encoder reads
+`input_values` [B, S]) and filterbank models (wav2vec2-bert: a conformer reads `input_features`
+[B, T, 160], log-mel frames stacked in pairs by `SeamlessM4TFeatureExtractor`). Both emit one frame
+per 20 ms (320 samples); `frames_fn_for` and `output_frames` give each model's exact count.
+
 The CTC head is (re)sized to our vocabulary with `pad_token_id` as the blank; the loss is the
 mean over the batch with `ctc_zero_infinity` so one impossible alignment cannot make it infinite.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,36 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # any other config attribute to set on the model
 
 
+# Model types whose input is a filterbank (SeamlessM4TFeatureExtractor), not the waveform.
+FILTERBANK_MODEL_TYPES = frozenset({"wav2vec2-bert"})
+FBANK_WINDOW, FBANK_HOP = 400, 160  # samples: 25 ms Kaldi-style frames every 10 ms at 16 kHz
+FBANK_STRIDE = 2  # SeamlessM4TFeatureExtractor stacks 2 frames: one model frame per 20 ms
+
+
+def takes_filterbank(config: Any) -> bool:
+    """Whether a transformers config's model reads log-mel features instead of the waveform."""
+    return getattr(config, "model_type", None) in FILTERBANK_MODEL_TYPES
+
+
+def filterbank_output_frames(num_samples: int, adapter: tuple[int, int, int] = (0, 0, 0)) -> int:
+    """Output frames of a filterbank model for `num_samples` of audio.
+
+    SeamlessM4TFeatureExtractor makes 1 + (S - 400) // 160 frames and its attention mask keeps every
+    second one after stacking; an adapter (`add_adapter`) then applies `layers` convolutions of
+    (kernel, stride) padded by kernel // 2, as `Wav2Vec2BertModel._get_feat_extract_output_lengths`.
+
+    Args:
+        adapter: (layers, kernel, stride); layers 0 without an adapter.
+    """
+    if num_samples < FBANK_WINDOW:
+        return 0
+    frames = (1 + (num_samples - FBANK_WINDOW) // FBANK_HOP) // FBANK_STRIDE
+    layers, kernel, stride = adapter
+    for _ in range(layers):
+        frames = (frames + 2 * (kernel // 2) - kernel) // stride + 1
+    return max(frames, 0)
+
+
 def conv_output_frames(num_samples: int, kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
     """Output frames of a stack of unpadded 1-D convolutions (the wav2vec2 feature encoder)."""
     length = num_samples
@@ -51,9 +87,34 @@ def conv_output_frames(num_samples: int, kernels: tuple[int, ...], strides: tupl
 
 def frames_fn_for(config: Any) -> functools.partial:
     """A picklable `samples -> frames` function with the model's real frame rate."""
+    if takes_filterbank(config):
+        adapter = ((config.num_adapter_layers, config.adapter_kernel_size, config.adapter_stride)
+                   if getattr(config, "add_adapter", False) else (0, 0, 0))
+        return functools.partial(filterbank_output_frames, adapter=adapter)
     return functools.partial(
         conv_output_frames, kernels=tuple(config.conv_kernel), strides=tuple(config.conv_stride)
     )
+
+
+def seconds_per_frame(config: Any) -> float:
+    """The model's output frame period: 20 ms for wav2vec2 (320-sample conv stride) and wav2vec2-bert
+    (2 stacked 10 ms frames), times the adapter's strides when it has one."""
+    from asr.constants import SAMPLE_RATE
+
+    if takes_filterbank(config):
+        samples = FBANK_HOP * FBANK_STRIDE
+        if getattr(config, "add_adapter", False):
+            samples *= config.adapter_stride ** config.num_adapter_layers
+        return samples / SAMPLE_RATE
+    return math.prod(config.conv_stride) / SAMPLE_RATE
+
+
+def output_frames(model, num_samples):
+    """Valid output frames [B] of `model` (unwrapped) for utterances of `num_samples` [B] samples."""
+    if takes_filterbank(model.config):
+        fbank = (1 + (num_samples - FBANK_WINDOW).clamp(min=-FBANK_HOP) // FBANK_HOP) // FBANK_STRIDE
+        return model._get_feat_extract_output_lengths(fbank)
+    return model._get_feat_extract_output_lengths(num_samples)
 
 
 def load_model_config(cfg: ModelConfig):
@@ -79,8 +140,11 @@ def feature_extractor_settings(cfg: ModelConfig, config) -> tuple[bool, bool]:
 
     Without a saved feature extractor, follow the architecture: models with a layer-norm feature
     encoder (large-lv60, XLS-R, WavLM-large) take an attention mask; group-norm ones (base) are
-    trained on zero-padded audio without one.
+    trained on zero-padded audio without one. Filterbank models take a mask and the raw waveform
+    (their feature extractor normalises each mel bin per utterance).
     """
+    if takes_filterbank(config):
+        return True, False
     if cfg.name_or_path:
         from transformers import AutoFeatureExtractor
 
@@ -140,8 +204,11 @@ def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
             ) from e
         if old_vocab != len(vocab):
             logger.info("new CTC head: checkpoint vocab %s -> ours %d", old_vocab, len(vocab))
-    if cfg.freeze_feature_encoder:
+    if cfg.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
         model.freeze_feature_encoder()
+    elif cfg.freeze_feature_encoder:
+        logger.info("%s has no conv feature encoder: model.freeze_feature_encoder has nothing to freeze",
+                    config.model_type)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs and DDP; transformers 5 renamed the method.
         kwargs = {"use_reentrant": False}
@@ -186,9 +253,13 @@ def _logit_change(model, dst: Path) -> tuple[float, str]:
     from transformers import AutoModelForCTC
 
     again = AutoModelForCTC.from_pretrained(dst).eval()
-    noise = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    if takes_filterbank(model.config):  # one second of normalised log-mel frames, stacked in pairs
+        inputs = {"input_features": torch.randn(1, 50, model.config.feature_projection_input_dim, generator=generator)}
+    else:
+        inputs = {"input_values": torch.randn(1, 16000, generator=generator)}
     with torch.no_grad():
-        diff = (model(noise).logits - again(noise).logits).abs().max().item()
+        diff = (model(**inputs).logits - again(**inputs).logits).abs().max().item()
     return diff, str(next(again.parameters()).dtype)
 
 

@@ -56,7 +56,16 @@ from asr.beam import LM_SUBDIR, GreedyCTC, load_lm_files
 from asr.constants import SAMPLE_RATE
 from asr.files import replace_dir
 from asr.inference import WEIGHT_SUFFIXES, LoadedModel, load_model, log_probs_batch, prepare_batch
-from asr.onnx_model import ATTENTION_MASK, INPUT_VALUES, LOGITS, ONNX_FILE, REPORT_FILE, OnnxModel, load_onnx_model
+from asr.onnx_model import (
+    ATTENTION_MASK,
+    INPUT_FEATURES,
+    INPUT_VALUES,
+    LOGITS,
+    ONNX_FILE,
+    REPORT_FILE,
+    OnnxModel,
+    load_onnx_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -280,14 +289,16 @@ def _copy_lm(lm_dir: Path, dst: Path) -> None:
 
 
 class _LogitsOnly(torch.nn.Module):
-    """The CTC model as a graph from (input_values[, attention_mask]) to logits alone."""
+    """The CTC model as a graph from (input_values[, attention_mask]) to logits alone; with
+    `filterbank`, from (input_features, attention_mask)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, filterbank: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.input_name = INPUT_FEATURES if filterbank else INPUT_VALUES
 
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_values=input_values, attention_mask=attention_mask).logits
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(**{self.input_name: inputs}, attention_mask=attention_mask).logits
 
 
 def _export_graph(loaded: LoadedModel, path: Path, opset: int) -> None:
@@ -295,15 +306,21 @@ def _export_graph(loaded: LoadedModel, path: Path, opset: int) -> None:
     import onnx
 
     with_mask = loaded.return_attention_mask
-    names = [INPUT_VALUES, ATTENTION_MASK] if with_mask else [INPUT_VALUES]
+    filterbank = loaded.feature_extractor is not None
+    names = [INPUT_FEATURES if filterbank else INPUT_VALUES] + ([ATTENTION_MASK] if with_mask else [])
     example = torch.randn(2, TRACE_SAMPLES, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, TRACE_SAMPLES, dtype=torch.int64)
     mask[1, TRACE_SAMPLES * 3 // 5:] = 0  # a padded row, so masking code is traced on its general path
     example[1, TRACE_SAMPLES * 3 // 5:] = 0.0
-    axes = {name: {0: "batch", 1: "samples"} for name in names}
+    axes = {name: {0: "batch", 1: "frames_in" if filterbank else "samples"} for name in names}
     axes[LOGITS] = {0: "batch", 1: "frames"}
+    if filterbank:  # the graph starts after the feature extractor: trace it on real log-mel features
+        from asr.inference import filterbank_inputs
+
+        feats = filterbank_inputs(loaded.feature_extractor, example.numpy(), mask.numpy())
+        example, mask = torch.from_numpy(feats[INPUT_FEATURES]), torch.from_numpy(feats[ATTENTION_MASK])
     # export() restores the wrapper's train/eval mode afterwards, recursively: it must be eval too.
-    wrapper = _LogitsOnly(loaded.model).eval()
+    wrapper = _LogitsOnly(loaded.model, filterbank).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.onnx.export(wrapper, (example, mask) if with_mask else (example,), str(path), input_names=names,

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from asr.constants import SAMPLE_RATE
-from asr.model import conv_output_frames
+from asr.model import frames_fn_for, seconds_per_frame, takes_filterbank
 from asr.text import TextNormalizer, load_processor
 
 logger = logging.getLogger(__name__)
@@ -31,6 +30,7 @@ logger = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
 INPUT_VALUES, ATTENTION_MASK, LOGITS = "input_values", "attention_mask", "logits"  # graph input/output names
+INPUT_FEATURES = "input_features"  # filterbank models' input instead of INPUT_VALUES
 
 
 @dataclass
@@ -44,17 +44,18 @@ class OnnxModel:
     do_normalize: bool
     path: Path
     blank_id: int
-    conv_kernel: tuple[int, ...]
-    conv_stride: tuple[int, ...]
+    frames_fn: Any  # samples -> output frames (asr.model.frames_fn_for)
+    frame_seconds: float  # the model's output frame period
+    feature_extractor: Any = None  # filterbank models: makes the graph's `input_features` from the audio
 
     def frames(self, num_samples: int) -> int:
-        """Output frames for an input of `num_samples` samples (the unpadded conv feature encoder)."""
-        return conv_output_frames(num_samples, self.conv_kernel, self.conv_stride)
+        """Output frames for an input of `num_samples` samples."""
+        return self.frames_fn(num_samples)
 
     @property
     def seconds_per_frame(self) -> float:
-        """The model's real frame period (20 ms for wav2vec2: 320 samples per frame)."""
-        return float(np.prod(self.conv_stride)) / SAMPLE_RATE
+        """The model's real frame period (20 ms for wav2vec2 and wav2vec2-bert)."""
+        return self.frame_seconds
 
     def logits(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
         """Raw CTC logits.
@@ -66,6 +67,10 @@ class OnnxModel:
         Returns:
             float32 [B, T, V], T = frames(S).
         """
+        if self.feature_extractor is not None:
+            from asr.inference import filterbank_inputs
+
+            return self.session.run([LOGITS], filterbank_inputs(self.feature_extractor, input_values, attention_mask))[0]
         feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
         if self.return_attention_mask:
             if attention_mask is None:
@@ -93,6 +98,8 @@ def load_onnx_model(path: str | os.PathLike, threads: int = 0) -> OnnxModel:
                 f"{path} --output DIR`, or use --backend torch") if (path / "config.json").is_file() else (
                 "export a model with scripts/export.py")
         raise ValueError(f"{path} has no {ONNX_FILE}; {hint}")
+    from transformers import AutoConfig
+
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -111,6 +118,14 @@ def load_onnx_model(path: str | os.PathLike, threads: int = 0) -> OnnxModel:
     inputs = {i.name for i in session.get_inputs()}
     vocab = processor.tokenizer.get_vocab()
     fe = processor.feature_extractor
+    model_config = AutoConfig.from_pretrained(path)  # config.json, read locally
+    frames_fn, frame_seconds = frames_fn_for(model_config), seconds_per_frame(model_config)
+    if takes_filterbank(model_config):
+        if inputs != {INPUT_FEATURES, ATTENTION_MASK}:
+            raise ValueError(f"{path / ONNX_FILE} takes inputs {sorted(inputs)}, not a filterbank model's "
+                             f"{INPUT_FEATURES} and {ATTENTION_MASK}; export again with scripts/export.py")
+        return OnnxModel(session, vocab, normalizer, True, False, path, blank_id=int(config["pad_token_id"]),
+                         frames_fn=frames_fn, frame_seconds=frame_seconds, feature_extractor=fe)
     wants_mask = bool(fe.return_attention_mask)
     if INPUT_VALUES not in inputs or wants_mask != (ATTENTION_MASK in inputs):
         raise ValueError(f"{path / ONNX_FILE} takes inputs {sorted(inputs)} but the processor "
@@ -119,5 +134,4 @@ def load_onnx_model(path: str | os.PathLike, threads: int = 0) -> OnnxModel:
     if isinstance(vocab_out, int) and vocab_out != len(vocab):
         raise ValueError(f"{path}: the model emits {vocab_out} tokens but vocab.json has {len(vocab)}")
     return OnnxModel(session, vocab, normalizer, wants_mask, bool(fe.do_normalize), path,
-                     blank_id=int(config["pad_token_id"]), conv_kernel=tuple(config["conv_kernel"]),
-                     conv_stride=tuple(config["conv_stride"]))
+                     blank_id=int(config["pad_token_id"]), frames_fn=frames_fn, frame_seconds=frame_seconds)

@@ -339,9 +339,13 @@ def _check_vocab(vocab: Mapping[str, int]) -> None:
 
 
 def make_processor(
-    vocab: Mapping[str, int], *, return_attention_mask: bool, do_normalize: bool = True
+    vocab: Mapping[str, int], *, return_attention_mask: bool, do_normalize: bool = True, filterbank: bool = False
 ) -> Wav2Vec2Processor:
     """Create a Wav2Vec2Processor (CTC tokenizer + feature extractor) for a character vocabulary.
+
+    With `filterbank`, a Wav2Vec2BertProcessor instead: the same tokenizer with a
+    SeamlessM4TFeatureExtractor (80 log-mel bins per 10 ms, normalised per utterance, stacked in
+    pairs), the input of wav2vec2-bert models; `return_attention_mask`/`do_normalize` do not apply.
 
     Args:
         vocab: Token -> id with `[PAD]`, `[UNK]`, `|` and ids 0..N-1 (see `build_vocab`).
@@ -365,6 +369,13 @@ def make_processor(
             # bos/eos would be appended as extra ids that the CTC output layer does not have.
             bos_token=None, eos_token=None,
             do_lower_case=False,  # casing is the TextNormalizer's job
+        )
+    if filterbank:
+        from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertProcessor
+
+        return Wav2Vec2BertProcessor(
+            feature_extractor=SeamlessM4TFeatureExtractor(sampling_rate=SAMPLE_RATE, return_attention_mask=True),
+            tokenizer=tokenizer,
         )
     feature_extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
@@ -398,14 +409,15 @@ def load_processor(path: str | os.PathLike) -> tuple[Wav2Vec2Processor, TextNorm
         FileNotFoundError: The directory or its `normalizer.json` is missing; for a hub checkpoint
             without one, use Wav2Vec2Processor.from_pretrained and choose a TextNormalizer yourself.
     """
-    from transformers import Wav2Vec2Processor
+    from transformers import AutoProcessor
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Processor directory {str(path)!r} does not exist; pass the directory "
                                 "that save_processor() wrote.")
     normalizer = TextNormalizer.load(path)
-    return Wav2Vec2Processor.from_pretrained(str(path)), normalizer
+    # The processor class the directory names: Wav2Vec2Processor, or Wav2Vec2BertProcessor (filterbank).
+    return AutoProcessor.from_pretrained(str(path)), normalizer
 
 
 def encode(text: str, vocab: Mapping[str, int], *, unk_token: str = UNK,

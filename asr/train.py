@@ -16,9 +16,11 @@ from accelerate.utils import gather_object
 from asr.data import DataConfig
 from asr.decoding import greedy_decode
 from asr.metrics import error_rates
-from asr.model import ModelConfig
+from asr.model import ModelConfig, output_frames
 
 logger = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_values", "input_features", "attention_mask")  # batch keys the model takes (waveform or filterbank)
 
 
 @dataclass
@@ -128,9 +130,9 @@ def ctc_loss(logits: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, b
 def forward_loss(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict[str, torch.Tensor],
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs the model on a collated batch; returns (loss, logits [B, T, V], valid frames [B])."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_values", "attention_mask")}
+    inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
     logits = model(**inputs).logits
-    frames = unwrapped._get_feat_extract_output_lengths(batch["input_lengths"]).long().to(device)
+    frames = output_frames(unwrapped, batch["input_lengths"]).long().to(device)
     loss = ctc_loss(logits, batch["labels"].to(device), frames, unwrapped.config.pad_token_id,
                     unwrapped.config.ctc_zero_infinity)
     return loss, logits, frames
@@ -173,6 +175,25 @@ def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: in
         "n": len(all_rows),
         "samples": all_rows,
     }
+
+
+def process_tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live children (DataLoader workers).
+
+    Workers that already exited are not counted, so call it while the loaders' workers are alive,
+    or accept the small undercount of the ones that ended (one per epoch per loader).
+    """
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in (me, *me.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # a worker that ended between the listing and the read
+            continue
+        total += times.user + times.system
+    return total
 
 
 class MetricsLog:
