@@ -34,7 +34,15 @@ from tqdm.auto import tqdm
 
 from asr import launch
 from asr.allocator import active_allocator
-from asr.checkpoint import TrainerState, begin_save, finish_save, resolve_resume
+from asr.checkpoint import (
+    CheckpointError,
+    TrainerState,
+    begin_save,
+    finish_save,
+    load_training_state,
+    resolve_resume,
+    save_training_state,
+)
 from asr.collate import CTCCollator
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.constants import PAD
@@ -51,6 +59,7 @@ from asr.feature_cache import (
     prepare_feature_cache,
     use_cached_features,
 )
+from asr.files import replace_dir
 from asr.model import (
     build_model,
     feature_extractor_settings,
@@ -204,16 +213,17 @@ def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *,
     return loader, sampler
 
 
-def save_checkpoint(accelerator, state: TrainerState, sampler, root: Path, cfg: TrainConfig) -> None:
+def save_checkpoint(accelerator, state: TrainerState, model, optimizer, scheduler, sampler, root: Path,
+                    cfg: TrainConfig) -> None:
     """Full state into step_<n>/ atomically (every rank writes its part, the main process finalises)."""
     tmp = root / f"step_{state.step}.tmp"
     if accelerator.is_main_process:
         begin_save(root, state.step)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    save_training_state(accelerator, tmp, model, optimizer, scheduler,
+                        sampler.state_dict(batches_done=state.batches_in_epoch))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "sampler.json").write_text(json.dumps(sampler.state_dict(batches_done=state.batches_in_epoch)))
         save_config(cfg, tmp / "train_config.yaml")
         finish_save(tmp, state, cfg.train.save_total_limit)
     accelerator.wait_for_everyone()
@@ -243,8 +253,7 @@ def export_model(accelerator, model, processor, normalizer, cfg, out: Path, metr
         save_config(cfg, tmp / "train_config.yaml")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "README.md").write_text(model_card(cfg, data_summary, metrics))
-        shutil.rmtree(out / "model", ignore_errors=True)
-        tmp.rename(out / "model")
+        replace_dir(tmp, out / "model")
     accelerator.wait_for_everyone()
 
 
@@ -307,15 +316,16 @@ def main(argv=None) -> int:
     stepping = optimizer  # the optimizer that really steps: under ZeRO-Offload, Accelerate swaps in DeepSpeedCPUAdam
     while hasattr(stepping, "optimizer"):
         stepping = stepping.optimizer
-    accelerator.register_for_checkpointing(scheduler)
 
     state = TrainerState()
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
+        try:  # no pickle is loaded unsafely: see asr/checkpoint.py
+            state = load_training_state(accelerator, resume_dir, model, optimizer, scheduler, train_sampler)
+        except CheckpointError as e:
+            logger.error("%s", e)
+            return 2
         if cached is not None:  # the frozen encoder must be the one the cache was filled with
             check_model_matches(cached, accelerator.unwrap_model(model), do_normalize)
-        state = TrainerState.load(resume_dir)
-        train_sampler.load_state_dict(json.loads((resume_dir / "sampler.json").read_text()))
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
                     state.batches_in_epoch)
     elif args.resume == "latest":
@@ -422,7 +432,7 @@ def main(argv=None) -> int:
                 run_eval()
                 last_eval_step = state.step
             if state.step % cfg.train.save_every == 0 or state.step == cfg.train.max_steps:
-                save_checkpoint(accelerator, state, train_sampler, ckpt_root, cfg)
+                save_checkpoint(accelerator, state, model, optimizer, scheduler, train_sampler, ckpt_root, cfg)
             if state.step >= cfg.train.max_steps:
                 break
         else:

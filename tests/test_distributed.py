@@ -6,13 +6,14 @@ Every test launches scripts/train.py with `accelerate launch` (gloo) exactly as 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from trainrun import launch_two_nodes, max_weight_diff, metrics, run_train, run_until_checkpoint_then_kill
+from trainrun import launch_two_nodes, max_weight_diff, metrics, plant, run_train, run_until_checkpoint_then_kill
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,23 @@ def test_killed_run_resumes_to_identical_weights(synth_corpus, tmp_path, kind):
     resumed_losses = {r["step"]: r["loss"] for r in metrics(killed / "run", "train")}
     for step in range(saved + 1, 11):
         assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-6)
+
+
+def test_deepspeed_resume_refuses_a_crafted_pickle_in_its_shards(synth_corpus, tmp_path):
+    """DeepSpeed's own loader would unpickle these with weights_only=False; the resume reads them without."""
+    run_train(synth_corpus, tmp_path / "trusted", "train.max_steps=2", "train.save_every=2", "train.eval_every=1000",
+              kind="zero2")
+    trusted = tmp_path / "trusted" / "run" / "checkpoints" / "step_2"
+    # the model states are read by every rank, each optimizer shard by its own rank only
+    for name in ("pytorch_model/mp_rank_00_model_states.pt", "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+        out = tmp_path / Path(name).stem
+        checkpoint = Path(shutil.copytree(trusted, out / "untrusted" / "step_2"))
+        plant(checkpoint / name, out / "marker")
+        proc = run_train(synth_corpus, out, "train.max_steps=4", "train.eval_every=1000", kind="zero2",
+                         resume=str(checkpoint), check=False)
+        assert not (out / "marker").exists(), f"{name}: the checkpoint's pickle ran"
+        assert proc.returncode != 0
+        assert f"checkpoint file {checkpoint / name} refused" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_nan_batch_is_skipped_on_every_rank(synth_corpus, tmp_path):

@@ -1,4 +1,5 @@
-"""Running scripts/train.py for real in tests: one process, `accelerate launch` with N processes, two nodes."""
+"""Running scripts/train.py for real in tests: one process, `accelerate launch` with N processes, two nodes;
+planting a crafted pickle in a checkpoint it wrote."""
 
 from __future__ import annotations
 
@@ -128,3 +129,21 @@ def launch_two_nodes(corpus: Path, out: Path, *overrides: str, timeout: float = 
         stdout, stderr = p.communicate(timeout=timeout)
         results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
     return results
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, "w"): it creates a file, as a planted payload could run anything."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def plant(path: Path, marker: Path) -> None:
+    """Replaces `path` with a torch-saved pickle (the format of torch.save'd files) that creates `marker`."""
+    import torch
+
+    path.unlink(missing_ok=True)
+    torch.save(RunsCode(marker), path)
