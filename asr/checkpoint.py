@@ -79,6 +79,7 @@ class TrainerState:
     best_wer: float | None = None
     best_step: int | None = None
     audio_seconds: float = 0.0  # training audio seen, summed over ranks
+    cpu_seconds: float = 0.0  # CPU time of every rank and its DataLoader workers, summed, up to the last eval
 
     def save(self, folder: Path) -> None:
         (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))

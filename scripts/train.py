@@ -43,7 +43,7 @@ from asr.checkpoint import (
     resolve_resume,
     save_training_state,
 )
-from asr.collate import CTCCollator
+from asr.collate import make_collator
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.constants import PAD
 from asr.data import (
@@ -65,6 +65,7 @@ from asr.model import (
     feature_extractor_settings,
     frames_fn_for,
     load_model_config,
+    takes_filterbank,
 )
 from asr.sampler import DurationBatchSampler
 from asr.sources import load_source
@@ -85,6 +86,7 @@ from asr.train import (
     forward_loss,
     model_card,
     plot_curves,
+    process_tree_cpu_seconds,
     seconds_in_batch,
 )
 from lm.build import read_source_texts
@@ -139,7 +141,8 @@ def prepare_data(cfg: TrainConfig, accelerator: Accelerator, out: Path):
                 (out / "data" / "vocab_coverage.json").write_text(json.dumps(coverage.to_dict(), indent=2))
             else:
                 vocab = build_vocab(texts)
-            processor = make_processor(vocab, return_attention_mask=return_mask, do_normalize=do_normalize)
+            processor = make_processor(vocab, return_attention_mask=return_mask, do_normalize=do_normalize,
+                                       filterbank=takes_filterbank(model_config))
             save_processor(processor, normalizer, processor_dir)
         processor, normalizer = load_processor(processor_dir)
     vocab = processor.tokenizer.get_vocab()
@@ -282,13 +285,16 @@ def main(argv=None) -> int:
         save_config(cfg, out / "train_config.yaml")
     try:
         ds_plugin = accelerator.state.deepspeed_plugin
+        if cfg.data.feature_cache.enabled and takes_filterbank(load_model_config(cfg.model)):
+            raise ConfigError("data.feature_cache caches a conv encoder's output, and filterbank models "
+                              "(wav2vec2-bert) have none; set data.feature_cache.enabled=false")
         check_feature_cache(cfg.data.feature_cache, freeze_feature_encoder=cfg.model.freeze_feature_encoder,
                             streaming=cfg.data.train.streaming, zero_stage=ds_plugin.zero_stage if ds_plugin else None)
         resume_dir = resolve_resume(args.resume, ckpt_root)
         processor, normalizer, vocab, splits, return_mask, do_normalize, frames_fn = prepare_data(cfg, accelerator, out)
         with launch.full_model_construction(accelerator):
             model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])
-        collator = CTCCollator(return_attention_mask=return_mask)
+        collator = make_collator(processor, return_mask)
         cached, train_collator = None, collator
         if cfg.data.feature_cache.enabled:
             cached, train_collator = open_feature_cache(cfg, accelerator, model, splits["train"], do_normalize,
@@ -353,10 +359,14 @@ def main(argv=None) -> int:
                     sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                     type(stepping).__name__)
 
+    cpu = {"base": state.cpu_seconds, "start": None}  # CPU time across resumes, for equal-compute comparisons
+
     def run_eval() -> dict:
         result = evaluate(accelerator, model, dev_loader, vocab, blank_id=vocab[PAD])
+        used = torch.tensor([process_tree_cpu_seconds() - cpu["start"]], device=accelerator.device)
+        state.cpu_seconds = cpu["base"] + accelerator.reduce(used, "sum").item()  # every rank's processes
         record = {"kind": "eval", "step": state.step, "wer": result["wer"], "cer": result["cer"],
-                  "loss": result["loss"], "n": result["n"]}
+                  "loss": result["loss"], "n": result["n"], "cpu_s": round(state.cpu_seconds, 1)}
         if accelerator.is_main_process:
             metrics_log.write(record)
             accelerator.log({"dev/wer": result["wer"], "dev/cer": result["cer"], "dev/loss": result["loss"]},
@@ -372,6 +382,7 @@ def main(argv=None) -> int:
         return record
 
     unwrapped = accelerator.unwrap_model(model)
+    cpu["start"] = process_tree_cpu_seconds()
     model.train()
     progress = tqdm(total=cfg.train.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="train", dynamic_ncols=True)
