@@ -89,14 +89,15 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # ~5 min on idle cores; with another job on both cores it took over 15
 @needs_engines
 def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     """scripts/demo.sh end to end (corpus, 2-process fine-tuning of the base, LM, eval, transcription), shortened."""
     out = tmp_path / "demo"
     run_env = {**env(), "DEMO_DIR": str(out), "DEMO_CORPUS": str(tmp_path / "corpus"), "DEMO_TRAIN": "60",
-               "DEMO_STEPS": "6"}
+               "DEMO_STEPS": "6", "DEMO_NATURAL": str(tmp_path / "natural"), "DEMO_NATURAL_TEST": "20"}
     proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh")], cwd=ROOT, env=run_env, capture_output=True,
-                          text=True, timeout=1500)
+                          text=True, timeout=2600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("model/config.json", "model/model.safetensors", "curves.png", "eval/results.md",
                  "eval/comparison.png", "eval/utterances.jsonl"):
@@ -105,6 +106,15 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     assert set(results) == {"greedy", "beam", "flashlight", "pocketsphinx"}
     assert all(r["utterances"] == 200 for r in results.values())
     assert results["pocketsphinx"]["reference"] and "| pocketsphinx (reference) |" in proc.stdout
+    # the natural-voice test set: Piper reading the demo's test sentences, every row, and both sets in one table
+    natural = {r["decoder"]: r for r in json.loads((out / "eval_natural/results.json").read_text())["results"]}
+    assert set(natural) == {"greedy", "beam", "flashlight", "pocketsphinx"}
+    assert all(r["utterances"] == 20 for r in natural.values())
+    corpus_rows = [json.loads(line) for line in (tmp_path / "natural" / "test.jsonl").read_text().splitlines()]
+    assert {r["speaker"].split(":")[0] for r in corpus_rows} == {"piper"}
+    demo_test = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "test.jsonl").read_text().splitlines()]
+    assert {r["text"] for r in corpus_rows} <= set(demo_test)  # the same held-out sentences, a natural voice
+    assert "| natural voice (Piper) |" in proc.stdout and "| unheard synthetic voices |" in proc.stdout
     transcripts = (out / "transcripts" / "transcripts.jsonl").read_text().splitlines()
     assert len(transcripts) == 200 and all(json.loads(line)["text"] is not None for line in transcripts)
     assert "targets:" in proc.stdout and proc.stdout.count("] ") >= 3
