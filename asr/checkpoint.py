@@ -1,10 +1,16 @@
 """Checkpoints that are complete or invisible, and that run no code when they are read.
 
 Complete or invisible: a checkpoint is written into `step_<n>.tmp`, the small `trainer_state.json`
-goes in last, and the folder is renamed to `step_<n>` only then (`asr.files.replace_dir`: an older
-folder of that name is moved aside, never deleted first). A run killed mid-save leaves a `.tmp`
-folder (ignored and cleaned up) or, on file systems without atomic rename, a folder without
+goes in last, then `manifest.json` (the size and SHA-256 of every file); every file and folder is
+fsynced and the folder is renamed to `step_<n>` only then (`asr.files.replace_dir`: an older folder
+of that name is moved aside, never deleted first). A run killed mid-save leaves a `.tmp` folder
+(ignored and cleaned up) or, on file systems without atomic rename, a folder without
 `trainer_state.json`, which `list_checkpoints` skips with a warning.
+
+Verified: `--resume latest` checks each checkpoint against its manifest, newest first, and resumes
+from the newest intact one, saying in one line which one it skipped and why (a file truncated or
+changed on disk after the save, a disk that lost data). An explicit `--resume DIR` that fails the check
+is refused. Checkpoints written before manifests existed are resumed unverified, with a warning.
 
 No code: nothing in a checkpoint goes through Python's full unpickler, so resuming from a folder
 someone else wrote cannot run their code. What each file holds, and how it is read:
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -43,7 +50,7 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_model, save_model
 
-from asr.files import replace_dir
+from asr.files import fsync_path, fsync_tree, replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +60,14 @@ SCHEDULER_FILE = "scheduler.json"
 SCALER_FILE = "grad_scaler.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+MANIFEST_FILE = "manifest.json"  # {relative path: {"size": bytes, "sha256": hex}} of every other file
 DEEPSPEED_TAG = "pytorch_model"  # DeepSpeed's sub-folder; Accelerate's name for it, kept for familiar layouts
 _RNG_FILE = "rng_state_{rank}.json"
 _RNG_FILES = re.compile(r"^rng_state_\d+\.json$")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # What a checkpoint holds besides the RNG files: ours, the run config (for people), and what DeepSpeed
 # writes beside its shards (`latest`, its conversion scripts), none of which a resume reads.
-_KNOWN_FILES = {STATE_FILE, SAMPLER_FILE, SCHEDULER_FILE, SCALER_FILE, MODEL_FILE, OPTIMIZER_FILE, DEEPSPEED_TAG,
+_KNOWN_FILES = {MANIFEST_FILE, STATE_FILE, SAMPLER_FILE, SCHEDULER_FILE, SCALER_FILE, MODEL_FILE, OPTIMIZER_FILE, DEEPSPEED_TAG,
                 "train_config.yaml", "latest", "zero_to_fp32.py", "zero_to_torch.py"}
 
 
@@ -122,20 +130,70 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str | None, root: Path) -> Path | None:
-    """`latest` -> newest complete checkpoint under root (None if there is none); a path -> that checkpoint.
+    """`latest` -> newest intact checkpoint under root (None if there is none); a path -> that checkpoint, verified.
+
+    A damaged checkpoint (see `verify_checkpoint`) is skipped under `latest` with a warning naming it,
+    the reason and the checkpoint resumed instead.
 
     Raises:
-        ValueError: a given path is not a complete checkpoint.
+        CheckpointError: a given path is not a complete, intact checkpoint, or under `latest` every
+            checkpoint is damaged.
     """
     if resume is None:
         return None
     if resume == "latest":
-        checkpoints = list_checkpoints(root)
-        return checkpoints[-1] if checkpoints else None
+        damaged = []
+        for path in reversed(list_checkpoints(root)):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if damaged:
+                    logger.warning("%s damaged: resuming from %s instead", _describe(damaged), path.name)
+                return path
+            damaged.append(f"{path.name} ({problem})")
+        if damaged:
+            raise CheckpointError(f"every checkpoint under {root} is damaged: {_describe(damaged)}; "
+                                  "start without --resume or restore a checkpoint")
+        return None
     path = Path(resume)
     if not is_complete(path):
-        raise ValueError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE}); use --resume latest")
+        raise CheckpointError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE}); use --resume latest")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"--resume {resume}: the checkpoint is damaged ({problem}); "
+                              "use --resume latest to take the newest intact one")
     return path
+
+
+def _describe(damaged: list[str]) -> str:
+    return f"checkpoint {damaged[0]} is" if len(damaged) == 1 else f"checkpoints {', '.join(damaged)} are"
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """What is wrong with `folder` by its manifest (a file missing, of another size or hash), or None if intact.
+
+    A checkpoint without a manifest (written before this version) cannot be checked: it passes, with a warning.
+    """
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        logger.warning("checkpoint %s has no %s (written by an older version): not verified", folder, MANIFEST_FILE)
+        return None
+    except (OSError, ValueError) as e:
+        return f"{MANIFEST_FILE} unreadable: {_first_line(e)}"
+    if not (isinstance(manifest, dict) and all(isinstance(v, dict) and {"size", "sha256"} <= v.keys()
+                                               for v in manifest.values())):
+        return f"{MANIFEST_FILE} is not a manifest"
+    for name, expected in sorted(manifest.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["size"]:
+            return f"{name} has {size} bytes, the save wrote {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} differs from what the save wrote (SHA-256 mismatch)"
+    return None
 
 
 def begin_save(root: Path, step: int) -> Path:
@@ -147,16 +205,34 @@ def begin_save(root: Path, step: int) -> Path:
 
 
 def finish_save(tmp: Path, state: TrainerState, keep: int | None) -> Path:
-    """Writes the state file last, moves the folder into place, and removes old checkpoints."""
+    """Writes the state file and the manifest last, flushes all to disk, moves the folder into place, rotates.
+
+    Call it on the main process once every process has written its files into `tmp`.
+    """
     state.save(tmp)
+    _write_manifest(tmp)
+    fsync_tree(tmp)
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
     replace_dir(tmp, final)
+    fsync_path(final.parent)
     if keep is not None and keep > 0:
         for old in list_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     for stale in final.parent.glob("step_*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _write_manifest(folder: Path) -> None:
+    """manifest.json: size and SHA-256 of every file under `folder` (as read back from disk, so as saved)."""
+    manifest = {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+                for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_FILE}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------------- training state, read without pickle

@@ -34,6 +34,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def fsync_path(path: Path) -> None:
+    """Flushes one file's data, or one directory's entries (a rename into it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flushes every file and directory under `folder` (itself included) to disk.
+
+    Files written by other processes count too: fsync flushes a file's pages, whoever wrote them.
+    """
+    for path in sorted(Path(folder).rglob("*"), reverse=True) + [Path(folder)]:  # children before parents
+        fsync_path(path)
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Move the complete directory `new` to `target`, replacing whatever was there only once `new` is done.
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
 
 
 def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = None, handlers: list[Any] = (),
@@ -49,6 +49,24 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
         raise RuntimeError(f"launched as {world_size} processes but Accelerate set up none of them as distributed; "
                            "launch with `accelerate launch --multi_gpu` (add ACCELERATE_USE_CPU=true on CPU)")
     return accelerator
+
+
+def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
+    """`fn()` run by the main process only; every process gets its result, or the ValueError it raised.
+
+    For work every rank must agree on and that need not be repeated (verifying a checkpoint's hashes).
+    """
+    outcome: list[Any] = [None, None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [fn(), None]
+        except ValueError as e:
+            outcome = [None, e]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
 
 
 def finish(accelerator: Accelerator) -> None:

@@ -290,7 +290,8 @@ def main(argv=None) -> int:
                               "(wav2vec2-bert) have none; set data.feature_cache.enabled=false")
         check_feature_cache(cfg.data.feature_cache, freeze_feature_encoder=cfg.model.freeze_feature_encoder,
                             streaming=cfg.data.train.streaming, zero_stage=ds_plugin.zero_stage if ds_plugin else None)
-        resume_dir = resolve_resume(args.resume, ckpt_root)
+        # the main process checks the checkpoints' hashes (once, not per rank) and names the one all resume from
+        resume_dir = launch.on_main_process(accelerator, lambda: resolve_resume(args.resume, ckpt_root))
         processor, normalizer, vocab, splits, return_mask, do_normalize, frames_fn = prepare_data(cfg, accelerator, out)
         with launch.full_model_construction(accelerator):
             model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])

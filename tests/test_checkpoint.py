@@ -1,5 +1,6 @@
 """Atomic checkpoints: incomplete ones are never resumed from; rotation keeps the newest; no file runs code."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -7,10 +8,10 @@ import pytest
 import torch
 
 from asr.checkpoint import (
-    TrainerState, begin_save, finish_save, list_checkpoints, resolve_resume,
+    CheckpointError, TrainerState, begin_save, finish_save, list_checkpoints, resolve_resume, verify_checkpoint,
 )
 
-from trainrun import max_weight_diff, plant, run_train
+from trainrun import max_weight_diff, plant, reseal, run_train
 
 
 def make(root, step, keep=None):
@@ -80,6 +81,7 @@ def test_resume_refuses_a_crafted_pickle_in_any_checkpoint_file(synth_corpus, fu
     checkpoint = copy_checkpoint(full_run, tmp_path / "untrusted")
     marker = tmp_path / "marker"
     plant(checkpoint / name, marker)
+    reseal(checkpoint)  # as a forger would: the manifest guards against damage, not against an attacker
     proc = run_train(synth_corpus, tmp_path, *RUN, resume=str(checkpoint), check=False)
     assert not marker.exists(), "the checkpoint's pickle ran"
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -101,3 +103,74 @@ def test_resume_never_opens_accelerates_pickles_and_stays_exact(synth_corpus, fu
     assert "not reading custom_checkpoint_0.pkl, random_states_0.pkl, scheduler.bin" in proc.stderr
     assert f"resumed from {checkpoint} at step 2" in proc.stderr
     assert max_weight_diff(full_run / "step_4", tmp_path / "run" / "checkpoints" / "step_4") == 0.0
+
+
+# ---------------------------------------------------------------------- damaged checkpoints: verified, skipped
+
+
+def truncate(path: Path) -> None:
+    """Cuts a file to half its size, as a full disk or a lost write leaves it."""
+    data = path.read_bytes()
+    assert data, path
+    path.write_bytes(data[: len(data) // 2])
+
+
+def copy_run(full_run: Path, to: Path) -> Path:
+    return Path(shutil.copytree(full_run, to / "run" / "checkpoints"))
+
+
+CHECKPOINT_FILES = ["model.safetensors", "optimizer.pt", "scheduler.json", "sampler.json", "trainer_state.json",
+                    "rng_state_0.json", "train_config.yaml"]
+
+
+def test_every_file_of_a_checkpoint_is_in_its_manifest(full_run):
+    manifest = json.loads((full_run / "step_4" / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(CHECKPOINT_FILES)
+    for name, entry in manifest.items():
+        assert entry["size"] == (full_run / "step_4" / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_latest_falls_back_past_a_truncated_file(full_run, tmp_path, caplog, name):
+    root = copy_run(full_run, tmp_path)
+    truncate(root / "step_4" / name)
+    assert resolve_resume("latest", root) == root / "step_2"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"checkpoint step_4 ({name} has {(root / 'step_4' / name).stat().st_size} bytes, "
+                        f"the save wrote {(full_run / 'step_4' / name).stat().st_size}) is damaged: "
+                        "resuming from step_2 instead"]
+
+
+def test_a_changed_file_of_the_same_size_is_caught_by_its_hash(full_run, tmp_path, caplog):
+    root = copy_run(full_run, tmp_path)
+    path = root / "step_4" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the last weight: loadable, silently wrong
+    path.write_bytes(bytes(data))
+    assert resolve_resume("latest", root) == root / "step_2"
+    assert "model.safetensors differs from what the save wrote (SHA-256 mismatch)" in caplog.text
+
+
+def test_an_explicit_damaged_checkpoint_or_all_damaged_is_refused(full_run, tmp_path):
+    root = copy_run(full_run, tmp_path)
+    (root / "step_4" / "optimizer.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"step_4: the checkpoint is damaged \(optimizer.pt is missing\)"):
+        resolve_resume(str(root / "step_4"), root)
+    truncate(root / "step_2" / "sampler.json")
+    with pytest.raises(CheckpointError, match=r"every checkpoint under .* is damaged: checkpoints step_4 "
+                                              r"\(optimizer.pt is missing\), step_2 \(sampler.json has"):
+        resolve_resume("latest", root)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "rng_state_0.json"])
+def test_resume_latest_past_a_truncated_checkpoint_is_exact(synth_corpus, full_run, tmp_path, name):
+    """The run resumes from step 2, says so in one line, and ends with the uninterrupted run's weights."""
+    root = copy_run(full_run, tmp_path)
+    truncate(root / "step_4" / name)
+    proc = run_train(synth_corpus, tmp_path, *RUN, resume="latest")
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "is damaged" in line]
+    assert len(lines) == 1 and lines[0].endswith("resuming from step_2 instead"), proc.stderr[-3000:]
+    assert f"resumed from {root / 'step_2'} at step 2" in proc.stderr
+    assert max_weight_diff(full_run / "step_4", root / "step_4") == 0.0
+    assert verify_checkpoint(root / "step_4") is None

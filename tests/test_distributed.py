@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainrun import launch_two_nodes, max_weight_diff, metrics, plant, run_train, run_until_checkpoint_then_kill
+from trainrun import launch_two_nodes, max_weight_diff, metrics, plant, reseal, run_train, run_until_checkpoint_then_kill
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +101,7 @@ def test_deepspeed_resume_refuses_a_crafted_pickle_in_its_shards(synth_corpus, t
         out = tmp_path / Path(name).stem
         checkpoint = Path(shutil.copytree(trusted, out / "untrusted" / "step_2"))
         plant(checkpoint / name, out / "marker")
+        reseal(checkpoint)  # the manifest catches damage, not forgery: the reader must refuse it
         proc = run_train(synth_corpus, out, "train.max_steps=4", "train.eval_every=1000", kind="zero2",
                          resume=str(checkpoint), check=False)
         assert not (out / "marker").exists(), f"{name}: the checkpoint's pickle ran"

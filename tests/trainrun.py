@@ -1,5 +1,5 @@
 """Running scripts/train.py for real in tests: one process, `accelerate launch` with N processes, two nodes;
-planting a crafted pickle in a checkpoint it wrote."""
+planting a crafted pickle in a checkpoint it wrote (and resealing its manifest)."""
 
 from __future__ import annotations
 
@@ -147,3 +147,14 @@ def plant(path: Path, marker: Path) -> None:
 
     path.unlink(missing_ok=True)
     torch.save(RunsCode(marker), path)
+
+
+def reseal(checkpoint: Path) -> None:
+    """Rewrites a checkpoint's manifest to match its files as they are now, as a forger would."""
+    import hashlib
+
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    for name in manifest:
+        data = (checkpoint / name).read_bytes()
+        manifest[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
