@@ -174,8 +174,8 @@ def _check_source(source: AudioSource) -> tuple[bytes | Path, str]:
 
 
 def _as_file(data: bytes | Path) -> io.BytesIO | str:
-    """What soundfile accepts: a path string or a seekable in-memory file."""
-    return io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    """What soundfile accepts: a path (as bytes, so that a name that is not UTF-8 opens) or a seekable in-memory file."""
+    return io.BytesIO(data) if isinstance(data, bytes) else os.fsencode(data)
 
 
 def _unreadable(name: str, detail: str) -> AudioError:

@@ -89,7 +89,7 @@ def stream_audio(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) 
         raise AudioError(f"Audio file {name} is empty (0 bytes); re-create or remove it.", reason="empty",
                          source=name)
     try:
-        handle = sf.SoundFile(str(path))
+        handle = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as sf_error:
         blocks = _ffmpeg_blocks(path, name, block_seconds, sf_error)
     else:

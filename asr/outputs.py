@@ -12,6 +12,11 @@ Output directory layout (OUT):
 Crash safety: a line is appended with a single write() and fsync'd, after the file's .txt/.srt/.vtt
 (written to a temporary name and renamed), so a transcript line means the file is completely done.
 `repair_jsonl` drops a line torn by a power loss. Failures are retried by the next run.
+
+File names that are not valid UTF-8 (Linux allows any bytes but '/' and NUL): Python reads such a
+name with each undecodable byte as a lone surrogate (U+DC80..U+DCFF, its "surrogateescape"); the
+records write those as JSON escapes (`"caf\udce9.wav"` for the bytes `caf\xe9.wav`), so every line
+is valid UTF-8, `json.loads` gives back the same string and `os.fsencode(record["path"])` the exact bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +44,17 @@ CUE_MAX_CHARS = 84  # two subtitle lines of 42 characters, the usual broadcast l
 CUE_MAX_SECONDS = 7.0  # longer cues are hard to read along with
 CUE_MAX_PAUSE = 1.0  # seconds of silence that start a new cue
 TORN_TAIL_SCAN_BYTES = 1 << 16  # how far back from the end to look for the last newline at a time
+_SURROGATE = re.compile("[\ud800-\udfff]")  # what os.fsdecode makes of bytes that are not UTF-8; unencodable
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """`record` as one line of JSON text ending in a newline, encodable as UTF-8 whatever its strings hold.
+
+    Lone surrogates (undecodable bytes of a file name) become `\\udcXX` escapes, which `json.loads`
+    turns back into the same string; everything else stays as readable as `ensure_ascii=False` makes it.
+    """
+    text = json.dumps(record, ensure_ascii=False)  # a surrogate can only be inside a JSON string here
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 # ------------------------------------------------------------------------------------ jsonl on disk
@@ -47,7 +64,7 @@ def append_line(fd: int, record: Mapping[str, Any]) -> None:
     A killed process leaves either the whole line or none of it; only a power loss can tear one,
     which `repair_jsonl` drops on the next start.
     """
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    data = json_line(record).encode("utf-8")
     written = os.write(fd, data)
     while written < len(data):  # regular files take it all at once; this is for exotic file systems
         written += os.write(fd, data[written:])
@@ -169,10 +186,8 @@ class OutputDir:
                 failures.setdefault(failure.key, failure)
         done = {t.key for t in transcripts}
         failed = sorted((f for k, f in failures.items() if k not in done), key=lambda f: order.get(f.key, len(order)))
-        write_text_atomic(self.root / TRANSCRIPTS_FILE, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n"
-                                                           for t in transcripts))
-        write_text_atomic(self.root / ERRORS_FILE, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
-                                                      for f in failed))
+        write_text_atomic(self.root / TRANSCRIPTS_FILE, "".join(json_line(t.to_dict()) for t in transcripts))
+        write_text_atomic(self.root / ERRORS_FILE, "".join(json_line(f.to_dict()) for f in failed))
         shutil.rmtree(self.parts, ignore_errors=True)
         return transcripts, failed
 

@@ -167,7 +167,7 @@ def read_path_list(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise ValueError(f"Manifest {str(path)!r} does not exist; check --manifest.")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
+    text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")  # a listed name may not be UTF-8
     if suffix in (".jsonl", ".json"):
         rows: list[Any] = []
         if suffix == ".json" and text.lstrip().startswith("["):

@@ -477,6 +477,45 @@ def test_sigkill_mid_run_then_rerun_transcribes_every_file_exactly_once(utteranc
     assert all(len(texts) == 1 for texts in by_source.values())
 
 
+# Linux allows any bytes but "/" and NUL in a name: Latin-1, broken UTF-8, a newline, and the literal text
+# "\\xe9" beside the byte \xe9 (an escaping that confused the two would transcribe one file twice).
+ODD_NAMES = [b"caf\xe9.wav", b"caf\\xe9.wav", b"\xff\xfe.wav", b"new\nline.wav", b"plain.wav"]
+
+
+def test_names_that_are_not_utf8_are_transcribed_reported_and_skipped_on_rerun(utterances, tiny_model, tmp_path):
+    inputs = tmp_path / "in"
+    folder = os.path.join(os.fsencode(inputs), b"d\xe8r")  # the folder's name is not UTF-8 either
+    os.makedirs(folder)
+    for i, name in enumerate(ODD_NAMES):
+        write_audio(tmp_path / "tmp.wav", utterances[i], 16000, 1, "WAV", "PCM_16")
+        os.rename(tmp_path / "tmp.wav", os.path.join(folder, name))
+    with open(os.path.join(folder, b"bro\xefken.wav"), "wb") as f:
+        f.write(b"not audio")
+    out = tmp_path / "out"
+    args = [str(inputs), "--model", str(tiny_model), "--output", str(out), "--formats", "txt"]
+    proc = run_cli(*args)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the broken file only
+    assert "Traceback" not in proc.stderr
+    for name in ("transcripts.jsonl", "errors.jsonl"):
+        (out / name).read_bytes().decode("utf-8")  # strict: every line is valid UTF-8
+    records = read_jsonl(out / "transcripts.jsonl")
+    written = [os.fsencode(r["path"]) for r in records]
+    assert sorted(written) == sorted(b"d\xe8r/" + name for name in ODD_NAMES)
+    for record in records:  # each record leads back to its file, and its side file is beside the mirror
+        assert os.path.isfile(os.path.join(os.fsencode(record["input"]), os.fsencode(record["path"])))
+        assert record["text"] and record["duration"] > 0
+        side = os.path.splitext(os.path.join(os.fsencode(out), os.fsencode(record["path"])))[0] + b".txt"
+        with open(side, "rb") as f:
+            assert f.read().decode() == record["text"] + "\n"
+    [error] = read_jsonl(out / "errors.jsonl")
+    assert os.fsencode(error["path"]) == b"d\xe8r/bro\xefken.wav" and error["reason"] == "unreadable"
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 1, rerun.stderr[-3000:]
+    assert f"{len(ODD_NAMES) + 1} audio files, {len(ODD_NAMES)} already transcribed, 1 to do" in rerun.stderr
+    assert read_jsonl(out / "transcripts.jsonl") == records
+
+
 # ------------------------------------------------------------------------------------ slow: quality
 def long_recording(corpus: Path, path: Path, minutes: float) -> tuple[str, float]:
     """Join a corpus's test utterances (0.4 s apart) into one file; returns (reference, first end s)."""
