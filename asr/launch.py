@@ -52,15 +52,16 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
 
 
 def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
-    """`fn()` run by the main process only; every process gets its result, or the ValueError it raised.
+    """`fn()` run by the main process only; every process gets its result, or the ValueError/RuntimeError it raised.
 
-    For work every rank must agree on and that need not be repeated (verifying a checkpoint's hashes).
+    For work every rank must agree on and that need not be repeated (verifying a checkpoint's hashes,
+    taking an output directory), without leaving the other ranks waiting at a barrier when it fails.
     """
     outcome: list[Any] = [None, None]
     if accelerator.is_main_process:
         try:
             outcome = [fn(), None]
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             outcome = [None, e]
     if accelerator.num_processes > 1:
         broadcast_object_list(outcome)

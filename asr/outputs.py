@@ -7,11 +7,18 @@ Output directory layout (OUT):
     transcripts.jsonl        one Transcript per line, in input order once a run completes
     errors.jsonl             one Failure per line: files that could not be transcribed, and why
     .parts/                  while running: other ranks' transcripts and every rank's failures
+    .lock                    the pid of the run writing here (flock'd by its main process while it runs)
     <mirror of inputs>/      optional .txt/.srt/.vtt per file
 
 Crash safety: a line is appended with a single write() and fsync'd, after the file's .txt/.srt/.vtt
 (written to a temporary name and renamed), so a transcript line means the file is completely done.
 `repair_jsonl` drops a line torn by a power loss. Failures are retried by the next run.
+
+One run at a time: the main process holds an exclusive `flock` on `.lock` from before it repairs or
+clears anything until it has merged the results (released by the kernel if it dies), and a second run
+on the same directory is refused naming the first one's pid, instead of clearing the first run's error
+records. flock is local to a machine: on a network file system shared by several machines, give each
+machine's runs their own --output.
 
 File names that are not valid UTF-8 (Linux allows any bytes but '/' and NUL): Python reads such a
 name with each undecodable byte as a lone surrogate (U+DC80..U+DCFF, its "surrogateescape"); the
@@ -21,6 +28,7 @@ is valid UTF-8, `json.loads` gives back the same string and `os.fsencode(record[
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -39,6 +47,7 @@ TRANSCRIPTS_FILE = "transcripts.jsonl"
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
 PARTS_DIR = ".parts"
+LOCK_FILE = ".lock"
 
 CUE_MAX_CHARS = 84  # two subtitle lines of 42 characters, the usual broadcast limit
 CUE_MAX_SECONDS = 7.0  # longer cues are hard to read along with
@@ -55,6 +64,10 @@ def json_line(record: Mapping[str, Any]) -> str:
     """
     text = json.dumps(record, ensure_ascii=False)  # a surrogate can only be inside a JSON string here
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+class OutputBusy(RuntimeError):
+    """Another run is writing to the output directory."""
 
 
 # ------------------------------------------------------------------------------------ jsonl on disk
@@ -131,6 +144,7 @@ class OutputDir:
         self.root = Path(root)
         self.rank = rank
         self.parts = self.root / PARTS_DIR
+        self._lock_fd: int | None = None
 
     @property
     def transcripts_path(self) -> Path:
@@ -145,6 +159,31 @@ class OutputDir:
     def transcript_files(self) -> list[Path]:
         """Every file holding transcripts: the final one and any rank's part (also from killed runs)."""
         return [self.root / TRANSCRIPTS_FILE, *sorted(self.parts.glob("transcripts.rank*.jsonl"))]
+
+    def lock(self) -> None:
+        """Main process, first: take the directory for this run, until `unlock` (or the process's end).
+
+        Raises:
+            OutputBusy: another run holds it; the message names its pid.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputBusy(f"{self.root} is in use by another transcription run (pid {owner}); wait for it to "
+                             "finish or choose another --output.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Let other runs use the directory (the lock file stays: removing it would race with a waiting run)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def prepare(self) -> None:
         """Main process, before any rank writes: repair torn lines, forget the last run's failures."""

@@ -16,6 +16,7 @@ Outputs in --output: `transcripts.jsonl` (one line per file: path, input, durati
 [{word, start, end}] in seconds, decoder, model, lm), `errors.jsonl` (files that could not be read,
 with the reason), `summary.json`, and with --formats a mirror of the input tree holding .txt/.srt/.vtt
 (next to the audio instead with --in-place). Nothing is written into an input tree without --in-place.
+One run at a time per --output: a second run on a directory in use is refused, naming the first one's pid.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
 stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
@@ -50,7 +51,7 @@ from asr.beam import LM_SUBDIR, GreedyCTC
 from asr.evaluation import build_decoder, load_decoder_settings
 from asr.files import write_text_atomic
 from asr.inference import BACKENDS, load_acoustic_model
-from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputDir, ResultSink
+from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputBusy, OutputDir, ResultSink
 from asr.transcribe import (
     DECODERS,
     Failure,
@@ -154,15 +155,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     out = OutputDir(args.output, rank)
-    if is_main:
+
+    def take_output() -> None:
+        out.lock()  # before anything is cleared: a second run must not erase this one's error records
         out.prepare()
-    accelerator.wait_for_everyone()
+
+    try:
+        launch.on_main_process(accelerator, take_output)
+    except OutputBusy as e:
+        logger.error("%s", e)
+        return 2
     done = out.done()
     current = (transcriber.model_name, options.decoder, transcriber.lm)
     stale = next((t for t in done.values() if (t.model, t.decoder, t.lm) != current), None)
     if stale is not None:
         logger.error("%s already holds transcripts made with model %s, decoder %s, LM %s; use another --output or "
                      "delete it to start over.", args.output, stale.model, stale.decoder, stale.lm)
+        out.unlock()
         return 2
     pending = [item for item in items if item.key not in done]
     if is_main:
@@ -221,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" (see {out.root / ERRORS_FILE})" if failures else "")
     accelerator.wait_for_everyone()
     errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
+    out.unlock()
     launch.finish(accelerator)
     return 1 if errors else 0
 

@@ -477,6 +477,37 @@ def test_sigkill_mid_run_then_rerun_transcribes_every_file_exactly_once(utteranc
     assert all(len(texts) == 1 for texts in by_source.values())
 
 
+def test_a_second_run_on_a_busy_output_is_refused_and_the_first_keeps_its_errors(utterances, tiny_model, tmp_path):
+    """The first run is paused (SIGSTOP) while it holds the output, so the second meets it whatever the speed."""
+    inputs = tmp_path / "in"
+    for i in range(30):
+        write_audio(inputs / f"f{i:02d}.wav", utterances[i % 5], 16000, 1, "WAV", "PCM_16")
+    (inputs / "f99.wav").write_bytes(b"RIFF")  # a broken file: the first run's error record to keep
+    out = tmp_path / "out"
+    args = [str(inputs), "--model", str(tiny_model), "--output", str(out), "--max-batch-seconds", "1"]
+    first = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    transcripts = out / "transcripts.jsonl"
+    deadline = time.time() + 120
+    while not (transcripts.exists() and transcripts.read_bytes().count(b"\n") >= 1):
+        assert first.poll() is None and time.time() < deadline, "the first run ended before it could be paused"
+        time.sleep(0.005)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = run_cli(*args)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first_stderr = first.communicate(timeout=300)[1]
+    assert second.returncode == 2, second.stderr[-3000:]
+    [line] = [line for line in second.stderr.splitlines() if "in use" in line]
+    assert f"{out} is in use by another transcription run (pid {first.pid})" in line
+    assert "Traceback" not in second.stderr
+    assert first.returncode == 1, first_stderr[-3000:]  # its broken file
+    assert [e["path"] for e in read_jsonl(out / "errors.jsonl")] == ["f99.wav"]
+    assert len(read_jsonl(transcripts)) == 30
+    assert run_cli(*args).returncode == 1  # released: the next run goes ahead (and retries the broken file)
+
+
 # Linux allows any bytes but "/" and NUL in a name: Latin-1, broken UTF-8, a newline, and the literal text
 # "\\xe9" beside the byte \xe9 (an escaping that confused the two would transcribe one file twice).
 ODD_NAMES = [b"caf\xe9.wav", b"caf\\xe9.wav", b"\xff\xfe.wav", b"new\nline.wav", b"plain.wav"]
