@@ -1,7 +1,7 @@
 """CTC speech recognition toolkit: data pipeline, training pieces, decoding and evaluation.
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
-`collate`, `feature_cache` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
+`collate`, `feature_cache`, `augment` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
 `inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference` (scripts/eval.py's stages; `reference` is its pocketsphinx yardstick row), `chunking`,
 `transcribe`, `outputs` (batch transcription), `corpus` and `layouts` (the synthetic speech corpus and
@@ -17,6 +17,7 @@ from typing import Any
 # asr.constants) can be imported before torch, e.g. at the very top of a script.
 _EXPORTS = {
     "AUDIO_EXTENSIONS": "audio", "AudioError": "audio", "audio_duration": "audio", "load_audio": "audio",
+    "AugmentConfig": "augment", "Augmenter": "augment",
     "CTCCollator": "collate",
     "ConfigError": "config", "load_config": "config",
     "PAD": "constants", "SAMPLE_RATE": "constants", "UNK": "constants", "WORD_DELIMITER": "constants",

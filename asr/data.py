@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from asr.audio import load_audio, normalize_audio
+from asr.augment import AugmentConfig, Augmenter
 from asr.config import to_dict
 from asr.constants import SAMPLE_RATE
 from asr.feature_cache import FeatureCacheConfig
@@ -69,6 +70,8 @@ class DataConfig:
     cache_dir: str = "data/cache"  # prepared tables, one folder per (source, normaliser, vocab, filters)
     # the frozen conv encoder's output computed once per utterance: steps skip the encoder (off by default)
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
+    # speaker and channel changes to training audio, per (seed, epoch, utterance) (off by default)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -193,20 +196,40 @@ class SpeechDataset(torch.utils.data.Dataset):
     A file that fails to decode at training time (changed since preparation) yields None, which
     `collate_skip_none` drops with a warning instead of stopping the run.
 
+    With `augment`, items are keyed by (epoch, index) pairs (`asr.sampler.EpochTaggedBatches`) and the
+    audio goes through the augmenter before normalisation; babble draws from this dataset's own items.
+
     Args:
         table: a prepared table (`PreparedSplit.table`).
         do_normalize: zero mean and unit variance per utterance, as the feature extractor does.
+        augment: training-time augmentation (`asr.augment.Augmenter`); None leaves the audio as it is.
     """
 
-    def __init__(self, table: Any, do_normalize: bool = True):
+    def __init__(self, table: Any, do_normalize: bool = True, augment: Augmenter | None = None):
         self.table = table
         self.do_normalize = do_normalize
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return _features(self.table[int(index)], self.do_normalize)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        if self.augment is None:
+            return _features(self.table[int(key)], self.do_normalize)
+        if not isinstance(key, tuple):
+            raise TypeError(f"an augmented SpeechDataset takes (epoch, index) keys, got {key!r}; wrap its batch "
+                            "sampler in asr.sampler.EpochTaggedBatches")
+        epoch, index = key
+        row = self.table[int(index)]
+        samples = _decode(row)
+        if samples is None:
+            return None
+        return _features(row, self.do_normalize, self.augment(samples, row["id"], epoch, pool=self))
+
+    def utterance_audio(self, index: int) -> tuple[str, np.ndarray | None]:
+        """(id, decoded samples before normalisation, None when unreadable) of item `index`; babble reads these."""
+        row = self.table[int(index)]
+        return row["id"], _decode(row)
 
 
 class StreamingSpeechDataset(torch.utils.data.IterableDataset):
@@ -311,14 +334,21 @@ def collate_skip_none(
     return collate
 
 
+def _decode(row: dict[str, Any]) -> np.ndarray | None:
+    """The row's audio at 16 kHz; None (with a warning) if it cannot be decoded."""
+    audio = row["audio_bytes"] if row.get("audio_bytes") is not None else row["audio_path"]
+    try:
+        return load_audio(audio)
+    except Exception as e:  # a file changed since preparation costs one item, not the run
+        logger.warning("skipping %s: %s", row["id"], e)
+        return None
+
+
 def _features(row: dict[str, Any], do_normalize: bool, samples: np.ndarray | None = None) -> dict[str, Any] | None:
     """Model inputs of one row, decoding its audio unless `samples` are given; None (with a warning) if unreadable."""
     if samples is None:
-        audio = row["audio_bytes"] if row.get("audio_bytes") is not None else row["audio_path"]
-        try:
-            samples = load_audio(audio)
-        except Exception as e:  # a file changed since preparation costs one item, not the run
-            logger.warning("skipping %s: %s", row["id"], e)
+        samples = _decode(row)
+        if samples is None:
             return None
     samples = normalize_audio(samples) if do_normalize else samples.astype(np.float32, copy=False)
     return {"input_values": samples, "labels": list(row["labels"]), "id": row["id"]}

@@ -442,3 +442,28 @@ class DurationBatchSampler(Sampler[list[int]]):
             dtype=np.float64,
             count=len(batches),
         )
+
+
+class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
+    """A batch sampler's batches with the epoch in every index: ``[i, j]`` becomes ``[(epoch, i), (epoch, j)]``.
+
+    For datasets whose items change with the epoch (``asr.augment``): the epoch travels with the index
+    from the main process to the DataLoader workers, where an attribute set on the dataset would not
+    arrive once persistent workers hold their own copies. Iteration, length and resume stay the wrapped
+    sampler's (``set_epoch``, ``state_dict`` and ``load_state_dict`` are called on it, not on this).
+
+    Args:
+        sampler: a batch sampler with an ``epoch`` attribute, e.g. ``DurationBatchSampler``.
+    """
+
+    def __init__(self, sampler: DurationBatchSampler) -> None:
+        super().__init__()
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch  # read when iteration starts: after the loop's set_epoch or a resume
+        for batch in self.sampler:
+            yield [(epoch, index) for index in batch]

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from asr import launch
 from asr.allocator import active_allocator
+from asr.augment import Augmenter, check_augment
 from asr.checkpoint import (
     CheckpointError,
     TrainerState,
@@ -67,7 +68,7 @@ from asr.model import (
     load_model_config,
     takes_filterbank,
 )
-from asr.sampler import DurationBatchSampler
+from asr.sampler import DurationBatchSampler, EpochTaggedBatches
 from asr.sources import load_source
 from asr.text import (
     build_vocab,
@@ -195,18 +196,27 @@ def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *,
     """DataLoader over our duration sampler (not prepared by Accelerate: the sampler already shards).
 
     `dataset` replaces the audio of `split` (the cached conv features); its items are in the table's order.
+    With data.augment on, the train set's audio is augmented in the workers, keyed by (epoch, index).
     """
     seconds = cfg.data.max_batch_seconds if train else (cfg.train.eval_max_batch_seconds or 2 * cfg.data.max_batch_seconds)
+    augment = None
+    if train and cfg.data.augment.enabled:
+        augment = Augmenter(cfg.data.augment, seed=cfg.train.seed, rir_dir=Path(cfg.data.cache_dir) / "rirs")
+        seconds /= cfg.data.augment.longest_stretch  # packed by manifest seconds: a slowed batch must still fit
+        logger.info("data.augment on: train audio changes every epoch; batches hold <= %.1f manifest seconds so "
+                    "that slowed-down audio fits max_batch_seconds=%s", seconds, cfg.data.max_batch_seconds)
     try:
         sampler = DurationBatchSampler(
             split.durations, seconds, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
             shuffle=train and cfg.data.shuffle, seed=cfg.train.seed, max_batch_size=cfg.data.max_batch_size,
         )
     except ValueError as e:
-        raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}") from e
+        slowed = "" if augment is None else f" (data.augment's slowest speed leaves {seconds:.1f} s for the manifest)"
+        raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}{slowed}") from e
 
     loader = torch.utils.data.DataLoader(
-        dataset if dataset is not None else SpeechDataset(split.table, do_normalize), batch_sampler=sampler,
+        dataset if dataset is not None else SpeechDataset(split.table, do_normalize, augment=augment),
+        batch_sampler=EpochTaggedBatches(sampler) if augment is not None else sampler,
         collate_fn=_collate_with_ids(collator),
         num_workers=cfg.data.num_workers, persistent_workers=False,
         # Its own generator: worker seeding must not draw from the global RNG, or a resumed run
@@ -288,6 +298,8 @@ def main(argv=None) -> int:
         if cfg.data.feature_cache.enabled and takes_filterbank(load_model_config(cfg.model)):
             raise ConfigError("data.feature_cache caches a conv encoder's output, and filterbank models "
                               "(wav2vec2-bert) have none; set data.feature_cache.enabled=false")
+        check_augment(cfg.data.augment, feature_cache=cfg.data.feature_cache.enabled,
+                      streaming=cfg.data.train.streaming)
         check_feature_cache(cfg.data.feature_cache, freeze_feature_encoder=cfg.model.freeze_feature_encoder,
                             streaming=cfg.data.train.streaming, zero_stage=ds_plugin.zero_stage if ds_plugin else None)
         # the main process checks the checkpoints' hashes (once, not per rank) and names the one all resume from
