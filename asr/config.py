@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A config file or override that does not match the dataclasses."""
 
 
+def require(ok: bool, key: str, value: Any, wanted: str) -> None:
+    """For a dataclass's `__post_init__`: a ConfigError naming the key, the value received and what it takes."""
+    if not ok:
+        raise ConfigError(f"{key} is {value!r}; set it to {wanted}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Builds dataclass `cls` from a nested dict, rejecting unknown keys and wrong types.
 
@@ -78,7 +84,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {key} is a value, not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({_yaml_problem(e)}); quote strings "
+                              "and close brackets, e.g. model.architecture.conv_dim=[32,32]") from e
     return data
 
 
@@ -89,13 +99,28 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass one of configs/train/*.yaml")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(e)}); fix it there") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (data:, model:, optim:, ...), "
+                              f"got a {type(data).__name__}")
     return from_dict(cls, apply_overrides(data, list(overrides or [])))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Writes the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What the YAML parser found and where, in one line."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _join(path: str, key: str) -> str:
@@ -156,4 +181,4 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {tp}")  # a programming error in the dataclasses
 
 
-__all__ = ["ConfigError", "apply_overrides", "from_dict", "load_config", "save_config", "to_dict"]
+__all__ = ["ConfigError", "apply_overrides", "from_dict", "load_config", "require", "save_config", "to_dict"]

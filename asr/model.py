@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asr.config import require
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +45,17 @@ class ModelConfig:
     ctc_zero_infinity: bool = True  # an infeasible alignment gives loss 0 and no gradient instead of inf
     trust_remote_code: bool = False  # never run code from a checkpoint unless you opt in
     extra: dict[str, Any] = field(default_factory=dict)  # any other config attribute to set on the model
+
+    def __post_init__(self) -> None:
+        for name in ("mask_time_prob", "mask_feature_prob"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and 0 <= value <= 1, f"model.{name}", value, "a probability in [0, 1]")
+        for name in ("hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_dropout",
+                     "final_dropout", "layerdrop"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and 0 <= value < 1, f"model.{name}", value, "a probability in [0, 1)")
+        for name in ("mask_time_length", "mask_feature_length"):
+            require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "1 or more")
 
 
 # Model types whose input is a filterbank (SeamlessM4TFeatureExtractor), not the waveform.

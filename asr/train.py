@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
+from asr.config import require
 from asr.data import DataConfig
 from asr.decoding import greedy_decode
 from asr.metrics import error_rates
@@ -36,6 +37,19 @@ class OptimConfig:
     max_grad_norm: float | None = 1.0  # clip the global grad norm; None disables
     grad_accum_steps: int = 1  # micro-batches per optimizer step
 
+    def __post_init__(self) -> None:
+        require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr, "a positive learning rate such as 1e-4")
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
+               "a number >= 0")
+        require(len(self.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in self.betas), "optim.betas",
+               list(self.betas), "two numbers in [0, 1) such as [0.9, 0.98]")
+        require(math.isfinite(self.eps) and self.eps > 0, "optim.eps", self.eps, "a small positive number such as 1e-8")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "0 or more steps")
+        require(self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
+               "optim.max_grad_norm", self.max_grad_norm, "a positive norm such as 1.0, or null to not clip")
+        require(self.grad_accum_steps >= 1, "optim.grad_accum_steps", self.grad_accum_steps,
+               "1 or more micro-batches per optimizer step")
+
 
 @dataclass
 class LoopConfig:
@@ -51,6 +65,21 @@ class LoopConfig:
     log_every: int = 10  # steps between metric log lines
     eval_samples_logged: int = 4  # example predictions printed/logged at each eval
     eval_max_batch_seconds: float | None = None  # eval batch size in padded seconds (None: data.max_batch_seconds x 2)
+
+    def __post_init__(self) -> None:
+        require(bool(self.output_dir.strip()), "train.output_dir", self.output_dir, "a directory path")
+        existing = next(p for p in (Path(self.output_dir), *Path(self.output_dir).absolute().parents) if p.exists())
+        require(existing.is_dir(), "train.output_dir", self.output_dir,
+               f"a directory path ({existing} is a file, not a directory)")
+        require(0 <= self.seed < 2**32, "train.seed", self.seed, "an integer in [0, 2**32) (NumPy's seed range)")
+        for name in ("max_steps", "eval_every", "save_every", "log_every"):
+            require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "1 or more steps")
+        require(self.save_total_limit is None or self.save_total_limit >= 1, "train.save_total_limit",
+               self.save_total_limit, "1 or more checkpoints, or null to keep them all")
+        require(self.eval_samples_logged >= 0, "train.eval_samples_logged", self.eval_samples_logged, "0 or more")
+        require(self.eval_max_batch_seconds is None or (math.isfinite(self.eval_max_batch_seconds)
+                                                       and self.eval_max_batch_seconds > 0),
+               "train.eval_max_batch_seconds", self.eval_max_batch_seconds, "positive seconds, or null")
 
 
 @dataclass
