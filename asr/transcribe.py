@@ -43,6 +43,15 @@ FORMATS = ("txt", "srt", "vtt")
 SOUNDFILE_EXTENSIONS = (".aif", ".aiff", ".au", ".caf", ".w64")
 FFMPEG_EXTENSIONS = (".mp4", ".mkv", ".mka", ".mov", ".wma", ".amr", ".3gp", ".ac3", ".spx", ".wv")
 
+# Digital silence: a file (or chunk) whose samples never stray further than this from their mean. The
+# model would read garbage into it (per-utterance normalisation blows the tiny signal up: a trained test
+# model read all-zero audio as "tb'", 16-bit LSB dither as "a s enfs onasn saa"), so it is given blank
+# frames instead and transcribes as "". -80 dBFS is 3 steps of 16-bit audio; speech quantised to 16 bits
+# is still readable at a -70 dBFS peak and already garbage at -75, so the gate loses nothing readable.
+SILENCE_PEAK_DBFS = -80.0
+SILENCE_PEAK = 10 ** (SILENCE_PEAK_DBFS / 20)  # 1e-4 in float samples (full scale 1.0)
+SILENT_TOKEN_LOGP = -30.0  # log-prob of every non-blank token in a silent frame (e^-30: never chosen)
+
 
 # ------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
@@ -280,7 +289,7 @@ class Failure:
 
     input: str
     path: str
-    reason: str  # AudioError.reason ("missing", "empty", "unreadable", "non_finite", "no_samples") or "error"
+    reason: str  # AudioError.reason ("missing", "empty", "unreadable", "non_finite", "no_samples"), "too_short" or "error"
     error: str
 
     @property
@@ -391,6 +400,7 @@ class Transcriber:
         self.loaded, self.decoder, self.options, self.lm = loaded, decoder, options, lm
         self.model_name = str(Path(loaded.path).resolve())
         self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
+        self.min_samples = _min_samples(loaded)  # the shortest input giving one output frame (wav2vec2: 400, 25 ms)
 
     def transcribe(self, items: Sequence[AudioItem], chunked: bool = False) -> Iterator[tuple[AudioItem,
                                                                                          Transcript | Failure]]:
@@ -417,13 +427,16 @@ class Transcriber:
             if self.spec is not None and len(audio) > self.spec.chunk_samples:
                 # The header understated the length (VBR mp3): chunk it like any long file.
                 yield item, self._guard(item, lambda: self._transcribe_streamed(item, [audio]))
-            elif self.loaded.frames(len(audio)) <= 0:  # shorter than the conv encoder's receptive field
-                yield item, self._to_transcript(item, np.zeros((0, len(self.loaded.vocab)), np.float32), len(audio))
+            elif len(audio) < self.min_samples:  # no output frame at all: nothing the model could say
+                yield item, Failure(item.input, item.path, "too_short",
+                                    f"{len(audio)} samples ({1000 * len(audio) / SAMPLE_RATE:.1f} ms at 16 kHz), shorter "
+                                    f"than the {self.min_samples} samples ({1000 * self.min_samples / SAMPLE_RATE:.0f} ms) "
+                                    "the model needs for one output frame")
             else:
                 audios.append((item, audio))
         if not audios:
             return
-        log_probs = log_probs_batch(self.loaded, [audio for _, audio in audios])
+        log_probs = self._log_probs([audio for _, audio in audios])
         for (item, audio), lp in zip(audios, log_probs):
             yield item, self._guard(item, lambda: self._to_transcript(item, lp, len(audio)))
 
@@ -432,8 +445,23 @@ class Transcriber:
         per_batch = max(1, int(self.options.max_batch_seconds * SAMPLE_RATE // self.spec.chunk_samples))
         log_probs, num_samples = chunked_log_probs(
             stream_audio(item.file) if blocks is None else blocks, self.spec,
-            lambda audios: log_probs_batch(self.loaded, audios), per_batch, self.loaded.vocab.get(WORD_DELIMITER))
+            self._log_probs, per_batch, self.loaded.vocab.get(WORD_DELIMITER))
         return self._to_transcript(item, log_probs, num_samples)
+
+    def _log_probs(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        """`log_probs_batch` [frames_i, V] per audio; digitally silent audios get certain blanks, without the model."""
+        out = [self._blank_frames(len(audio)) if is_digital_silence(audio) else None for audio in audios]
+        loud = [i for i, lp in enumerate(out) if lp is None]
+        if loud:
+            for i, lp in zip(loud, log_probs_batch(self.loaded, [audios[i] for i in loud])):
+                out[i] = lp
+        return out
+
+    def _blank_frames(self, num_samples: int) -> np.ndarray:
+        """[frames, V] log-probs of a silent input: the blank, certainly, in every frame."""
+        log_probs = np.full((self.loaded.frames(num_samples), len(self.loaded.vocab)), SILENT_TOKEN_LOGP, np.float32)
+        log_probs[:, self.loaded.blank_id] = 0.0
+        return log_probs
 
     def _to_transcript(self, item: AudioItem, log_probs: np.ndarray, num_samples: int) -> Transcript:
         """Decode [T, V] log-probs into a Transcript with word times in seconds."""
@@ -448,6 +476,20 @@ class Transcriber:
             return work()
         except AudioError as e:
             return Failure.of(item, e)
+
+
+def is_digital_silence(audio: np.ndarray) -> bool:
+    """True if no sample of `audio` [num_samples] strays SILENCE_PEAK (-80 dBFS) or more from their mean."""
+    return not len(audio) or float(np.abs(audio - audio.mean(dtype=np.float64)).max()) < SILENCE_PEAK
+
+
+def _min_samples(loaded: AcousticModel) -> int:
+    """The fewest samples for which `loaded` gives an output frame (its front end's receptive field)."""
+    low, high = 1, SAMPLE_RATE  # every model here gives frames for 1 s of audio
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if loaded.frames(mid) > 0 else (mid + 1, high)
+    return low
 
 
 def _concatenate(blocks: Iterable[np.ndarray]) -> np.ndarray:

@@ -13,16 +13,19 @@ through FFmpeg when it is installed; hidden names skipped) and --manifest files 
 `audio_filepath`/`audio`/`path` column, or one path a line). Any sample rate or channel count.
 
 Outputs in --output: `transcripts.jsonl` (one line per file: path, input, duration, text, words
-[{word, start, end}] in seconds, decoder, model, lm), `errors.jsonl` (files that could not be read,
-with the reason), `summary.json`, and with --formats a mirror of the input tree holding .txt/.srt/.vtt
-(next to the audio instead with --in-place). Nothing is written into an input tree without --in-place.
-One run at a time per --output: a second run on a directory in use is refused, naming the first one's pid.
+[{word, start, end}] in seconds, decoder, model, lm), `errors.jsonl` (files that could not be read or
+are too short for one output frame of the model, 25 ms for wav2vec2, with the reason), `summary.json`,
+and with --formats a mirror of the input tree holding .txt/.srt/.vtt (next to the audio instead with
+--in-place). Nothing is written into an input tree without --in-place. One run at a time per --output:
+a second run on a directory in use is refused, naming the first one's pid.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
 stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
-overlap (better for models trained on short utterances: scripts/bench_chunking.py compares). Re-running the same command skips finished files; an
-interrupted run loses only the files in flight. Exit code: 0 all transcribed, 1 some files failed,
-2 bad arguments.
+overlap (better for models trained on short utterances: scripts/bench_chunking.py compares). Digital
+silence (a file or chunk whose samples all lie within -80 dBFS of their mean) is not given to the model,
+which would read garbage into it: its transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
+the same command skips finished files; an interrupted run loses only the files in flight. Exit code:
+0 all transcribed, 1 some files failed, 2 bad arguments.
 """
 
 from __future__ import annotations

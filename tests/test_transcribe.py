@@ -354,16 +354,16 @@ def test_directory_run_transcribes_good_files_and_lists_bad_ones(messy_tree, tin
     assert tree_listing(messy_tree) == before  # nothing written into the input tree
 
     errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
-    assert sorted(errors) == ["bad/cut.flac", "bad/empty.wav", "bad/notes.wav"]
+    assert sorted(errors) == ["a/blip.wav", "bad/cut.flac", "bad/empty.wav", "bad/notes.wav"]
+    assert errors["a/blip.wav"]["reason"] == "too_short"  # under one frame: nothing the model could say
     assert errors["bad/empty.wav"]["reason"] == "empty"
     assert errors["bad/notes.wav"]["reason"] == "unreadable"
     assert errors["bad/cut.flac"]["reason"] == "unreadable" and "truncated" in errors["bad/cut.flac"]["error"]
 
     records = read_jsonl(out / "transcripts.jsonl")
-    good = ["a/b/three.ogg", "a/b/two.flac", "a/blip.wav", "a/one.wav", "c/four.mp3"] + (
+    good = ["a/b/three.ogg", "a/b/two.flac", "a/one.wav", "c/four.mp3"] + (
         ["c/six.m4a"] if shutil.which("ffmpeg") else []) + ["five.wav"]
     assert [r["path"] for r in records] == good  # input order: sorted relative paths
-    assert records[2]["text"] == "" and records[2]["words"] == []  # too short for one frame: nothing said
     for record in records:
         assert set(record) >= {"path", "duration", "text", "words", "decoder", "model"}
         assert record["decoder"] == "greedy" and record["model"] == str(tiny_model.resolve())
@@ -377,7 +377,7 @@ def test_directory_run_transcribes_good_files_and_lists_bad_ones(messy_tree, tin
     durations = {r["path"]: r["duration"] for r in records}
     assert durations["a/one.wav"] == pytest.approx(len(load_audio(messy_tree / "a/one.wav")) / 16000, abs=1e-3)
     assert not (out / ".parts").exists()
-    assert json.loads((out / "summary.json").read_text())["failed"] == 3
+    assert json.loads((out / "summary.json").read_text())["failed"] == 4
 
 
 def test_onnx_backend_reads_the_messy_tree_like_torch(messy_tree, tiny_model, tmp_path):
@@ -506,6 +506,41 @@ def test_a_second_run_on_a_busy_output_is_refused_and_the_first_keeps_its_errors
     assert [e["path"] for e in read_jsonl(out / "errors.jsonl")] == ["f99.wav"]
     assert len(read_jsonl(transcripts)) == 30
     assert run_cli(*args).returncode == 1  # released: the next run goes ahead (and retries the broken file)
+
+
+def test_too_short_files_are_errors_and_digital_silence_reads_as_nothing(trained_model, tmp_path):
+    """1 sample, 10 ms and 399 samples give no output frame: reported. Silence (zeros, a DC offset, 16-bit
+    dither; short, and long enough to be chunked) is "", while speech at a -60 dBFS peak is still read."""
+    from asr.beam import GreedyCTC
+    from asr.inference import load_acoustic_model, log_probs_batch
+
+    speech = load_audio(sorted((trained_model.parents[1] / "corpus").glob("audio/*/*.wav"))[0])
+    loaded = load_acoustic_model(trained_model, "torch", __import__("torch").device("cpu"))
+    ungated = GreedyCTC(loaded.vocab).decode(log_probs_batch(loaded, [np.zeros(32_000, np.float32)])[0]).text
+    assert ungated, "this model reads nothing into zeros: the test would not show the gate working"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    files = {"one_sample": np.array([0.3]), "ten_ms": speech[8000:8160], "399_samples": speech[8000:8399],
+             "400_samples": speech[8000:8400], "zeros": np.zeros(32_000), "dc_offset": np.full(32_000, 0.25),
+             "dither": np.random.default_rng(0).integers(-1, 2, 32_000) / 32768, "zeros_25s": np.zeros(16_000 * 25),
+             "quiet_speech": speech * 10 ** (-60 / 20) / np.abs(speech).max(), "speech": speech}
+    for name, audio in files.items():
+        sf.write(inputs / f"{name}.wav", audio, 16000, subtype="FLOAT" if name == "dc_offset" else "PCM_16")
+    out = tmp_path / "out"
+    proc = run_cli(str(inputs), "--model", str(trained_model), "--output", str(out), "--chunk-seconds", "10",
+                   "--overlap-seconds", "2")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the too-short files
+    errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
+    assert sorted(errors) == ["399_samples.wav", "one_sample.wav", "ten_ms.wav"]
+    assert {e["reason"] for e in errors.values()} == {"too_short"}
+    assert errors["ten_ms.wav"]["error"] == ("160 samples (10.0 ms at 16 kHz), shorter than the 400 samples (25 ms) "
+                                             "the model needs for one output frame")
+    texts = {r["path"]: r["text"] for r in read_jsonl(out / "transcripts.jsonl")}
+    for name in ("zeros", "dc_offset", "dither", "zeros_25s"):  # zeros_25s goes through the chunked path
+        assert texts[f"{name}.wav"] == "", name
+    assert "400_samples.wav" in texts
+    loud, quiet = texts["speech.wav"].split(), texts["quiet_speech.wav"].split()
+    assert len(loud) >= 6 and len(set(loud) & set(quiet)) >= len(loud) / 2, (loud, quiet)  # the gate spares it
 
 
 # Linux allows any bytes but "/" and NUL in a name: Latin-1, broken UTF-8, a newline, and the literal text
