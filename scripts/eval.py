@@ -20,6 +20,10 @@ decoder.json written by --tune); flags override them. --reference adds rows for 
 Writes to --output: results.md (the table), results.json, results.csv, utterances.jsonl/.csv (id,
 reference, every decoder's hypothesis and word errors), comparison.png, dropped.jsonl (items left
 out and why), and with --tune: tuning.md/.json. The table goes to stdout, logs to stderr.
+
+Exit code: 0 done; 1 a crash (a traceback); 2 bad arguments or input (one line, nothing evaluated);
+3 done, but some utterances' audio was missing or unreadable (dropped.jsonl lists them; the table
+covers the rest). Utterances left out by the duration filters are not failures.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 
 from asr import launch
 from asr.beam import load_vocab
+from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.evaluation import (
     BEAM_DECODERS,
     DECODERS,
@@ -129,15 +134,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+FAILED_AUDIO = ("missing_audio", "unreadable_audio")  # drop reasons that mean a file failed (exit 3), not a filter
+
+
 def resolve_lm(args: argparse.Namespace) -> Path | None:
-    """The LM directory for the beam decoders; exits with one line when one is needed and missing."""
+    """The LM directory for the beam decoders.
+
+    Raises:
+        ValueError: one is needed and missing.
+    """
     lm = args.lm if args.lm is not None else (args.model if has_lm(args.model) else None)
     needs_lm = any(d in BEAM_DECODERS for d in args.decoder) or args.tune
     if needs_lm and (lm is None or not has_lm(lm)):
         where = f"{args.lm}" if args.lm is not None else f"the model directory {args.model}"
-        sys.exit(f"error: no KenLM language model in {where} for the beam decoders; build one with "
-                 f"`python scripts/build_lm.py --model {args.model} --text LM_TEXT.txt`, pass --lm DIR, "
-                 "or use --decoder greedy")
+        raise ValueError(f"no KenLM language model in {where} for the beam decoders; build one with "
+                         f"`python scripts/build_lm.py --model {args.model} --text LM_TEXT.txt`, pass --lm DIR, "
+                         "or use --decoder greedy")
     return lm
 
 
@@ -181,35 +193,44 @@ def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, dat
     print(result.to_markdown())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the acoustic model once per set, tune (optionally), decode with each decoder, write and print the table."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the acoustic model once per set, tune (optionally), decode with each decoder, write and print the table.
+
+    Returns:
+        The exit code (see the module docstring).
+    """
     args = parse_args(argv)
-    lm = resolve_lm(args)
-    for name in args.reference:  # before the acoustic model runs, not after
-        try:
+    try:
+        lm = resolve_lm(args)
+        for name in args.reference:  # before the acoustic model runs, not after
             check_reference(name)
-        except RuntimeError as e:
-            sys.exit(f"error: {e}")
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")))
     try:
-        _evaluate(args, lm, accelerator)
+        return _evaluate(args, lm, accelerator)
     finally:
         launch.finish(accelerator)
 
 
-def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> None:
-    """main's work between setting up and tearing down the process group."""
+def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
+    """main's work between setting up and tearing down the process group; returns the exit code."""
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     # Every process takes part in the acoustic passes; only the main one decodes, so both passes come
     # first (a long tuning would otherwise leave the other processes waiting at a collective).
     tune_acoustic = None
-    if args.tune and args.tune_data:
-        tune_acoustic, _ = acoustic_for(args, args.tune_data, args.tune_split, accelerator)
-    acoustic, audio = acoustic_for(args, args.data, args.split, accelerator)
+    try:  # the inputs: a source that cannot be read, or holds no usable utterance, is a one-line error
+        if args.tune and args.tune_data:
+            tune_acoustic, _ = acoustic_for(args, args.tune_data, args.tune_split, accelerator)
+        acoustic, audio = acoustic_for(args, args.data, args.split, accelerator)
+    except ValueError as e:
+        logger.error("%s", e)
+        return EXIT_USAGE
     if acoustic is None:  # not the main process: its share of the model work is done
-        return
+        return EXIT_OK
 
     if args.tune:
         if tune_acoustic is None:
@@ -236,7 +257,13 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> None:
     write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), acoustic.drops, args.output)
     print(report.to_markdown())
     print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl")
+    failed = [d for d in acoustic.drops if d.reason in FAILED_AUDIO]
+    if failed:
+        logger.warning("%d utterance(s) had missing or unreadable audio (see %s); exit code %d", len(failed),
+                       args.output / "dropped.jsonl", EXIT_SOME_FAILED)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

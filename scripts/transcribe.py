@@ -24,8 +24,11 @@ stitched CTC output is decoded once; with --cut-at-pauses the pieces end at paus
 overlap (better for models trained on short utterances: scripts/bench_chunking.py compares). Digital
 silence (a file or chunk whose samples all lie within -80 dBFS of their mean) is not given to the model,
 which would read garbage into it: its transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
-the same command skips finished files; an interrupted run loses only the files in flight. Exit code:
-0 all transcribed, 1 some files failed, 2 bad arguments.
+the same command skips finished files; an interrupted run loses only the files in flight.
+
+Exit code: 0 every file transcribed; 1 a crash (a traceback: a bug or the environment, e.g. a full disk;
+rerun to continue); 2 bad arguments or inputs, or --output in use by another run (one line, nothing
+transcribed); 3 the run completed but some files failed (errors.jsonl lists them with the reason).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from tqdm.auto import tqdm
 from asr import launch
 from asr.allocator import active_allocator
 from asr.beam import LM_SUBDIR, GreedyCTC
+from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.evaluation import build_decoder, load_decoder_settings
 from asr.files import write_text_atomic
 from asr.inference import BACKENDS, load_acoustic_model
@@ -118,6 +122,9 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
                                 overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
                                 formats=formats, in_place=args.in_place)
     out = args.output.resolve()
+    taken = next(p for p in (out, *out.parents) if p.exists())
+    if not taken.is_dir():
+        raise ValueError(f"--output {args.output}: {taken} is a file, not a directory; choose a directory path.")
     for given in args.inputs:
         root = given.resolve()
         if root.is_dir() and (out == root or root in out.parents) and not args.in_place:
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                   lm=str(lm.resolve()) if lm else None)
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_USAGE
 
     out = OutputDir(args.output, rank)
 
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         launch.on_main_process(accelerator, take_output)
     except OutputBusy as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_USAGE
     done = out.done()
     current = (transcriber.model_name, options.decoder, transcriber.lm)
     stale = next((t for t in done.values() if (t.model, t.decoder, t.lm) != current), None)
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s already holds transcripts made with model %s, decoder %s, LM %s; use another --output or "
                      "delete it to start over.", args.output, stale.model, stale.decoder, stale.lm)
         out.unlock()
-        return 2
+        return EXIT_USAGE
     pending = [item for item in items if item.key not in done]
     if is_main:
         logger.info("%d audio files, %d already transcribed, %d to do on %d process(es)", len(items),
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
     out.unlock()
     launch.finish(accelerator)
-    return 1 if errors else 0
+    return EXIT_SOME_FAILED if errors else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -350,7 +350,7 @@ def test_directory_run_transcribes_good_files_and_lists_bad_ones(messy_tree, tin
     out = tmp_path / "out"
     proc = run_cli(str(messy_tree), "--model", str(tiny_model), "--output", str(out), "--formats", "txt,srt,vtt",
                    "--max-batch-seconds", "6")
-    assert proc.returncode == 1, proc.stderr[-3000:]  # some files failed
+    assert proc.returncode == 3, proc.stderr[-3000:]  # some files failed
     assert tree_listing(messy_tree) == before  # nothing written into the input tree
 
     errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
@@ -387,14 +387,33 @@ def test_onnx_backend_reads_the_messy_tree_like_torch(messy_tree, tiny_model, tm
                 audios=[load_audio(messy_tree / "five.wav")])
     common = [str(messy_tree), "--formats", "txt", "--max-batch-seconds", "6"]
     proc = run_cli(*common, "--backend", "onnx", "--model", str(tmp_path / "onnx"), "--output", str(tmp_path / "o"))
-    assert proc.returncode == 1, proc.stderr[-3000:]  # the broken files, as with torch
-    assert load_script().main([*common, "--model", str(tiny_model), "--output", str(tmp_path / "t")]) == 1
+    assert proc.returncode == 3, proc.stderr[-3000:]  # the broken files, as with torch
+    assert load_script().main([*common, "--model", str(tiny_model), "--output", str(tmp_path / "t")]) == 3
     onnx_rows = read_jsonl(tmp_path / "o" / "transcripts.jsonl")
     torch_rows = read_jsonl(tmp_path / "t" / "transcripts.jsonl")
     assert len(onnx_rows) >= 6
     assert [(r["path"], r["text"], r["words"]) for r in onnx_rows] == [(r["path"], r["text"], r["words"])
                                                                       for r in torch_rows]
     assert read_jsonl(tmp_path / "o" / "errors.jsonl") == read_jsonl(tmp_path / "t" / "errors.jsonl")
+
+
+def test_exit_codes_tell_a_crash_from_failed_files(utterances, tiny_model, tmp_path):
+    """0 all done, 3 some files failed, 1 a crash (here: a folder where a side file must go), 2 bad arguments."""
+    inputs = tmp_path / "in"
+    write_audio(inputs / "one.wav", utterances[0], 16000, 1, "WAV", "PCM_16")
+    write_audio(inputs / "two.wav", utterances[1], 16000, 1, "WAV", "PCM_16")
+    common = [str(inputs), "--model", str(tiny_model), "--formats", "txt"]
+    assert run_cli(*common, "--output", str(tmp_path / "ok")).returncode == 0
+    (tmp_path / "crash" / "two.txt").mkdir(parents=True)  # os.replace cannot put the transcript there
+    crash = run_cli(*common, "--output", str(tmp_path / "crash"))
+    assert crash.returncode == 1 and "IsADirectoryError" in crash.stderr, crash.stderr[-3000:]
+    (inputs / "three.wav").write_bytes(b"RIFF")
+    failed = run_cli(*common, "--output", str(tmp_path / "failed"))
+    assert failed.returncode == 3 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert [e["path"] for e in read_jsonl(tmp_path / "failed" / "errors.jsonl")] == ["three.wav"]
+    usage = run_cli(*common, "--output", str(inputs / "one.wav" / "out"))
+    assert usage.returncode == 2 and "is a file, not a directory" in usage.stderr, usage.stderr[-3000:]
+    assert "Traceback" not in usage.stderr
 
 
 def test_bad_arguments_exit_2_with_one_line(messy_tree, tiny_model, tmp_path):
@@ -463,7 +482,7 @@ def test_sigkill_mid_run_then_rerun_transcribes_every_file_exactly_once(utteranc
         f.write(b'{"path": "d0/f0')  # and a line torn by a power loss on top
 
     rerun = run_cli(*args)
-    assert rerun.returncode == 1, rerun.stderr[-3000:]  # the broken file, retried and reported once
+    assert rerun.returncode == 3, rerun.stderr[-3000:]  # the broken file, retried and reported once
     assert "torn line" in rerun.stderr
     assert [e["path"] for e in read_jsonl(out / "errors.jsonl")] == ["d2/f999.wav"]
     records = read_jsonl(transcripts)
@@ -502,10 +521,10 @@ def test_a_second_run_on_a_busy_output_is_refused_and_the_first_keeps_its_errors
     [line] = [line for line in second.stderr.splitlines() if "in use" in line]
     assert f"{out} is in use by another transcription run (pid {first.pid})" in line
     assert "Traceback" not in second.stderr
-    assert first.returncode == 1, first_stderr[-3000:]  # its broken file
+    assert first.returncode == 3, first_stderr[-3000:]  # its broken file
     assert [e["path"] for e in read_jsonl(out / "errors.jsonl")] == ["f99.wav"]
     assert len(read_jsonl(transcripts)) == 30
-    assert run_cli(*args).returncode == 1  # released: the next run goes ahead (and retries the broken file)
+    assert run_cli(*args).returncode == 3  # released: the next run goes ahead (and retries the broken file)
 
 
 def test_too_short_files_are_errors_and_digital_silence_reads_as_nothing(trained_model, tmp_path):
@@ -529,7 +548,7 @@ def test_too_short_files_are_errors_and_digital_silence_reads_as_nothing(trained
     out = tmp_path / "out"
     proc = run_cli(str(inputs), "--model", str(trained_model), "--output", str(out), "--chunk-seconds", "10",
                    "--overlap-seconds", "2")
-    assert proc.returncode == 1, proc.stderr[-3000:]  # the too-short files
+    assert proc.returncode == 3, proc.stderr[-3000:]  # the too-short files
     errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
     assert sorted(errors) == ["399_samples.wav", "one_sample.wav", "ten_ms.wav"]
     assert {e["reason"] for e in errors.values()} == {"too_short"}
@@ -560,7 +579,7 @@ def test_names_that_are_not_utf8_are_transcribed_reported_and_skipped_on_rerun(u
     out = tmp_path / "out"
     args = [str(inputs), "--model", str(tiny_model), "--output", str(out), "--formats", "txt"]
     proc = run_cli(*args)
-    assert proc.returncode == 1, proc.stderr[-3000:]  # the broken file only
+    assert proc.returncode == 3, proc.stderr[-3000:]  # the broken file only
     assert "Traceback" not in proc.stderr
     for name in ("transcripts.jsonl", "errors.jsonl"):
         (out / name).read_bytes().decode("utf-8")  # strict: every line is valid UTF-8
@@ -577,7 +596,7 @@ def test_names_that_are_not_utf8_are_transcribed_reported_and_skipped_on_rerun(u
     assert os.fsencode(error["path"]) == b"d\xe8r/bro\xefken.wav" and error["reason"] == "unreadable"
 
     rerun = run_cli(*args)
-    assert rerun.returncode == 1, rerun.stderr[-3000:]
+    assert rerun.returncode == 3, rerun.stderr[-3000:]
     assert f"{len(ODD_NAMES) + 1} audio files, {len(ODD_NAMES)} already transcribed, 1 to do" in rerun.stderr
     assert read_jsonl(out / "transcripts.jsonl") == records
 
@@ -709,16 +728,17 @@ def test_long_file_chunked_matches_unchunked_away_from_chunk_edges(base_heldout_
 def test_two_process_run_equals_one_process_run(messy_tree, tiny_model, tmp_path):
     common = [str(messy_tree), "--model", str(tiny_model), "--formats", "txt,srt", "--max-batch-seconds", "4"]
     single = run_cli(*common, "--output", str(tmp_path / "one"))
-    assert single.returncode == 1, single.stderr[-3000:]
+    assert single.returncode == 3, single.stderr[-3000:]
     launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
               "--main_process_port", str(free_port()), str(SCRIPT), *common, "--output", str(tmp_path / "two")]
     double = subprocess.run(launch, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
-    assert double.returncode == 1, double.stderr[-3000:]  # the launcher passes "some files failed" on
+    assert double.returncode == 3, double.stderr[-3000:]  # the launcher turns any worker's non-zero exit into 1
+    assert "exitcode  : 3" in double.stderr  # and names the worker's: some files failed
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["this_run"]["processes"] == 2
     one, two = tree_listing(tmp_path / "one"), tree_listing(tmp_path / "two")
     assert one.keys() == two.keys()
     for name in one:
-        if name != "summary.json":
+        if name not in ("summary.json", ".lock"):  # run times; the pid of the run
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
