@@ -48,6 +48,10 @@ PYCTCDECODE_UNK = "\u2047"  # "⁇": pyctcdecode's label for an unknown token
 LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM vocabulary entries that are not words
 FLASHLIGHT_UNK_WORD = "<unk>"
 
+# An LM most of whose words the model's tokens cannot spell was built for another alphabet or language:
+# a beam search over it only adds unknown-word penalties (a Greek LM with an English model decoded
+# worse than greedy, silently). Some unspellable words are normal (LM text not normalised like the model's).
+MIN_SPELLABLE_FRACTION = 0.5
 DEFAULT_ALPHA = 0.5  # LM weight on a natural-log scale (pyctcdecode's default)
 DEFAULT_BETA = 1.0  # bonus per word; offsets the LM's per-word cost, else the search prefers few long words
 DEFAULT_BEAM_WIDTH = 100  # pyctcdecode's default; 300 gained 0.004 WER at 2.5x the time on synthetic logits
@@ -204,6 +208,45 @@ def load_lm_files(directory: str | os.PathLike) -> LMFiles:
                                 "the LM with scripts/build_lm.py.")
     words = unigrams_path.read_text(encoding="utf-8").split()
     return LMFiles(kenlm_path=candidates[0], unigrams=tuple(w for w in words if w not in LM_SPECIAL_WORDS))
+
+
+def spellable_words(unigrams: Iterable[str], vocab: Mapping[str, int], lm_name: str) -> list[str]:
+    """The LM's words that the vocabulary's tokens can spell, sorted; the LM must suit the model.
+
+    Args:
+        unigrams: The LM's words.
+        vocab: Token -> id of the model.
+        lm_name: How to name the LM in messages.
+
+    Raises:
+        ValueError: fewer than MIN_SPELLABLE_FRACTION of the words can be spelled (an LM for another
+            alphabet); the message names a few of the others. Fewer unspellable words are a warning.
+    """
+    words = sorted(set(unigrams) - LM_SPECIAL_WORDS)
+    spellable, others = [], []
+    for word in words:
+        (spellable if all(c in vocab and c not in (PAD, UNK, WORD_DELIMITER) for c in word) else others).append(word)
+    if len(spellable) < MIN_SPELLABLE_FRACTION * len(words):
+        raise ValueError(f"only {len(spellable)} of the {len(words)} words of {lm_name} can be spelled with the "
+                         f"model's {len(vocab)} tokens (not e.g. {', '.join(others[:3])}): the LM was built for "
+                         "another alphabet or language; build one from this model's text with "
+                         "`python scripts/build_lm.py --model MODEL_DIR --text LM_TEXT`.")
+    if others:
+        logger.warning("%d of %d LM words use characters outside the vocabulary and are left out of the "
+                       "lexicon; build the LM with `--model DIR` to normalise its text like the model's.",
+                       len(others), len(words))
+    return spellable
+
+
+def check_lm_fits(lm_dir: str | os.PathLike, vocab: Mapping[str, int]) -> None:
+    """Refuses (ValueError, one line) an LM directory whose words the model cannot spell; reads only its word list.
+
+    The decoders check this too, but only once the KenLM file is loaded: callers that run a model
+    first (eval) check here, before any work.
+    """
+    files = load_lm_files(lm_dir)
+    if WORD_DELIMITER not in files.unigrams:  # a token LM spells with the tokens themselves
+        spellable_words(files.unigrams, vocab, str(files.kenlm_path))
 
 
 def read_arpa_unigrams(path: str | os.PathLike) -> list[str]:
@@ -411,8 +454,10 @@ class PyCTCDecodeBeam:
             raise ValueError(f"{kenlm_path.name} is a token-level LM (its words include {WORD_DELIMITER!r}), which "
                              "pyctcdecode would treat as words; use FlashlightBeam with lexicon_free=True, or build "
                              "a word LM.")
+        # before KenLM loads; words the tokens cannot spell never end a beam, so pyctcdecode needs only the others
+        words = spellable_words(unigrams, vocab, str(kenlm_path))
         language_model = LanguageModel(
-            kenlm.Model(str(kenlm_path)), sorted(unigrams - LM_SPECIAL_WORDS),
+            kenlm.Model(str(kenlm_path)), words,
             alpha=self.options.alpha, beta=self.options.beta,
             unk_score_offset=self.options.unk_score_offset, score_boundary=self.options.score_boundary,
         )
@@ -571,19 +616,7 @@ class FlashlightBeam:
         if WORD_DELIMITER in unigrams:
             raise ValueError(f"{kenlm_path.name} is a token-level LM (its words include {WORD_DELIMITER!r}), so it "
                              "makes no lexicon; pass FlashlightOptions(lexicon_free=True) or build a word LM.")
-        spellable, unspellable = [], 0
-        for word in sorted(unigrams - LM_SPECIAL_WORDS):
-            if all(char in vocab and char not in (PAD, UNK, WORD_DELIMITER) for char in word):
-                spellable.append(word)
-            else:
-                unspellable += 1
-        if not spellable:
-            raise ValueError(f"None of the LM's {unspellable} words can be spelled with the vocabulary's tokens; "
-                             "build the LM with the model's normaliser (scripts/build_lm.py --model DIR).")
-        if unspellable:
-            logger.warning("%d of %d LM words use characters outside the vocabulary and are left out of the "
-                           "lexicon; build the LM with `--model DIR` to normalise its text like the model's.",
-                           unspellable, unspellable + len(spellable))
+        spellable = spellable_words(unigrams, vocab, str(kenlm_path))
         word_dict = Dictionary(spellable + [FLASHLIGHT_UNK_WORD])
         self._lm = KenLM(str(kenlm_path), word_dict)
         trie = Trie(len(self.tokens), self._delimiter)

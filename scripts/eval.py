@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 from asr import launch
-from asr.beam import load_vocab
+from asr.beam import check_lm_fits, load_vocab
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.evaluation import (
     BEAM_DECODERS,
@@ -200,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         The exit code (see the module docstring).
     """
     args = parse_args(argv)
-    try:
+    try:  # before the acoustic model runs, not after
         lm = resolve_lm(args)
-        for name in args.reference:  # before the acoustic model runs, not after
+        if lm is not None and (args.tune or any(d in BEAM_DECODERS for d in args.decoder)):
+            check_lm_fits(lm, load_vocab(args.model))  # an LM for another alphabet would decode silently worse
+        for name in args.reference:
             check_reference(name)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")))

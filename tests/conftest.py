@@ -95,3 +95,21 @@ def base_heldout_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_corpus(CorpusOptions(train=0, dev=0, test=60, seed=0), out, voices=BASE_SEEN_VOICES, workers=2,
                 progress=False)
     return out
+
+
+# Latin letters to Greek ones: fortunes sentences become text an English model cannot spell.
+TO_GREEK = str.maketrans("abcdefghijklmnopqrstuvwxyz", "αβψδεφγηιξκλμνοπθρστυωςχυζ")
+
+
+@pytest.fixture(scope="session")
+def greek_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real KenLM 3-gram directory for another alphabet: 1,800 Greek-lettered sentences and 200 English ones
+    (so some words, ~10%, are spellable by an English model, as in a real Greek text quoting English)."""
+    from asr.corpus import load_sentences
+    from lm.build import LMBuildOptions, build_lm
+
+    sentences = load_sentences()[:2000]
+    out = tmp_path_factory.mktemp("greek_lm")
+    build_lm([s.translate(TO_GREEK) if i % 10 else s for i, s in enumerate(sentences)], out,
+             options=LMBuildOptions(order=3))
+    return out

@@ -166,6 +166,19 @@ def test_lexicon_excludes_unspellable_words(lm_dir, vocab, caplog):
     assert 0 < decoder.lexicon_size < len(files.unigrams)
 
 
+@pytest.mark.parametrize("decoder", [PyCTCDecodeBeam, FlashlightBeam])
+def test_an_lm_for_another_alphabet_is_refused(greek_lm, vocab, decoder):
+    """A Greek LM (with some English words) for an English model: refused in one line, before KenLM loads."""
+    files = load_lm_files(greek_lm)
+    spellable = [w for w in files.unigrams if all(c in vocab for c in w)]
+    assert 0 < len(spellable) < 0.5 * len(files.unigrams)  # some words fit: "none fit" would be too weak a check
+    with pytest.raises(ValueError) as e:
+        decoder.from_dir(greek_lm, vocab)
+    message = str(e.value)
+    assert f"only {len(spellable)} of the {len(files.unigrams)} words of {files.kenlm_path}" in message
+    assert "another alphabet" in message and "scripts/build_lm.py --model" in message and "\n" not in message
+
+
 def test_binary_lm_needs_unigrams(lm_dir, vocab):
     files = load_lm_files(lm_dir)
     with pytest.raises(ValueError, match="unigrams="):

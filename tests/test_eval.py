@@ -369,6 +369,16 @@ def test_missing_lm_with_a_beam_decoder_is_a_one_line_error(eval_script, group_n
     assert "scripts/build_lm.py" in message and message.count("\n") == 1
 
 
+def test_an_lm_for_another_alphabet_is_refused_before_the_model_runs(eval_script, group_norm_model, greek_lm,
+                                                                    tmp_path, capsys):
+    for decoder in ("beam", "flashlight"):
+        assert eval_script.main(["--model", str(group_norm_model), "--data", "x.jsonl", "--decoder", decoder,
+                                 "--lm", str(greek_lm), "--output", str(tmp_path)]) == 2
+        message = capsys.readouterr().err
+        assert "can be spelled with the model's" in message and "another alphabet" in message, message
+        assert message.count("\n") == 1
+
+
 def test_exit_codes_of_the_script(group_norm_model, manifest, tmp_path):
     """The real command: 3 when some audio failed (the table is still written), 0 when none did, 2 bad input."""
     from trainrun import env

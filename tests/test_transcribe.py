@@ -416,6 +416,17 @@ def test_exit_codes_tell_a_crash_from_failed_files(utterances, tiny_model, tmp_p
     assert "Traceback" not in usage.stderr
 
 
+@pytest.mark.parametrize("decoder", ["beam", "flashlight"])
+def test_an_lm_for_another_alphabet_is_refused(messy_tree, tiny_model, greek_lm, tmp_path, decoder):
+    proc = run_cli(str(messy_tree), "--model", str(tiny_model), "--lm", str(greek_lm), "--decoder", decoder,
+                   "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "can be spelled" in line]
+    assert "the LM was built for another alphabet or language" in line
+    assert not (tmp_path / "out" / "transcripts.jsonl").exists()
+
+
 def test_bad_arguments_exit_2_with_one_line(messy_tree, tiny_model, tmp_path):
     proc = run_cli(str(messy_tree), "--model", str(tiny_model), "--output", str(messy_tree / "out"))
     assert proc.returncode == 2, proc.stderr[-2000:]
