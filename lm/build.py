@@ -239,15 +239,52 @@ def _tool_error(run: _ToolRun, what: str, fix: str) -> RuntimeError:
 
 
 # ------------------------------------------------------------------------------------------- text
-def read_text_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
-    """Lines of UTF-8 text files (one sentence per line is best: each line becomes one LM sentence)."""
+def read_text_files(paths: Iterable[str | os.PathLike], encoding: str = "utf-8") -> Iterator[str]:
+    """Lines of text files (one sentence per line is best: each line becomes one LM sentence).
+
+    Decoding is strict: a byte sequence that is not `encoding` stops the read with its file, line and
+    byte offset, instead of becoming replacement characters (mangled words in the LM).
+
+    Raises:
+        ValueError: a file is missing, or is not `encoding` text (or `encoding` is unknown).
+    """
+    try:
+        ascii_compatible = "\n".encode(encoding) == b"\n"  # not UTF-16/32: those need the text layer
+    except LookupError as e:
+        raise ValueError(f"Text encoding {encoding!r} is unknown; use a Python codec name such as utf-8 or "
+                         "latin-1.") from e
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"Text file {str(path)!r} does not exist; pass files with one sentence per line.")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
+        yield from (_ascii_compatible_lines if ascii_compatible else _other_lines)(path, encoding)
+
+
+def _ascii_compatible_lines(path: Path, encoding: str) -> Iterator[str]:
+    """Lines of a file in an encoding where b"\\n" is the newline (UTF-8, Latin-1, ...), split on the bytes."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{number}: byte {offset + e.start} of the file (0x{raw[e.start]:02x}, "
+                                 f"column {e.start + 1} of the line's bytes) is not valid {encoding} text; convert "
+                                 f"the file (e.g. `iconv -f LATIN1 -t UTF-8`) or pass --encoding") from e
+            offset += len(raw)
+            yield line.rstrip("\r\n")
+
+
+def _other_lines(path: Path, encoding: str) -> Iterator[str]:
+    """Lines of a file in an encoding such as UTF-16, decoded by Python's text layer (no byte offsets then)."""
+    number = 0
+    try:
+        with open(path, encoding=encoding) as f:
+            for number, line in enumerate(f, 1):
                 yield line.rstrip("\n")
+    except UnicodeError as e:  # UnicodeDecodeError, or UTF-16's missing byte-order mark
+        raise ValueError(f"{path}: after line {number}, the text is not valid {encoding} ({getattr(e, 'reason', e)}); "
+                         "convert the file or pass the right --encoding") from e
 
 
 def read_source_texts(cfg: SourceConfig) -> list[str]:

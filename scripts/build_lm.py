@@ -20,8 +20,13 @@ Options worth knowing:
     --unit token --order 6     a character n-gram over the model's tokens, for lexicon-free flashlight decoding
     --heldout FILE | --heldout-source PATH | --heldout-fraction 0.02
                                text to report perplexity on (files, corpus transcripts, or a share of the text)
+    --encoding latin-1         the --text/--heldout files' encoding (default UTF-8); text that is not valid
+                               in it is refused with its file, line and byte offset, never read as "\ufffd"
     --arpa                     keep the ARPA text file instead of building a binary
     --memory 1G --temp-dir DIR bounds for lmplz/build_binary (-S, -T)
+
+Exit code: 0 built; 1 a crash (a traceback, or lmplz/build_binary failing with their output); 2 bad
+arguments or input (one line: a missing file, text that is not in --encoding, no usable sentence).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 from pathlib import Path
 
 from asr.beam import PyCTCDecodeOptions
+from asr.constants import EXIT_OK, EXIT_USAGE
 from asr.sources import SourceConfig
 from asr.text import TextNormalizer
 from lm.build import LMBuildOptions, build_lm, load_model_text_config, read_source_texts, read_text_files
@@ -44,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = LMBuildOptions()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", type=Path, nargs="+", default=[], help="text files, one sentence per line")
+    p.add_argument("--encoding", default="utf-8", help="encoding of the --text/--heldout files (default utf-8)")
     p.add_argument("--source", nargs="+", default=[], help="corpus sources whose transcripts are LM text")
     p.add_argument("--source-kind", default="auto", help="layout of --source (auto|manifest|librispeech|hf|...)")
     p.add_argument("--split", default=None, help="split of a dataset/layout source")
@@ -88,10 +95,20 @@ def _source(args: argparse.Namespace, path: str) -> SourceConfig:
     return SourceConfig(kind=args.source_kind, path=path, split=args.split, text_column=args.text_column)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Read the text, build the LM, print where it went."""
+def main(argv: list[str] | None = None) -> int:
+    """Read the text, build the LM, print where it went; returns the exit code."""
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        build(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one line, nothing built
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def build(args: argparse.Namespace) -> None:
+    """main's work: read the text, build the LM, print where it went."""
     options = LMBuildOptions(
         order=args.order, unit=args.unit, prune=tuple(args.prune), dedupe=not args.no_dedupe,
         drop_unemittable=not args.keep_unemittable, binary=not args.arpa, binary_type=args.binary_type,
@@ -106,12 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("no --model: default TextNormalizer, no vocabulary check and no alphabet.json; the LM text "
                        "may not match a model's labels")
 
-    texts: list[str] = list(read_text_files(args.text))
+    texts: list[str] = list(read_text_files(args.text, args.encoding))
     for path in args.source:
         texts.extend(read_source_texts(_source(args, path)))
     heldout = None
     if args.heldout or args.heldout_source:
-        heldout = list(read_text_files(args.heldout or []))
+        heldout = list(read_text_files(args.heldout or [], args.encoding))
         for path in args.heldout_source or []:
             heldout.extend(read_source_texts(_source(args, path)))
 
@@ -126,4 +143,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,6 +22,7 @@ from lm.build import (
     load_lm_info,
     prepare_corpus,
     read_source_texts,
+    read_text_files,
     split_heldout,
 )
 
@@ -187,14 +188,56 @@ def test_script_builds_beside_the_model_from_text_and_sources(tmp_path, corpus, 
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import build_lm as script
 
-    script.main(["--model", str(model), "--text", str(text_file), "--source", str(manifest),
-                 "--heldout-source", str(dataset), "--order", "3", "--prune", "0", "0", "1"])
+    assert script.main(["--model", str(model), "--text", str(text_file), "--source", str(manifest),
+                        "--heldout-source", str(dataset), "--order", "3", "--prune", "0", "0", "1"]) == 0
     info = load_lm_info(model)
     assert info["corpus"]["num_sentences"] == NUM_TRAIN  # manifest transcripts were normalised like the text
     assert info["heldout"]["num_sentences"] == NUM_HELDOUT
     assert info["options"]["prune"] == [0, 0, 1]
     assert (model / INFO_FILE).is_file() and (model / ALPHABET_FILE).is_file()
     assert kenlm.Model(str(model / info["kenlm_file"])).order == 3
+
+
+LATIN1_TEXT = "the cafe is open\nthe café is open\nwe met at the café\n"  # é is one byte (0xe9) in Latin-1
+
+
+def test_text_that_is_not_utf8_is_refused_with_file_line_and_byte(tmp_path):
+    path = tmp_path / "lm.txt"
+    path.write_bytes(LATIN1_TEXT.encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        list(read_text_files([path]))
+    offset = LATIN1_TEXT.encode("latin-1").index(b"\xe9")  # the first é: line 2, its 8th byte
+    assert str(e.value).startswith(f"{path}:2: byte {offset} of the file (0xe9, column 8 of the line's bytes) is "
+                                   "not valid utf-8 text")
+    assert list(read_text_files([path], "latin-1")) == LATIN1_TEXT.splitlines()
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text(LATIN1_TEXT, encoding="utf-16")
+    assert list(read_text_files([utf16], "utf-16")) == LATIN1_TEXT.splitlines()
+    with pytest.raises(ValueError, match="after line 0, the text is not valid utf-16 .UTF-16 stream does not start"):
+        list(read_text_files([path], "utf-16"))
+    with pytest.raises(ValueError, match="encoding 'klingon' is unknown"):
+        list(read_text_files([path], "klingon"))
+
+
+def test_script_refuses_undecodable_text_in_one_line_or_reads_it_with_encoding(tmp_path):
+    """The real script: exit 2 and nothing built, where it built an LM of "caf\ufffd" before; --encoding reads it."""
+    import subprocess
+    import sys
+
+    from trainrun import env
+
+    text = tmp_path / "lm.txt"
+    text.write_bytes((LATIN1_TEXT * 20).encode("latin-1"))
+    command = [sys.executable, str(REPO / "scripts" / "build_lm.py"), "--text", str(text), "--order", "2"]
+    refused = subprocess.run([*command, "--output", str(tmp_path / "refused")], capture_output=True, text=True,
+                             env=env(), timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.startswith(f"error: {text}:2: byte 24 of the file (0xe9")
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "refused").exists()
+    built = subprocess.run([*command, "--output", str(tmp_path / "built"), "--encoding", "latin-1"],
+                           capture_output=True, text=True, env=env(), timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "café" in load_lm_files(tmp_path / "built").unigrams
 
 
 def test_dataset_text_column_is_read_without_audio(tmp_path):
