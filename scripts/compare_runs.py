@@ -7,6 +7,7 @@ Reads each run's metrics.jsonl: every eval record carries `cpu_s`, the CPU secon
 its DataLoader workers up to that eval (summed, across resumes), so runs that shared the machine with
 other work, or used another number of processes, are compared by the compute they got, not by wall time.
 A run's value at M minutes is that of its last eval at or before M; "-" when it has not got that far.
+`cpu_s` counts from the training loop's start: data preparation and a feature-cache fill are not in it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def read_evals(run: Path) -> list[dict]:
 
 
 def at_minutes(evals: list[dict], minutes: float) -> dict | None:
-    """The last eval at or before `minutes` of CPU time."""
+    """The last eval at or before `minutes` of CPU time; None if the run has not got that far (no eval
+    at or after it) or had not evaluated by then."""
+    if evals[-1]["cpu_s"] / 60 < minutes:
+        return None
     done = [r for r in evals if r["cpu_s"] / 60 <= minutes]
     return done[-1] if done else None
 
