@@ -743,7 +743,7 @@ def test_two_process_run_equals_one_process_run(messy_tree, tiny_model, tmp_path
     launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
               "--main_process_port", str(free_port()), str(SCRIPT), *common, "--output", str(tmp_path / "two")]
     double = subprocess.run(launch, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
-    assert double.returncode == 3, double.stderr[-3000:]  # the launcher turns any worker's non-zero exit into 1
+    assert double.returncode == 1, double.stderr[-3000:]  # the launcher turns any worker's non-zero exit into 1
     assert "exitcode  : 3" in double.stderr  # and names the worker's: some files failed
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["this_run"]["processes"] == 2
     one, two = tree_listing(tmp_path / "one"), tree_listing(tmp_path / "two")
