@@ -132,17 +132,21 @@ class FilterbankCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Items as for `CTCCollator` -> ``input_features`` float32 [B, T, 160], ``attention_mask``
         int64 [B, T], ``labels`` (if any) and ``input_lengths`` (samples) int64 [B]."""
-        audio_batch = CTCCollator(return_attention_mask=False, label_pad_id=self.label_pad_id)(features)
-        lengths = audio_batch.pop("input_lengths")
-        audio = [row[:n].numpy() for row, n in zip(audio_batch.pop("input_values"), lengths.tolist())]
-        fbank = self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate, padding=True,
-                                       return_attention_mask=True, return_tensors="np")
-        return {
-            "input_features": torch.from_numpy(np.ascontiguousarray(fbank["input_features"], dtype=np.float32)),
-            "attention_mask": torch.from_numpy(fbank["attention_mask"].astype(np.int64)),
-            **audio_batch,
-            "input_lengths": lengths,
-        }
+        audio_batch = CTCCollator(return_attention_mask=True, label_pad_id=self.label_pad_id)(features)
+        fbank = filterbank_inputs(self.feature_extractor, audio_batch.pop("input_values").numpy(),
+                                  audio_batch.pop("attention_mask").numpy())
+        return {**{k: torch.from_numpy(v) for k, v in fbank.items()}, **audio_batch}
+
+
+def filterbank_inputs(feature_extractor, input_values: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """A filterbank model's inputs for padded audio: `input_features` float32 [B, T, 160] and its
+    int64 [B, T] `attention_mask`, each row's features computed from its real samples only."""
+    lengths = attention_mask.sum(axis=1)
+    audio = [row[:n] for row, n in zip(input_values, lengths)]
+    out = feature_extractor(audio, sampling_rate=feature_extractor.sampling_rate, padding=True,
+                            return_attention_mask=True, return_tensors="np")
+    return {"input_features": np.ascontiguousarray(out["input_features"], dtype=np.float32),
+            "attention_mask": out["attention_mask"].astype(np.int64)}
 
 
 def make_collator(processor: Any, return_attention_mask: bool) -> CTCCollator | FilterbankCollator:

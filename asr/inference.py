@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from asr.audio import normalize_audio
+from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.model import output_frames, seconds_per_frame, takes_filterbank
 from asr.text import TextNormalizer, load_processor
@@ -97,17 +98,6 @@ class LoadedModel:
                 inputs["attention_mask"] = attention_mask
         inputs = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         return self.model(**inputs).logits.float().cpu().numpy()
-
-
-def filterbank_inputs(feature_extractor, input_values: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-    """A filterbank model's inputs for padded audio: `input_features` float32 [B, T, 160] and its
-    int64 [B, T] `attention_mask`, each row's features computed from its real samples only."""
-    lengths = attention_mask.sum(axis=1)
-    audio = [row[:n] for row, n in zip(input_values, lengths)]
-    out = feature_extractor(audio, sampling_rate=feature_extractor.sampling_rate, padding=True,
-                            return_attention_mask=True, return_tensors="np")
-    return {"input_features": np.ascontiguousarray(out["input_features"], dtype=np.float32),
-            "attention_mask": out["attention_mask"].astype(np.int64)}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -53,6 +53,7 @@ import torch
 
 from asr.audio import load_audio
 from asr.beam import LM_SUBDIR, GreedyCTC, load_lm_files
+from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.files import replace_dir
 from asr.inference import WEIGHT_SUFFIXES, LoadedModel, load_model, log_probs_batch, prepare_batch
@@ -315,8 +316,6 @@ def _export_graph(loaded: LoadedModel, path: Path, opset: int) -> None:
     axes = {name: {0: "batch", 1: "frames_in" if filterbank else "samples"} for name in names}
     axes[LOGITS] = {0: "batch", 1: "frames"}
     if filterbank:  # the graph starts after the feature extractor: trace it on real log-mel features
-        from asr.inference import filterbank_inputs
-
         feats = filterbank_inputs(loaded.feature_extractor, example.numpy(), mask.numpy())
         example, mask = torch.from_numpy(feats[INPUT_FEATURES]), torch.from_numpy(feats[ATTENTION_MASK])
     # export() restores the wrapper's train/eval mode afterwards, recursively: it must be eval too.

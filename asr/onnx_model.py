@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.collate import filterbank_inputs
 from asr.model import frames_fn_for, seconds_per_frame, takes_filterbank
 from asr.text import TextNormalizer, load_processor
 
@@ -68,8 +69,6 @@ class OnnxModel:
             float32 [B, T, V], T = frames(S).
         """
         if self.feature_extractor is not None:
-            from asr.inference import filterbank_inputs
-
             return self.session.run([LOGITS], filterbank_inputs(self.feature_extractor, input_values, attention_mask))[0]
         feeds = {INPUT_VALUES: np.ascontiguousarray(input_values, dtype=np.float32)}
         if self.return_attention_mask:
