@@ -57,7 +57,8 @@ class LoopConfig:
 
     output_dir: str = "runs/default"  # everything the run writes: checkpoints/, model/, logs
     seed: int = 0
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000  # optimizer steps; the LR schedule runs to here
+    stop_at: int | None = None  # stop (evaluate, save) after this step; `--resume latest` later continues to max_steps
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # bf16 on Ampere+; fp16 uses a loss scaler
     eval_every: int = 200  # steps; also evaluated at the end
     save_every: int = 200  # steps; also saved at the end
@@ -65,6 +66,11 @@ class LoopConfig:
     log_every: int = 10  # steps between metric log lines
     eval_samples_logged: int = 4  # example predictions printed/logged at each eval
     eval_max_batch_seconds: float | None = None  # eval batch size in padded seconds (None: data.max_batch_seconds x 2)
+
+    @property
+    def last_step(self) -> int:
+        """The step this invocation ends at: `stop_at` (a stage of a longer schedule), else `max_steps`."""
+        return self.max_steps if self.stop_at is None else self.stop_at
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir.strip()), "train.output_dir", self.output_dir, "a directory path")
@@ -74,6 +80,8 @@ class LoopConfig:
         require(0 <= self.seed < 2**32, "train.seed", self.seed, "an integer in [0, 2**32) (NumPy's seed range)")
         for name in ("max_steps", "eval_every", "save_every", "log_every"):
             require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "1 or more steps")
+        require(self.stop_at is None or 1 <= self.stop_at <= self.max_steps, "train.stop_at", self.stop_at,
+                f"a step in [1, train.max_steps={self.max_steps}], or null to run to max_steps")
         require(self.save_total_limit is None or self.save_total_limit >= 1, "train.save_total_limit",
                self.save_total_limit, "1 or more checkpoints, or null to keep them all")
         require(self.eval_samples_logged >= 0, "train.eval_samples_logged", self.eval_samples_logged, "0 or more")

@@ -2,7 +2,7 @@
 
     $ accelerate launch scripts/train.py --config configs/train/tiny_cpu.yaml
     $ accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/train.py \
-          --config configs/train/librispeech_base.yaml optim.lr=5e-5 train.max_steps=20000
+          --config configs/train/wav2vec2_base_librispeech.yaml optim.lr=5e-5 train.max_steps=20000
     $ accelerate launch ... scripts/train.py --config ... --resume latest    # continue exactly
 
 Everything the run writes goes to `train.output_dir`: `checkpoints/step_<n>/` (full state, atomic),
@@ -347,6 +347,11 @@ def main(argv=None) -> int:
             check_model_matches(cached, accelerator.unwrap_model(model), do_normalize)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
                     state.batches_in_epoch)
+        if state.step >= cfg.train.last_step:  # a finished run (or stage) re-run: nothing to redo
+            logger.info("the checkpoint is at step %d, this run ends at step %d: nothing to train", state.step,
+                        cfg.train.last_step)
+            launch.finish(accelerator)
+            return 0
     elif args.resume == "latest":
         logger.info("no checkpoint under %s: starting from scratch", ckpt_root)
 
@@ -401,7 +406,7 @@ def main(argv=None) -> int:
                     desc="train", dynamic_ncols=True)
     window = {"loss": 0.0, "n": 0, "seconds": 0.0, "t0": time.perf_counter()}
     last_eval_step = -1
-    while state.step < cfg.train.max_steps:
+    while state.step < cfg.train.last_step:
         train_sampler.set_epoch(state.epoch)
         for batch in train_loader:
             state.batches_in_epoch += 1
@@ -437,7 +442,7 @@ def main(argv=None) -> int:
             scheduler.step()
             state.step += 1
             progress.update(1)
-            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.last_step:
                 elapsed = time.perf_counter() - window["t0"]
                 sums = torch.tensor([window["seconds"], window["loss"], window["n"]], device=accelerator.device)
                 audio, loss_sum, loss_n = accelerator.reduce(sums, "sum").tolist()  # over all ranks
@@ -455,9 +460,9 @@ def main(argv=None) -> int:
             if state.step % cfg.train.eval_every == 0:
                 run_eval()
                 last_eval_step = state.step
-            if state.step % cfg.train.save_every == 0 or state.step == cfg.train.max_steps:
+            if state.step % cfg.train.save_every == 0 or state.step == cfg.train.last_step:
                 save_checkpoint(accelerator, state, model, optimizer, scheduler, train_sampler, ckpt_root, cfg)
-            if state.step >= cfg.train.max_steps:
+            if state.step >= cfg.train.last_step:
                 break
         else:
             state.epoch += 1

@@ -174,3 +174,32 @@ def test_resume_latest_past_a_truncated_checkpoint_is_exact(synth_corpus, full_r
     assert f"resumed from {root / 'step_2'} at step 2" in proc.stderr
     assert max_weight_diff(full_run / "step_4", root / "step_4") == 0.0
     assert verify_checkpoint(root / "step_4") is None
+
+
+def test_a_run_stopped_at_a_step_and_resumed_equals_the_uninterrupted_run(synth_corpus, tmp_path):
+    """train.stop_at splits one schedule into stages (sessions): the first stage ends at step 3 with its
+    LR still on the 6-step schedule; `--resume latest` without it runs on to weights equal to one run."""
+    run = ["train.max_steps=6", "train.save_every=100", "train.eval_every=100", "train.log_every=1"]
+    full, staged = tmp_path / "full", tmp_path / "staged"
+    run_train(synth_corpus, full, *run)
+    run_train(synth_corpus, staged, *run, "train.stop_at=3")
+    assert [p.name for p in (staged / "run" / "checkpoints").glob("step_*")] == ["step_3"]
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (full / "run" / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "train"}
+    staged_train = [r for r in map(json.loads, (staged / "run" / "metrics.jsonl").read_text().splitlines())
+                    if r["kind"] == "train"]
+    assert [r["step"] for r in staged_train] == [1, 2, 3]
+    assert [r["lr"] for r in staged_train] == [lrs[1], lrs[2], lrs[3]] and lrs[3] > lrs[6]  # mid-schedule, not decayed
+    proc = run_train(synth_corpus, staged, *run, resume="latest")
+    assert "at step 3" in proc.stderr
+    assert max_weight_diff(full / "run" / "checkpoints" / "step_6", staged / "run" / "checkpoints" / "step_6") == 0.0
+    # a finished run (or a first stage already passed) re-run with --resume latest does nothing, not even an eval
+    before = (staged / "run" / "metrics.jsonl").read_text()
+    proc = run_train(synth_corpus, staged, *run, "train.stop_at=3", resume="latest")
+    assert "nothing to train" in proc.stderr and (staged / "run" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("value", ["0", "7"])
+def test_stop_at_outside_the_schedule_fails_in_one_line(synth_corpus, tmp_path, value):
+    proc = run_train(synth_corpus, tmp_path, "train.max_steps=6", f"train.stop_at={value}", check=False)
+    assert proc.returncode == 2 and "train.stop_at" in proc.stderr and "Traceback" not in proc.stderr
