@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
-from asr.config import require
+from asr.config import ConfigError, require
 from asr.data import DataConfig
 from asr.decoding import greedy_decode
 from asr.metrics import error_rates
@@ -22,6 +22,11 @@ from asr.model import ModelConfig, output_frames
 logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_values", "input_features", "attention_mask")  # batch keys the model takes (waveform or filterbank)
+# Accelerate's experiment trackers (accelerate.tracking), each usable once its package is installed.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
+# How each runs without a server or account (README "Trackers").
+TRACKER_OFFLINE = {"wandb": "WANDB_MODE=offline", "mlflow": "MLFLOW_TRACKING_URI=file:./mlruns",
+                   "trackio": "local by default", "comet_ml": "COMET_MODE=offline", "tensorboard": "always local"}
 
 
 @dataclass
@@ -66,6 +71,8 @@ class LoopConfig:
     log_every: int = 10  # steps between metric log lines
     eval_samples_logged: int = 4  # example predictions printed/logged at each eval
     eval_max_batch_seconds: float | None = None  # eval batch size in padded seconds (None: data.max_batch_seconds x 2)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers (TRACKERS); [] for none
+    run_name: str | None = None  # the trackers' project/run name (None: the output_dir's folder name)
 
     @property
     def last_step(self) -> int:
@@ -84,10 +91,57 @@ class LoopConfig:
                 f"a step in [1, train.max_steps={self.max_steps}], or null to run to max_steps")
         require(self.save_total_limit is None or self.save_total_limit >= 1, "train.save_total_limit",
                self.save_total_limit, "1 or more checkpoints, or null to keep them all")
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        require(not unknown, "train.report_to", self.report_to, f"a list of trackers from {', '.join(TRACKERS)}, "
+                "or [] for none")
         require(self.eval_samples_logged >= 0, "train.eval_samples_logged", self.eval_samples_logged, "0 or more")
         require(self.eval_max_batch_seconds is None or (math.isfinite(self.eval_max_batch_seconds)
                                                        and self.eval_max_batch_seconds > 0),
                "train.eval_max_batch_seconds", self.eval_max_batch_seconds, "positive seconds, or null")
+
+
+def check_trackers(names: list[str]) -> None:
+    """Refuses (ConfigError, one line naming the install and the offline mode) a tracker that is not installed."""
+    from accelerate.utils import imports
+
+    for name in names:
+        if not getattr(imports, f"is_{name}_available")():
+            offline = f" (offline: {TRACKER_OFFLINE[name]})" if name in TRACKER_OFFLINE else ""
+            raise ConfigError(f"train.report_to names {name}, which is not installed: `pip install {name}`{offline}, "
+                              f"or remove it from train.report_to")
+
+
+def tracker_hparams(cfg: Any) -> dict[str, Any]:
+    """The whole resolved config, flattened to `section.key` scalars (lists and None as text) for trackers."""
+    from asr.config import to_dict
+
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+    walk("", to_dict(cfg))
+    return flat
+
+
+def log_transcripts(accelerator: Any, samples: list[tuple[str, str, str]], step: int) -> None:
+    """A few dev transcripts (id, reference, hypothesis) as text in each tracker that takes text."""
+    rows = [[uid, ref, hyp] for uid, ref, hyp in samples]
+    markdown = "| id | reference | hypothesis |\n|---|---|---|\n" + "\n".join(
+        "| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_text("dev/transcripts", markdown, global_step=step)
+        elif tracker.name in ("wandb", "clearml"):  # the trackers with a log_table in Accelerate
+            tracker.log_table("dev/transcripts", columns=["id", "reference", "hypothesis"], data=rows, step=step)
+        elif tracker.name == "mlflow":
+            import mlflow
+
+            mlflow.log_text(markdown, f"dev_transcripts/step_{step}.md")
 
 
 @dataclass

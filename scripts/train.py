@@ -7,7 +7,8 @@
 
 Everything the run writes goes to `train.output_dir`: `checkpoints/step_<n>/` (full state, atomic),
 `model/` (the best model by dev WER as a standard Hugging Face directory with processor, config,
-metrics and a model card), `metrics.jsonl`, `curves.png`, `tensorboard/`, `train_config.yaml`,
+metrics and a model card), `metrics.jsonl`, `curves.png`, `trackers/` (TensorBoard's `trackers/<run name>/`, and
+any other `train.report_to` tracker's local files), `train_config.yaml`,
 and the data reports (`data/*.dropped.jsonl`).
 """
 
@@ -21,6 +22,7 @@ if __name__ == "__main__":  # first, before torch: re-run this command under jem
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -80,6 +82,9 @@ from asr.text import (
 from asr.train import (
     MetricsLog,
     TrainConfig,
+    check_trackers,
+    log_transcripts,
+    tracker_hparams,
     build_optimizer,
     build_scheduler,
     evaluate,
@@ -110,8 +115,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.model.layerdrop > 0)],
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
         mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard",
-        project_dir=cfg.train.output_dir,
+        log_with=cfg.train.report_to or None,
+        project_dir=str(Path(cfg.train.output_dir) / "trackers"),  # trackers' local files (TensorBoard: <run name>/)
         step_scheduler_with_optimizer=False,  # we step the LR schedule once per optimizer step ourselves
     )
 
@@ -274,6 +279,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
+        check_trackers(cfg.train.report_to)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -362,7 +368,7 @@ def main(argv=None) -> int:
     }
     metrics_log = MetricsLog(out / "metrics.jsonl")
     if accelerator.is_main_process:
-        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in to_dict(cfg.optim).items()})
+        accelerator.init_trackers(cfg.train.run_name or out.resolve().name, config=tracker_hparams(cfg))
         train_desc = ("streamed" if cfg.data.train.streaming else
                       f"{len(splits['train'])} utt, {splits['train'].hours:.2f} h, {len(train_sampler)} batches/epoch/process")
         logger.info("train: %s; dev: %d utt, %.2f h; %d processes (%s)", train_desc, len(splits["dev"]),
@@ -391,8 +397,11 @@ def main(argv=None) -> int:
                             step=state.step)
             logger.info("step %d dev: WER %.2f%% CER %.2f%% loss %.3f (%d utt)", state.step, 100 * result["wer"],
                         100 * result["cer"], result["loss"], result["n"])
-            for uid, ref, hyp in result["samples"][: cfg.train.eval_samples_logged]:
+            samples = result["samples"][: cfg.train.eval_samples_logged]
+            for uid, ref, hyp in samples:
                 logger.info("  %s\n    ref: %s\n    hyp: %s", uid, ref, hyp)
+            if samples:
+                log_transcripts(accelerator, samples, state.step)
         if state.best_wer is None or result["wer"] < state.best_wer:
             state.best_wer, state.best_step = result["wer"], state.step
             metrics = {"step": state.step, "wer": result["wer"], "cer": result["cer"], "dev_loss": result["loss"]}
@@ -404,7 +413,7 @@ def main(argv=None) -> int:
     model.train()
     progress = tqdm(total=cfg.train.max_steps, initial=state.step, disable=not accelerator.is_main_process,
                     desc="train", dynamic_ncols=True)
-    window = {"loss": 0.0, "n": 0, "seconds": 0.0, "t0": time.perf_counter()}
+    window = {"loss": 0.0, "n": 0, "seconds": 0.0, "grad_norm": 0.0, "norms": 0, "t0": time.perf_counter()}
     last_eval_step = -1
     while state.step < cfg.train.last_step:
         train_sampler.set_epoch(state.epoch)
@@ -426,8 +435,11 @@ def main(argv=None) -> int:
                         raise RuntimeError(f"injected fault at micro-batch {state.micro_batches}")
                 if finite_on_all_ranks(accelerator, loss):
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.optim.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    if accelerator.sync_gradients:  # the norm is logged; clipped only with optim.max_grad_norm
+                        norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
+                        if norm is not None:  # DeepSpeed reports the norm of its previous step (None at first)
+                            window["grad_norm"] += float(norm)
+                            window["norms"] += 1
                     window["loss"] += loss.item()
                     window["n"] += 1
                 else:
@@ -446,17 +458,19 @@ def main(argv=None) -> int:
                 elapsed = time.perf_counter() - window["t0"]
                 sums = torch.tensor([window["seconds"], window["loss"], window["n"]], device=accelerator.device)
                 audio, loss_sum, loss_n = accelerator.reduce(sums, "sum").tolist()  # over all ranks
+                # every rank clips with the same all-reduced norm: rank 0's mean is the run's
                 state.audio_seconds += audio
                 record = {"kind": "train", "step": state.step, "epoch": state.epoch,
                           "loss": loss_sum / max(1, loss_n), "lr": scheduler.get_last_lr()[0],
-                          "audio_s_per_s": audio / max(elapsed, 1e-9), "skipped": state.skipped_nonfinite}
+                          "audio_s_per_s": audio / max(elapsed, 1e-9), "skipped": state.skipped_nonfinite,
+                          "grad_norm": window["grad_norm"] / window["norms"] if window["norms"] else None}
                 if accelerator.is_main_process:
                     metrics_log.write(record)
-                    accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")},
-                                    step=state.step)
+                    accelerator.log({f"train/{k}": v for k, v in record.items()
+                                     if k not in ("kind", "step") and v is not None}, step=state.step)
                     progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                          audio_s_per_s=f"{record['audio_s_per_s']:.1f}")
-                window = {"loss": 0.0, "n": 0, "seconds": 0.0, "t0": time.perf_counter()}
+                window = {"loss": 0.0, "n": 0, "seconds": 0.0, "grad_norm": 0.0, "norms": 0, "t0": time.perf_counter()}
             if state.step % cfg.train.eval_every == 0:
                 run_eval()
                 last_eval_step = state.step

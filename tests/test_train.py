@@ -42,7 +42,7 @@ def test_two_step_smoke_run_exports_a_pipeline_model(corpus, tmp_path):
     # TensorBoard through accelerate's tracker: the loss curve is readable back
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run / "tensorboard"))
+    events = EventAccumulator(str(run / "trackers" / "run"))  # trackers/<run name: the output folder's>
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
 
