@@ -11,15 +11,16 @@
 #   6. transcription of a directory of held-out audio,
 # then the comparison tables and where every artefact is.
 # Knobs (environment): DEMO_DIR (runs/demo), DEMO_CORPUS (data/synth), DEMO_TRAIN (2000 utterances),
-# DEMO_STEPS (fine-tuning steps), DEMO_PROCS (2), DEMO_BASE (assets/base_model),
-# DEMO_NATURAL (data/natural), DEMO_NATURAL_TEST (200 utterances).
+# DEMO_STEPS (fine-tuning steps, default the config's), DEMO_PROCS (2), DEMO_BASE (assets/base_model),
+# DEMO_CONFIG (configs/train/demo_finetune.yaml, for the shipped filterbank base; demo_finetune_cached.yaml
+# for a raw-waveform wav2vec2 base), DEMO_NATURAL (data/natural), DEMO_NATURAL_TEST (200 utterances).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PATH="$PWD/tools/kenlm/bin:$PATH"
 PY=.venv/bin/python
 OUT=${DEMO_DIR:-runs/demo}
-STEPS=${DEMO_STEPS:-300}
+CONFIG=${DEMO_CONFIG:-configs/train/demo_finetune.yaml}
 BASE=${DEMO_BASE:-assets/base_model}
 # Voices the base model never heard (scripts/build_base_model.sh leaves them out of its corpus).
 VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
@@ -38,12 +39,12 @@ say "1/6 synthetic corpus in $CORPUS (voices the base model never heard)"
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${DEMO_TRAIN:-2000}" --dev 200 --test 200 --seed 0 \
   --voices "$VOICES" --no-progress
 
-say "2/6 fine-tuning $BASE on $PROCS processes for $STEPS steps -> $OUT/model"
+say "2/6 fine-tuning $BASE on $PROCS processes ($CONFIG) -> $OUT/model"
 port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ACCELERATE_USE_CPU=true .venv/bin/accelerate launch --config_file configs/accelerate/cpu_2proc.yaml \
   --num_processes "$PROCS" --main_process_port "$port" \
-  scripts/train.py --config configs/train/demo_finetune.yaml \
-  train.output_dir="$OUT" train.max_steps="$STEPS" data.train.path="$CORPUS/train.jsonl" \
+  scripts/train.py --config "$CONFIG" ${DEMO_STEPS:+train.max_steps="$DEMO_STEPS"} \
+  train.output_dir="$OUT" data.train.path="$CORPUS/train.jsonl" \
   data.dev.path="$CORPUS/dev.jsonl" data.feature_cache.dir="$OUT/feature_cache" model.name_or_path="$BASE" \
   data.vocab="$BASE" --resume latest
 
