@@ -168,9 +168,8 @@ def _index_entry(result: CardResult) -> dict[str, Any]:
         dataset["split"] = result.split
     metrics = [{"type": "wer", "value": round(100 * result.wer, 2), "name": f"WER ({title})"},
                {"type": "cer", "value": round(100 * result.cer, 2), "name": f"CER ({title})"}]
-    if result.settings:
-        for metric in metrics:
-            metric["args"] = {"decoder": result.decoder, "settings": result.settings}
+    for metric in metrics:
+        metric["args"] = {"decoder": result.decoder, **({"settings": result.settings} if result.settings else {})}
     return {"task": {"type": "automatic-speech-recognition", "name": "Speech Recognition"},
             "dataset": dataset, "metrics": metrics}
 
