@@ -72,6 +72,9 @@ class PyCTCDecodeOptions:
     hotword_weight: float = 10.0  # boost per hotword character match
     num_processes: int = 0  # decode_batch: fork-pool workers (pyctcdecode cannot use spawn); 0 or 1 = in-process
     skip_idle_frames: bool = True  # drop the frames the search cannot act on (see IdleFrames): same result, faster
+    # False: the search of decode_beams, which transformers' pipeline runs, so both give the same text; True:
+    # pyctcdecode's decode(), which merges beams ending in the same words: faster, not always the same best beam
+    prune_history: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_width < 1:
@@ -524,9 +527,9 @@ class PyCTCDecodeBeam:
         log_probs = _log_probs(logits, length, self.vocab_size)
         if log_probs.shape[0] == 0:
             return Hypothesis("", (), 0.0)
-        # Pruning beams that share their recent history is safe when only the best one is wanted.
         idle = self._searched(log_probs)
-        beams = self._decoder.decode_beams(idle.log_probs, prune_history=True, **self._search_kwargs())
+        beams = self._decoder.decode_beams(idle.log_probs, prune_history=self.options.prune_history,
+                                           **self._search_kwargs())
         return self._to_hypotheses(beams[:1], idle)[0]
 
     def decode_batch(self, logits: Sequence[np.ndarray],
@@ -547,7 +550,8 @@ class PyCTCDecodeBeam:
         # Workers inherit the LM from this process (pyctcdecode keeps it in a class attribute), which
         # only fork provides; spawn would make pyctcdecode fall back to one process with a warning.
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = self._decoder.decode_beams_batch(pool, searched, prune_history=True, **self._search_kwargs())
+            results = self._decoder.decode_beams_batch(pool, searched, prune_history=self.options.prune_history,
+                                                       **self._search_kwargs())
         out = [Hypothesis("", (), 0.0)] * len(batch)
         for i, beams in zip(nonempty, results):
             out[i] = self._to_hypotheses(beams[:1], idle[i])[0]

@@ -37,6 +37,16 @@ if TYPE_CHECKING:  # transformers pulls in torch (seconds); only the processor f
 logger = logging.getLogger(__name__)
 
 NORMALIZER_FILE = "normalizer.json"
+# The processor's files, as transformers 5 writes them (4.x reads the feature extractor's own file).
+PROCESSOR_FILE = "processor_config.json"
+FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# The class a directory with a KenLM beside the model names: transformers' ASR pipeline then decodes with
+# the LM ("ctc_with_lm"); it reads the name from the feature extractor's settings, not the processor's.
+PROCESSOR_WITH_LM = "Wav2Vec2ProcessorWithLM"
+# How one session loaded the files, not what they are: `local_files_only` saved in a published directory
+# makes every later load refuse the hub.
+_LOADING_KEYS = ("local_files_only", "is_local")
 SPECIAL_TOKENS = (PAD, UNK, WORD_DELIMITER)  # ids 0, 1, 2 in that order
 
 # Every Unicode punctuation (P*) and symbol (S*) character except the ASCII apostrophe. The
@@ -385,19 +395,79 @@ def make_processor(
 
 
 def save_processor(processor: Wav2Vec2Processor, normalizer: TextNormalizer, out_dir: str | os.PathLike) -> Path:
-    """Write the processor's standard files plus `normalizer.json` into `out_dir`; return it."""
+    """Write the processor's standard files plus `normalizer.json` into `out_dir`; return it.
+
+    The files name the plain processor class (see `declare_processor_class`) and carry no loading
+    options of this session (`local_files_only`), so the directory can be published as it is.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(str(out))
     # transformers 5 writes one processor_config.json; older loaders (and tools such as
     # pyctcdecode's processor-with-LM) look for the feature extractor's own file too.
     processor.feature_extractor.save_pretrained(str(out))
+    declare_processor_class(out, with_lm=False)  # also drops this session's loading options
     normalizer.save(out)
     return out
 
 
+def plain_processor_class(directory: str | os.PathLike) -> str:
+    """`Wav2Vec2BertProcessor` for a filterbank feature extractor (wav2vec2-bert), else `Wav2Vec2Processor`."""
+    directory = Path(directory)
+    settings = _read_json_file(directory / PROCESSOR_FILE).get("feature_extractor") \
+        or _read_json_file(directory / FEATURE_EXTRACTOR_FILE)
+    filterbank = settings.get("feature_extractor_type") == "SeamlessM4TFeatureExtractor"
+    return "Wav2Vec2BertProcessor" if filterbank else "Wav2Vec2Processor"
+
+
+def declare_processor_class(directory: str | os.PathLike, with_lm: bool) -> str:
+    """Name the processor class in every processor file of `directory`; returns the name written.
+
+    With an LM (`lm.build_lm` wrote `language_model/` beside the model) the name is
+    `Wav2Vec2ProcessorWithLM`: transformers' ASR pipeline then loads the LM and decodes with it,
+    and `Wav2Vec2ProcessorWithLM.from_pretrained` / `AutoProcessor` load it. Without one it is the
+    plain class, which loads with no LM. `load_processor` reads either. The tokenizer config loses
+    this session's loading options (`local_files_only`), which would follow a published copy.
+    """
+    directory = Path(directory)
+    name = PROCESSOR_WITH_LM if with_lm else plain_processor_class(directory)
+
+    def set_processor(data: dict[str, Any]) -> None:
+        data["processor_class"] = name
+        if isinstance(data.get("feature_extractor"), dict):  # where transformers 5's pipeline reads it
+            data["feature_extractor"]["processor_class"] = name
+
+    def set_tokenizer(data: dict[str, Any]) -> None:
+        set_processor(data)
+        for key in _LOADING_KEYS:
+            data.pop(key, None)
+
+    _edit_json(directory / PROCESSOR_FILE, set_processor)
+    _edit_json(directory / FEATURE_EXTRACTOR_FILE, set_processor)
+    _edit_json(directory / TOKENIZER_CONFIG_FILE, set_tokenizer)
+    return name
+
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when the file is absent."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _edit_json(path: Path, edit) -> None:
+    """Apply `edit` (which changes the dict in place) to the JSON object in `path`, if the file exists."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def load_processor(path: str | os.PathLike) -> tuple[Wav2Vec2Processor, TextNormalizer]:
     """Load what `save_processor` wrote.
+
+    The processor is always the plain one (`Wav2Vec2Processor`, or `Wav2Vec2BertProcessor` for a
+    filterbank model), also when the files name `Wav2Vec2ProcessorWithLM`: our decoders load the LM
+    themselves (`asr.beam`), so it is not loaded twice.
 
     Args:
         path: Directory with the processor files and `normalizer.json`.
@@ -409,15 +479,17 @@ def load_processor(path: str | os.PathLike) -> tuple[Wav2Vec2Processor, TextNorm
         FileNotFoundError: The directory or its `normalizer.json` is missing; for a hub checkpoint
             without one, use Wav2Vec2Processor.from_pretrained and choose a TextNormalizer yourself.
     """
-    from transformers import AutoProcessor
+    import transformers
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Processor directory {str(path)!r} does not exist; pass the directory "
                                 "that save_processor() wrote.")
     normalizer = TextNormalizer.load(path)
-    # The processor class the directory names: Wav2Vec2Processor, or Wav2Vec2BertProcessor (filterbank).
-    return AutoProcessor.from_pretrained(str(path)), normalizer
+    feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(str(path))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(str(path))
+    processor_class = getattr(transformers, plain_processor_class(path))
+    return processor_class(feature_extractor=feature_extractor, tokenizer=tokenizer), normalizer
 
 
 def encode(text: str, vocab: Mapping[str, int], *, unk_token: str = UNK,

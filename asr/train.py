@@ -18,6 +18,7 @@ from asr.data import DataConfig
 from asr.decoding import greedy_decode
 from asr.metrics import error_rates
 from asr.model import ModelConfig, output_frames
+from asr.model_card import CardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    card: CardConfig = field(default_factory=CardConfig)  # the model card's licence, language, datasets
 
 
 _NO_DECAY = ("bias", "layer_norm", "layernorm", "norm.weight", "masked_spec_embed", "pos_conv")
@@ -328,45 +330,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def model_card(cfg: TrainConfig, data_summary: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """README.md for the exported model directory."""
-    base = cfg.model.name_or_path or f"{cfg.model.architecture.get('model_type', 'wav2vec2')} (from scratch)"
-    lines = [
-        "---",
-        "pipeline_tag: automatic-speech-recognition",
-        "tags: [ctc, asr-toolkit]",
-        "---",
-        f"# CTC speech recogniser fine-tuned from {base}",
-        "",
-        "## Training data",
-        "",
-        "| split | source | utterances | hours | dropped |",
-        "|---|---|---|---|---|",
-    ]
-    for split, s in data_summary.items():
-        lines.append(f"| {split} | {s['source']} | {s['utterances']} | {s['hours']:.2f} | {s['dropped']} |")
-    lines += [
-        "",
-        "## Results (greedy CTC decoding on the dev set)",
-        "",
-        "| WER | CER | step |",
-        "|---|---|---|",
-        f"| {100 * metrics['wer']:.2f}% | {100 * metrics['cer']:.2f}% | {metrics['step']} |",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        'asr = pipeline("automatic-speech-recognition", model="<this directory>")',
-        'print(asr("audio.wav")["text"])',
-        "```",
-        "",
-        f"Training: {metrics['step']} steps, peak LR {cfg.optim.lr}, {cfg.optim.schedule} schedule, "
-        f"{cfg.data.max_batch_seconds} s of audio per batch per process. The resolved config is train_config.yaml.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def finite_on_all_ranks(accelerator, loss: torch.Tensor) -> bool:

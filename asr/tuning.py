@@ -216,6 +216,7 @@ def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str
     stored["tuned"] = {
         "data": result.data, "utterances": result.utterances, "grid": dataclasses.asdict(result.grid),
         "wer": {name: p.wer for name, p in result.best.items()},
+        "cer": {name: p.cer for name, p in result.best.items()},
         "oracle_wer": {name: o.wer_oracle for name, o in result.oracle.items()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {}),
     }

@@ -2,12 +2,15 @@
 
 from lm.build import (
     INFO_FILE,
+    KENLM_BIN_ENV,
     CorpusReport,
     HeldoutReport,
+    KenLMNotFoundError,
     LMBuildOptions,
     LMInfo,
     UnemittableChar,
     build_lm,
+    declare_lm_processor,
     emittable_chars,
     evaluate_heldout,
     find_kenlm_tool,
@@ -21,12 +24,15 @@ from lm.build import (
 
 __all__ = [
     "INFO_FILE",
+    "KENLM_BIN_ENV",
     "CorpusReport",
     "HeldoutReport",
+    "KenLMNotFoundError",
     "LMBuildOptions",
     "LMInfo",
     "UnemittableChar",
     "build_lm",
+    "declare_lm_processor",
     "emittable_chars",
     "evaluate_heldout",
     "find_kenlm_tool",

@@ -17,7 +17,11 @@ standalone:
 build report sits one level up. With the model's files in DIR too, `Wav2Vec2ProcessorWithLM` and
 `BeamSearchDecoderCTC.load_from_dir` load DIR as is.
 
-`lmplz` and `build_binary` are found on PATH, then in tools/kenlm/bin (built by scripts/setup.sh).
+`lmplz` and `build_binary` are found in $ASR_KENLM_BIN, then on PATH, then in tools/kenlm/bin (where
+scripts/setup.sh builds them); `LMBuildOptions.kenlm_bin` (--kenlm-bin) looks only in its directory.
+Built into a model directory (one with the processor files), the LM becomes part of the model for
+Hugging Face users: the processor files name `Wav2Vec2ProcessorWithLM`, so `pipeline(...)` decodes
+with it, and the model card is rewritten to describe it (`asr.model_card`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from asr.beam import (
 )
 from asr.constants import PAD, UNK, WORD_DELIMITER
 from asr.files import replace_dir
-from asr.text import TextNormalizer
+from asr.text import PROCESSOR_FILE, TextNormalizer, declare_processor_class
 
 if TYPE_CHECKING:  # asr.sources pulls in the audio stack; only read_source_texts needs it, at call time
     from asr.sources import SourceConfig
@@ -58,9 +62,11 @@ if TYPE_CHECKING:  # asr.sources pulls in the audio stack; only read_source_text
 logger = logging.getLogger(__name__)
 
 KENLM_BIN_DIR = Path(__file__).resolve().parents[1] / "tools" / "kenlm" / "bin"  # where scripts/setup.sh builds them
+KENLM_BIN_ENV = "ASR_KENLM_BIN"  # a directory holding lmplz and build_binary, looked in before PATH
 INFO_FILE = "lm_info.json"
 KENLM_MAX_ORDER = 6  # the kenlm module and build_binary are compiled with KenLM's default maximum order
-_SETUP_HINT = "run `bash scripts/setup.sh` to build it into tools/kenlm/bin, or put KenLM's bin directory on PATH"
+_SETUP_HINT = (f"put KenLM's bin directory on PATH, set {KENLM_BIN_ENV} to it, or run `bash scripts/setup.sh` to "
+               "build it into tools/kenlm/bin")
 _MEMORY_RE = re.compile(r"^\d+(\.\d+)?[%bKMGTPEZY]?$")  # lmplz/build_binary -S syntax, as GNU sort's
 _EXAMPLE_CHARS = 80  # example sentences in reports are cut to this length
 _TOOL_LOG_LINES = 15  # tail of a failing tool's output quoted in the error
@@ -83,7 +89,7 @@ class LMBuildOptions:
     temp_dir: str | None = None  # lmplz/build_binary -T and the corpus file; None: a hidden folder in the output dir
     heldout_fraction: float = 0.0  # share of the sentences kept out of training to measure perplexity
     seed: int = 0  # which sentences are held out
-    kenlm_bin: str | None = None  # directory with lmplz/build_binary; None: PATH, then tools/kenlm/bin
+    kenlm_bin: str | None = None  # directory with lmplz/build_binary; None: $ASR_KENLM_BIN, PATH, tools/kenlm/bin
 
     def __post_init__(self) -> None:
         if not 1 <= self.order <= KENLM_MAX_ORDER:
@@ -185,26 +191,38 @@ class LMInfo:
 
 
 # ------------------------------------------------------------------------------------------ tools
+class KenLMNotFoundError(RuntimeError):
+    """A KenLM program is in none of the places looked in; the message names them and how to fix it."""
+
+
 def find_kenlm_tool(name: str, bin_dir: str | os.PathLike | None = None) -> Path:
     """Path of a KenLM program (`lmplz`, `build_binary`).
 
     Args:
         name: Program name.
-        bin_dir: Look only here; None looks on PATH, then in tools/kenlm/bin of this repository.
+        bin_dir: Look only here; None looks in $ASR_KENLM_BIN (when set), on PATH, then in
+            tools/kenlm/bin of this repository (scripts/setup.sh's build).
 
     Raises:
-        RuntimeError: The program is not found; the message says how to build it.
+        KenLMNotFoundError: The program is not found; the one-line message names every place looked in.
     """
     if bin_dir is not None:
         candidates = [Path(bin_dir) / name]
     else:
+        env_dir = os.environ.get(KENLM_BIN_ENV)
         on_path = shutil.which(name)
-        candidates = ([Path(on_path)] if on_path else []) + [KENLM_BIN_DIR / name]
+        candidates = ([Path(env_dir) / name] if env_dir else []) + ([Path(on_path)] if on_path else []) \
+            + [KENLM_BIN_DIR / name]
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    where = str(bin_dir) if bin_dir is not None else f"PATH or {KENLM_BIN_DIR}"
-    raise RuntimeError(f"KenLM's {name} was not found in {where}; {_SETUP_HINT}.")
+    if bin_dir is not None:
+        raise KenLMNotFoundError(f"KenLM's {name} was not found in {bin_dir} (the kenlm_bin given); pass the "
+                                 f"directory that holds it, or leave kenlm_bin unset and {_SETUP_HINT}.")
+    env_value = os.environ.get(KENLM_BIN_ENV)
+    env_text = f"{KENLM_BIN_ENV}={env_value}" if env_value else f"{KENLM_BIN_ENV} (unset)"
+    raise KenLMNotFoundError(f"KenLM's {name} was not found on PATH, in {env_text} or in {KENLM_BIN_DIR}; "
+                             f"{_SETUP_HINT}.")
 
 
 @dataclass(frozen=True)
@@ -591,6 +609,9 @@ def build_lm(
         logger.warning("No vocabulary given: %s not written, so pyctcdecode's load_from_dir cannot load %s; pass "
                        "the model's vocabulary (--model DIR).", ALPHABET_FILE, out_dir)
 
+    if (out_dir / PROCESSOR_FILE).is_file():  # beside a model: the LM becomes part of it for Hugging Face users
+        declare_lm_processor(out_dir, usable=vocab is not None and options.unit == "word")
+
     kenlm_path = out_dir / LM_SUBDIR / kenlm_name
     heldout_report = evaluate_heldout(kenlm_path, heldout_sentences) if heldout_sentences else None
     info = LMInfo(
@@ -609,6 +630,21 @@ def build_lm(
                 if heldout_report else " (no held-out text: perplexity not measured)", info.seconds)
     return info
 
+
+
+def declare_lm_processor(model_dir: Path, usable: bool) -> None:
+    """Name `Wav2Vec2ProcessorWithLM` in the model's processor files when pyctcdecode can use the LM.
+
+    transformers' ASR pipeline then loads `language_model/` and decodes with it ("ctc_with_lm"). A
+    token-level LM, or one built without the vocabulary (no alphabet.json), would break that
+    pipeline, so the files keep the plain name and the pipeline decodes greedily.
+    """
+    name = declare_processor_class(model_dir, with_lm=usable)
+    if usable:
+        logger.info("%s now names %s: transformers' ASR pipeline decodes with this LM", model_dir, name)
+    else:
+        logger.warning("%s keeps naming %s: transformers' ASR pipeline decodes greedily, as pyctcdecode needs a "
+                       "word LM and the model's vocabulary (build with --model DIR --unit word)", model_dir, name)
 
 
 def load_lm_info(directory: str | os.PathLike) -> dict[str, Any]:

@@ -6,7 +6,10 @@ writes, beside the model (or into --output DIR), pyctcdecode's layout: alphabet.
 language_model/{attrs.json, lm.bin, unigrams.txt}, plus lm_info.json (corpus report, n-gram counts,
 size, held-out perplexity). `Wav2Vec2ProcessorWithLM.from_pretrained(DIR)`, pyctcdecode's
 `BeamSearchDecoderCTC.load_from_dir(DIR)` and `asr.beam.{PyCTCDecodeBeam,FlashlightBeam}.from_dir(DIR)`
-then load it. Needs KenLM's lmplz and build_binary (`bash scripts/setup.sh` builds them).
+then load it. Beside a model, the processor files then name `Wav2Vec2ProcessorWithLM`, so
+`transformers.pipeline("automatic-speech-recognition", model=DIR)` decodes with the LM, and the model
+card (README.md) is rewritten to describe it. Needs KenLM's lmplz and build_binary, found in
+$ASR_KENLM_BIN, on PATH or in tools/kenlm/bin (`bash scripts/setup.sh` builds them there).
 
 Text inputs (any mix, all concatenated):
     --text FILE ...            plain text, one sentence per line
@@ -26,7 +29,8 @@ Options worth knowing:
     --memory 1G --temp-dir DIR bounds for lmplz/build_binary (-S, -T)
 
 Exit code: 0 built; 1 a crash (a traceback, or lmplz/build_binary failing with their output); 2 bad
-arguments or input (one line: a missing file, text that is not in --encoding, no usable sentence).
+arguments or input, or lmplz/build_binary not found (one line: a missing file, text that is not in
+--encoding, no usable sentence, where KenLM was looked for).
 """
 
 from __future__ import annotations
@@ -38,9 +42,17 @@ from pathlib import Path
 
 from asr.beam import PyCTCDecodeOptions
 from asr.constants import EXIT_OK, EXIT_USAGE
+from asr.model_card import write_model_card
 from asr.sources import SourceConfig
 from asr.text import TextNormalizer
-from lm.build import LMBuildOptions, build_lm, load_model_text_config, read_source_texts, read_text_files
+from lm.build import (
+    KenLMNotFoundError,
+    LMBuildOptions,
+    build_lm,
+    load_model_text_config,
+    read_source_texts,
+    read_text_files,
+)
 
 logger = logging.getLogger("build_lm")
 
@@ -77,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of the sentences held out of training for perplexity")
     p.add_argument("--seed", type=int, default=defaults.seed, help="picks the held-out sentences")
     p.add_argument("--kenlm-bin", default=None,
-                   help="directory with lmplz/build_binary (default: PATH, then tools/kenlm/bin)")
+                   help="directory with lmplz/build_binary (default: $ASR_KENLM_BIN, PATH, then tools/kenlm/bin)")
     p.add_argument("--alpha", type=float, default=PyCTCDecodeOptions.alpha, help="attrs.json LM weight for pyctcdecode")
     p.add_argument("--beta", type=float, default=PyCTCDecodeOptions.beta, help="attrs.json word bonus for pyctcdecode")
     args = p.parse_args(argv)
@@ -101,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         build(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one line, nothing built
+    except (ValueError, FileNotFoundError, KenLMNotFoundError) as e:  # bad input or no KenLM: one line, nothing built
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -140,6 +152,9 @@ def build(args: argparse.Namespace) -> None:
         print(f"held-out perplexity {info.heldout.perplexity:.1f} on {info.heldout.num_sentences} sentences "
               f"(OOV {100 * info.heldout.oov_rate:.1f}%)")
     print(f"report: {Path(info.directory) / 'lm_info.json'}")
+    card = write_model_card(info.directory)  # None unless the LM went beside a model that scripts/train.py wrote
+    if card is not None:
+        print(f"model card: {card}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ decoder.json written by --tune); flags override them. --reference adds rows for 
 
 Writes to --output: results.md (the table), results.json, results.csv, utterances.jsonl/.csv (id,
 reference, every decoder's hypothesis and word errors), comparison.png, dropped.jsonl (items left
-out and why), and with --tune: tuning.md/.json. The table goes to stdout, logs to stderr.
+out and why), and with --tune: tuning.md/.json. The table goes to stdout, logs to stderr. With --tune
+and the LM in the model directory, the model card (README.md) is rewritten with the tuned decoders'
+results on the tuning set and this table's.
 
 Exit code: 0 done; 1 a crash (a traceback); 2 bad arguments or input (one line, nothing evaluated);
 3 done, but some utterances' audio was missing or unreadable (dropped.jsonl lists them; the table
@@ -57,6 +59,7 @@ from asr.evaluation import (
     has_lm,
     load_decoder_settings,
 )
+from asr.model_card import CardResult, write_model_card
 from asr.reference import REFERENCES, check_reference, transcribe_reference
 from asr.report import build_report, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
@@ -257,6 +260,11 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
                           lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in args.decoder) else None,
                           padding=padding, references=reference_runs)
     write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), acoustic.drops, args.output)
+    if args.tune and lm is not None and lm.resolve() == args.model.resolve():  # the LM is part of the model
+        card = write_model_card(args.model, [CardResult(r.decoder, args.data, r.wer, r.cer, r.utterances, args.split,
+                                                        r.settings) for r in report.results if not r.reference])
+        if card is not None:
+            logger.info("model card rewritten with the tuned decoders and this table: %s", card)
     print(report.to_markdown())
     print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl")
     failed = [d for d in acoustic.drops if d.reason in FAILED_AUDIO]

@@ -70,6 +70,7 @@ from asr.model import (
     load_model_config,
     takes_filterbank,
 )
+from asr.model_card import write_model_card
 from asr.sampler import DurationBatchSampler, EpochTaggedBatches
 from asr.sources import load_source
 from asr.text import (
@@ -90,7 +91,6 @@ from asr.train import (
     evaluate,
     finite_on_all_ranks,
     forward_loss,
-    model_card,
     plot_curves,
     process_tree_cpu_seconds,
     seconds_in_batch,
@@ -269,8 +269,9 @@ def export_model(accelerator, model, processor, normalizer, cfg, out: Path, metr
         accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         save_processor(processor, normalizer, tmp)
         save_config(cfg, tmp / "train_config.yaml")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / "README.md").write_text(model_card(cfg, data_summary, metrics))
+        # the data summary too: build_lm.py and eval.py --tune rewrite the card from the directory's files
+        (tmp / "metrics.json").write_text(json.dumps({**metrics, "data": data_summary}, indent=2))
+        write_model_card(tmp)
         replace_dir(tmp, out / "model")
     accelerator.wait_for_everyone()
 
