@@ -53,12 +53,12 @@ from tqdm.auto import tqdm
 
 from asr import launch
 from asr.allocator import active_allocator
-from asr.beam import LM_SUBDIR, GreedyCTC
+from asr.beam import LM_SUBDIR
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.evaluation import build_decoder, load_decoder_settings
 from asr.files import write_text_atomic
 from asr.inference import BACKENDS, load_acoustic_model
 from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputBusy, OutputDir, ResultSink
+from asr.recognizer import make_decoder
 from asr.transcribe import (
     DECODERS,
     Failure,
@@ -131,14 +131,6 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
             raise ValueError(f"--output {args.output} is inside the input {given}; choose an output outside it, or "
                              "pass --in-place to allow writing there.")
     return options, lm
-
-
-def make_decoder(name: str, lm: Path | None, vocab: dict[str, int]):
-    """The decoder called `name` over the model's vocabulary, with the LM directory's settings (its
-    attrs.json alpha/beta and what `eval.py --tune` stored in decoder.json), as eval.py decodes."""
-    if name == "greedy":
-        return GreedyCTC(vocab)
-    return build_decoder(name, vocab, lm, load_decoder_settings(lm))
 
 
 def main(argv: list[str] | None = None) -> int:
