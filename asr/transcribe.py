@@ -37,7 +37,9 @@ from asr.sources import AUDIO_KEYS
 logger = logging.getLogger(__name__)
 
 DECODERS = ("greedy", "beam", "flashlight")  # GreedyCTC, PyCTCDecodeBeam, FlashlightBeam
-FORMATS = ("txt", "srt", "vtt")
+SIDE_FORMATS = ("txt", "srt", "vtt", "ctm", "tsv")  # one file per audio file (asr.outputs.render)
+RUN_FORMATS = ("nemo",)  # one file per run: nemo_manifest.jsonl (asr.outputs.write_nemo_manifest)
+FORMATS = SIDE_FORMATS + RUN_FORMATS
 
 # libsndfile reads these besides AUDIO_EXTENSIONS; FFmpeg adds the others when it is on PATH.
 SOUNDFILE_EXTENSIONS = (".aif", ".aiff", ".au", ".caf", ".w64")
@@ -63,7 +65,7 @@ class TranscribeOptions:
     overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
     cut_at_pauses: bool = False  # cut long files at their quietest stretches into pieces <= chunk_seconds (no overlap)
     max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
-    formats: tuple[str, ...] = ()  # per-file outputs besides transcripts.jsonl: txt, srt, vtt
+    formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
 
     def __post_init__(self) -> None:
