@@ -4,10 +4,10 @@ Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, 
 `collate`, `feature_cache`, `augment` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
 `inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference` (scripts/eval.py's stages; `reference` is its pocketsphinx yardstick row), `chunking`,
-`transcribe`, `outputs` (batch transcription), `corpus` and `layouts` (the synthetic speech corpus and
-its export layouts), `benchmark`, `files`, and `onnx_export` and `onnx_model` (ONNX export and the
-ONNX Runtime backend). Only the names below are re-exported here; the rest are imported from their
-modules.
+`transcribe`, `outputs` (batch transcription), `recognizer` (one-call transcription from Python),
+`corpus` and `layouts` (the synthetic speech corpus and its export layouts), `benchmark`, `files`, and
+`onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
+re-exported here; the rest are imported from their modules.
 """
 
 import importlib
@@ -27,6 +27,7 @@ _EXPORTS = {
     "FeatureCacheConfig": "feature_cache",
     "FilterConfig": "filters", "apply_filters": "filters",
     "ErrorRates": "metrics", "error_rates": "metrics",
+    "Recognizer": "recognizer",
     "DurationBatchSampler": "sampler",
     "SourceConfig": "sources", "Utterance": "sources", "load_source": "sources",
     "TextNormalizer": "text", "build_vocab": "text", "load_processor": "text", "make_processor": "text",

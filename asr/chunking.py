@@ -412,7 +412,8 @@ def _certain(token: int, vocab_size: int) -> np.ndarray:
 
 def chunked_log_probs(blocks: Iterable[np.ndarray], spec: ChunkSpec,
                       forward: Callable[[list[np.ndarray]], list[np.ndarray]],
-                      chunks_per_batch: int, delimiter: int | None = None) -> tuple[np.ndarray, int]:
+                      chunks_per_batch: int, delimiter: int | None = None,
+                      on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
     """Run a model over a stream chunk by chunk and stitch its output.
 
     Args:
@@ -421,6 +422,8 @@ def chunked_log_probs(blocks: Iterable[np.ndarray], spec: ChunkSpec,
         forward: Audios -> log-probs [frames_i, V] per audio (e.g. `asr.inference.log_probs_batch`).
         chunks_per_batch: Chunks per `forward` call.
         delimiter: The word delimiter's id, to mark cuts in silence as word boundaries (see Stitcher).
+        on_batch: Called after each `forward` call with the samples of the recording covered so far
+            (the end of its last chunk), e.g. for progress within a long file.
 
     Returns:
         (log-probs [frames(num_samples), V], num_samples).
@@ -432,6 +435,8 @@ def chunked_log_probs(blocks: Iterable[np.ndarray], spec: ChunkSpec,
     def flush() -> None:
         for chunk, log_probs in zip(pending, forward([c.audio for c in pending])):
             stitcher.add(chunk, log_probs)
+        if on_batch is not None:
+            on_batch(pending[-1].start + len(pending[-1].audio))
         pending.clear()
 
     for chunk in iter_chunks(blocks, spec):

@@ -1,4 +1,4 @@
-"""The output directory of a transcription run: crash-safe JSONL records and per-file .txt/.srt/.vtt.
+"""The output directory of a transcription run: crash-safe JSONL records and per-file .txt/.srt/.vtt/.ctm/.tsv.
 
 `OutputDir` names the files of one rank and merges them at the end; `ResultSink` writes each result of
 `asr.transcribe.Transcriber` as it comes; `render` turns a Transcript into a side file.
@@ -6,9 +6,10 @@
 Output directory layout (OUT):
     transcripts.jsonl        one Transcript per line, in input order once a run completes
     errors.jsonl             one Failure per line: files that could not be transcribed, and why
+    nemo_manifest.jsonl      with the "nemo" format: {audio_filepath, duration, pred_text} per transcript
     .parts/                  while running: other ranks' transcripts and every rank's failures
     .lock                    the pid of the run writing here (flock'd by its main process while it runs)
-    <mirror of inputs>/      optional .txt/.srt/.vtt per file
+    <mirror of inputs>/      optional .txt/.srt/.vtt/.ctm/.tsv per file
 
 Crash safety: a line is appended with a single write() and fsync'd, after the file's .txt/.srt/.vtt
 (written to a temporary name and renamed), so a transcript line means the file is completely done.
@@ -34,22 +35,25 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from asr.files import write_text_atomic
-from asr.transcribe import FORMATS, AudioItem, Failure, Transcript, WordTime
+from asr.transcribe import SIDE_FORMATS, AudioItem, Failure, Transcript, WordTime
 
 logger = logging.getLogger(__name__)
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
+NEMO_MANIFEST_FILE = "nemo_manifest.jsonl"  # NeMo's manifest keys: transcribe_speech.py writes the same
 PARTS_DIR = ".parts"
 LOCK_FILE = ".lock"
 
-CUE_MAX_CHARS = 84  # two subtitle lines of 42 characters, the usual broadcast limit
+CUE_LINE_CHARS = 42  # characters per subtitle line, the usual broadcast (Netflix, BBC) limit
+CUE_MAX_LINES = 2  # lines per cue; a third covers too much of the picture
+CUE_MAX_CHARS = CUE_MAX_LINES * CUE_LINE_CHARS  # text of a cue, not counting the line break
 CUE_MAX_SECONDS = 7.0  # longer cues are hard to read along with
 CUE_MAX_PAUSE = 1.0  # seconds of silence that start a new cue
 TORN_TAIL_SCAN_BYTES = 1 << 16  # how far back from the end to look for the last newline at a time
@@ -237,12 +241,12 @@ class ResultSink:
     Args:
         out: The output directory (for this rank).
         side_bases: Item index -> side file path without suffix (see `side_file_bases`).
-        formats: Which of txt, srt, vtt to write.
+        formats: The formats of the run; the per-file ones among them (txt, srt, vtt, ctm, tsv) are written.
     """
 
     def __init__(self, out: OutputDir, side_bases: Mapping[int, Path], formats: Sequence[str]) -> None:
         self.side_bases = side_bases
-        self.formats = tuple(formats)
+        self.formats = tuple(f for f in formats if f in SIDE_FORMATS)
         self._transcripts = open_append(out.transcripts_path)
         self._failures = open_append(out.failures_path)
 
@@ -264,20 +268,58 @@ class ResultSink:
 
 # -------------------------------------------------------------------------------------- side files
 def cues(words: Sequence[WordTime]) -> list[tuple[float, float, str]]:
-    """Words grouped into subtitle cues (start s, end s, text): split at pauses, length and duration limits."""
+    """Words grouped into subtitle cues (start s, end s, text): split at pauses, and wherever the text would
+    no longer wrap into CUE_MAX_LINES lines of CUE_LINE_CHARS or the cue would last over CUE_MAX_SECONDS.
+
+    A long stretch of speech thus becomes several cues, each timed by its own words; `wrap_cue` breaks
+    a cue's text into its lines.
+    """
     out: list[tuple[float, float, str]] = []
     current: list[WordTime] = []
-    for word in words:
+    for word in _line_sized(words):
         if current:
-            text_length = sum(len(w.word) + 1 for w in current) + len(word.word)
-            if (word.start - current[-1].end >= CUE_MAX_PAUSE or text_length > CUE_MAX_CHARS
-                    or word.end - current[0].start > CUE_MAX_SECONDS):
+            text = " ".join(w.word for w in current) + " " + word.word
+            if (word.start - current[-1].end >= CUE_MAX_PAUSE or len(text) > CUE_MAX_CHARS
+                    or len(wrap_cue(text)) > CUE_MAX_LINES or word.end - current[0].start > CUE_MAX_SECONDS):
                 out.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
                 current = []
         current.append(word)
     if current:
         out.append((current[0].start, current[-1].end, " ".join(w.word for w in current)))
     return out
+
+
+def wrap_cue(text: str, width: int = CUE_LINE_CHARS) -> list[str]:
+    """The lines of a cue: one line if it fits, else balanced lines of at most `width` characters
+    (the split whose longest line is shortest), more than two only for text `cues` would not make."""
+    words = text.split()
+    if len(text) <= width or len(words) < 2:
+        return [text] if text else []
+    best: list[str] | None = None
+    for cut in range(1, len(words)):
+        lines = [" ".join(words[:cut]), " ".join(words[cut:])]
+        if max(map(len, lines)) <= width and (best is None or max(map(len, lines)) < max(map(len, best))):
+            best = lines
+    if best is not None:
+        return best
+    lines, line = [], ""  # no two-line split fits: fill lines greedily
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + [line]
+
+
+def _line_sized(words: Sequence[WordTime]) -> Iterator[WordTime]:
+    """The words, each longer than a subtitle line cut into line-sized pieces timed in proportion."""
+    for w in words:
+        pieces = [w.word[i:i + CUE_LINE_CHARS] for i in range(0, len(w.word), CUE_LINE_CHARS)] or [w.word]
+        step = (w.end - w.start) / len(pieces)
+        for k, piece in enumerate(pieces):
+            yield w if len(pieces) == 1 else WordTime(piece, round(w.start + k * step, 3),
+                                                      round(w.start + (k + 1) * step, 3))
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -289,16 +331,63 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
+def ctm_file_id(path: str) -> str:
+    """The CTM file id of a transcript's path: the path without its suffix, whitespace made `_` (CTM fields
+    are whitespace-separated)."""
+    stem = str(Path(path).with_suffix("")) if Path(path).suffix else path
+    return re.sub(r"\s", "_", stem) or "_"
+
+
 def render(transcript: Transcript, fmt: str) -> str:
-    """The text of one side file: "txt" (the transcript), "srt" or "vtt" (timed cues)."""
+    """The text of one side file.
+
+    Formats: "txt" (the transcript); "srt" and "vtt" (timed cues, see `cues`, of at most two lines of 42
+    characters); "ctm" (NIST CTM, a word a line: `<file-id> 1 <start> <duration> <word>`, seconds,
+    no confidence: the decoders give none); "tsv" (Whisper's layout: a `start<TAB>end<TAB>text` header, then
+    a cue a line, times in integer milliseconds).
+    """
     if fmt == "txt":
         return transcript.text + "\n"
+    if fmt == "ctm":
+        file_id = ctm_file_id(transcript.path)
+        return "".join(f"{file_id} 1 {w.start:.3f} {max(0.0, w.end - w.start):.3f} {w.word}\n"
+                       for w in transcript.words)
+    if fmt == "tsv":
+        rows = [f"{round(start * 1000)}\t{round(end * 1000)}\t{text}\n" for start, end, text in cues(transcript.words)]
+        return "start\tend\ttext\n" + "".join(rows)
+    if fmt not in ("srt", "vtt"):
+        raise ValueError(f"Format {fmt!r} is unknown; use one of {', '.join(SIDE_FORMATS)}.")
     blocks = []
     for number, (start, end, text) in enumerate(cues(transcript.words), 1):
+        lines = "\n".join(wrap_cue(text))
         if fmt == "srt":
-            blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n")
-        elif fmt == "vtt":
-            blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n")
+            blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{lines}\n")
         else:
-            raise ValueError(f"Format {fmt!r} is unknown; use one of {', '.join(FORMATS)}.")
+            blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{lines}\n")
     return ("WEBVTT\n\n" if fmt == "vtt" else "") + "\n".join(blocks)
+
+
+# ------------------------------------------------------------------------------------- run outputs
+def nemo_manifest_line(transcript: Transcript, audio_file: str | os.PathLike) -> str:
+    """One line of a NeMo manifest: `{"audio_filepath", "duration", "pred_text"}` (what NeMo's
+    transcribe_speech.py writes and its scoring and training scripts read)."""
+    return json_line({"audio_filepath": os.fspath(audio_file), "duration": transcript.duration,
+                      "pred_text": transcript.text})
+
+
+def write_nemo_manifest(path: Path, transcripts: Sequence[Transcript], items: Sequence[AudioItem]) -> None:
+    """`path` as a NeMo manifest of `transcripts`, audio paths absolute.
+
+    A transcript of a file that is not among `items` (an earlier run's other input) gets its path
+    from its record: relative to its input directory, or to its manifest's directory.
+    """
+    files = {item.key: item.file for item in items}
+
+    def audio_file(t: Transcript) -> Path:
+        if t.key in files:
+            return Path(files[t.key]).absolute()
+        given = Path(os.path.expanduser(t.path))
+        base = Path(t.input) if Path(t.input).is_dir() else Path(t.input).parent
+        return given if given.is_absolute() else base / given
+
+    write_text_atomic(path, "".join(nemo_manifest_line(t, audio_file(t)) for t in transcripts))

@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
 from asr.beam import CTCDecoder, Hypothesis
-from asr.chunking import ChunkSpec, chunked_log_probs, stream_audio
+from asr.chunking import BLOCK_SECONDS, ChunkSpec, chunked_log_probs, stream_audio
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
 from asr.sources import AUDIO_KEYS
@@ -37,7 +37,9 @@ from asr.sources import AUDIO_KEYS
 logger = logging.getLogger(__name__)
 
 DECODERS = ("greedy", "beam", "flashlight")  # GreedyCTC, PyCTCDecodeBeam, FlashlightBeam
-FORMATS = ("txt", "srt", "vtt")
+SIDE_FORMATS = ("txt", "srt", "vtt", "ctm", "tsv")  # one file per audio file (asr.outputs.render)
+RUN_FORMATS = ("nemo",)  # one file per run: nemo_manifest.jsonl (asr.outputs.write_nemo_manifest)
+FORMATS = SIDE_FORMATS + RUN_FORMATS
 
 # libsndfile reads these besides AUDIO_EXTENSIONS; FFmpeg adds the others when it is on PATH.
 SOUNDFILE_EXTENSIONS = (".aif", ".aiff", ".au", ".caf", ".w64")
@@ -63,7 +65,7 @@ class TranscribeOptions:
     overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
     cut_at_pauses: bool = False  # cut long files at their quietest stretches into pieces <= chunk_seconds (no overlap)
     max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
-    formats: tuple[str, ...] = ()  # per-file outputs besides transcripts.jsonl: txt, srt, vtt
+    formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
 
     def __post_init__(self) -> None:
@@ -97,12 +99,15 @@ class AudioItem:
         input: The input directory or manifest, as an absolute path.
         path: The file as given: relative to its input directory, or as the manifest lists it.
         file: Where to read it.
+        audio: The samples themselves (float32 [num_samples] at 16 kHz), for audio given in memory
+            (asr.recognizer); None reads `file`.
     """
 
     index: int
     input: str
     path: str
     file: Path
+    audio: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -374,11 +379,12 @@ def assign_by_cost(costs: Sequence[float], world_size: int) -> list[int]:
 
 
 def probe_durations(items: Sequence[AudioItem]) -> list[float | Failure]:
-    """Each file's duration from its header, or the Failure that reading the header gave."""
+    """Each file's duration from its header (an in-memory item's from its length), or the Failure that reading
+    the header gave."""
     out: list[float | Failure] = []
     for item in items:
         try:
-            out.append(audio_duration(item.file))
+            out.append(len(item.audio) / SAMPLE_RATE if item.audio is not None else audio_duration(item.file))
         except AudioError as e:
             out.append(Failure.of(item, e))
     return out
@@ -402,31 +408,33 @@ class Transcriber:
         self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
         self.min_samples = _min_samples(loaded)  # the shortest input giving one output frame (wav2vec2: 400, 25 ms)
 
-    def transcribe(self, items: Sequence[AudioItem], chunked: bool = False) -> Iterator[tuple[AudioItem,
-                                                                                         Transcript | Failure]]:
+    def transcribe(self, items: Sequence[AudioItem], chunked: bool = False,
+                   on_audio: Callable[[float], None] | None = None) -> Iterator[tuple[AudioItem, Transcript | Failure]]:
         """Transcribe files together; yields each file's result as soon as it is known.
 
         Args:
             items: The files of one WorkUnit.
             chunked: Stream the (single) file through overlapping chunks instead of loading it.
+            on_audio: Called with the seconds of audio just run through the model (after each forward
+                pass, also inside one long file), e.g. to move a progress bar weighted by audio.
 
         Yields:
             (item, Transcript or Failure); unreadable files never stop the others.
         """
         if chunked and self.spec is not None:
             for item in items:
-                yield item, self._guard(item, lambda: self._transcribe_streamed(item))
+                yield item, self._guard(item, lambda: self._transcribe_streamed(item, on_audio=on_audio))
             return
         audios: list[tuple[AudioItem, np.ndarray]] = []
         for item in items:
             try:
-                audio = _concatenate(stream_audio(item.file))
+                audio = _concatenate(_blocks(item))
             except AudioError as e:
                 yield item, Failure.of(item, e)
                 continue
             if self.spec is not None and len(audio) > self.spec.chunk_samples:
-                # The header understated the length (VBR mp3): chunk it like any long file.
-                yield item, self._guard(item, lambda: self._transcribe_streamed(item, [audio]))
+                # The header understated the length (VBR mp3), or in-memory audio: chunk it like any long file.
+                yield item, self._guard(item, lambda: self._transcribe_streamed(item, [audio], on_audio))
             elif len(audio) < self.min_samples:  # no output frame at all: nothing the model could say
                 yield item, Failure(item.input, item.path, "too_short",
                                     f"{len(audio)} samples ({1000 * len(audio) / SAMPLE_RATE:.1f} ms at 16 kHz), shorter "
@@ -437,15 +445,25 @@ class Transcriber:
         if not audios:
             return
         log_probs = self._log_probs([audio for _, audio in audios])
+        if on_audio is not None:
+            on_audio(sum(len(audio) for _, audio in audios) / SAMPLE_RATE)
         for (item, audio), lp in zip(audios, log_probs):
             yield item, self._guard(item, lambda: self._to_transcript(item, lp, len(audio)))
 
-    def _transcribe_streamed(self, item: AudioItem, blocks: Iterable[np.ndarray] | None = None) -> Transcript:
+    def _transcribe_streamed(self, item: AudioItem, blocks: Iterable[np.ndarray] | None = None,
+                             on_audio: Callable[[float], None] | None = None) -> Transcript:
         """One file through overlapping chunks, its stitched log-probs decoded once."""
         per_batch = max(1, int(self.options.max_batch_seconds * SAMPLE_RATE // self.spec.chunk_samples))
+        reported = [0]  # samples of the file already given to on_audio
+
+        def covered(end: int) -> None:  # chunks overlap: report how far the file is done, not their lengths
+            if on_audio is not None and end > reported[0]:
+                on_audio((end - reported[0]) / SAMPLE_RATE)
+                reported[0] = end
+
         log_probs, num_samples = chunked_log_probs(
-            stream_audio(item.file) if blocks is None else blocks, self.spec,
-            self._log_probs, per_batch, self.loaded.vocab.get(WORD_DELIMITER))
+            _blocks(item) if blocks is None else blocks, self.spec,
+            self._log_probs, per_batch, self.loaded.vocab.get(WORD_DELIMITER), covered)
         return self._to_transcript(item, log_probs, num_samples)
 
     def _log_probs(self, audios: list[np.ndarray]) -> list[np.ndarray]:
@@ -490,6 +508,14 @@ def _min_samples(loaded: AcousticModel) -> int:
         mid = (low + high) // 2
         low, high = (low, mid) if loaded.frames(mid) > 0 else (mid + 1, high)
     return low
+
+
+def _blocks(item: AudioItem) -> Iterable[np.ndarray]:
+    """The item's audio as 16 kHz blocks: its in-memory samples cut as a file would be read, or its file streamed."""
+    if item.audio is None:
+        return stream_audio(item.file)
+    step = int(BLOCK_SECONDS * SAMPLE_RATE)
+    return [item.audio[start:start + step] for start in range(0, len(item.audio), step)]
 
 
 def _concatenate(blocks: Iterable[np.ndarray]) -> np.ndarray:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from asr.beam import ATTRS_FILE, LM_SUBDIR, oracle_texts
 from asr.evaluation import (
@@ -140,6 +141,7 @@ def tune(
     processes: int = 1,
     nbest: int = DEFAULT_NBEST,
     data: str = "",
+    progress: bool = False,
 ) -> TuneResult:
     """Grid search of alpha/beta (and beam width) for the beam decoders on cached log-probs.
 
@@ -157,6 +159,7 @@ def tune(
         processes: Pool workers; 1 decodes in this process.
         nbest: Hypotheses per utterance for the oracle WER at the best point; 0 skips it.
         data: Name of the tuning set, for the report.
+        progress: Show a tqdm bar over the grid points (and the n-best pass).
     """
     grid = grid or TuneGrid()
     settings = settings or DecoderSettings()
@@ -175,13 +178,13 @@ def tune(
              "lm_dir": str(lm_dir), "settings": _single_process(settings)}
     logger.info("tuning %s on %d utterances: %d decodes on %d process(es)", "/".join(decoders), len(log_probs),
                 len(tasks), processes)
-    points = fork_map(_tune_point, tasks, processes, state)
+    points = fork_map(_tune_point, tasks, processes, state, progress="tune" if progress else None)
     best = {name: min((p for p in points if p.decoder == name), key=lambda p: (p.wer, p.cer, p.beam_width))
             for name in decoders}
     oracle = {}
     if nbest > 0:
         for name, p in best.items():
-            oracle[name] = _oracle(name, p, state, nbest, processes)
+            oracle[name] = _oracle(name, p, state, nbest, processes, progress)
     seconds = time.perf_counter() - started
     for name, p in best.items():
         logger.info("best %s: alpha=%g beta=%g beam=%d WER %.4f%s", name, p.alpha, p.beta, p.beam_width, p.wer,
@@ -251,12 +254,14 @@ def _nbest_chunk(state: Mapping[str, Any], task: tuple[str, tuple[float, float, 
     return [decoder.decode_nbest(state["log_probs"][i], n=n) for i in indices]
 
 
-def _oracle(name: str, point: TunePoint, state: Mapping[str, Any], nbest: int, processes: int) -> OracleResult:
+def _oracle(name: str, point: TunePoint, state: Mapping[str, Any], nbest: int, processes: int,
+            progress: bool = False) -> OracleResult:
     """N-best oracle WER of one decoder at its best point."""
     n = len(state["log_probs"])
     chunks = [list(range(k, n, max(processes, 1))) for k in range(max(processes, 1))]
     setting = (point.alpha, point.beta, point.beam_width)
-    lists = fork_map(_nbest_chunk, [(name, setting, c, nbest) for c in chunks if c], processes, state)
+    lists = fork_map(_nbest_chunk, [(name, setting, c, nbest) for c in chunks if c], processes, state,
+                     progress=f"{name} {nbest}-best" if progress else None)
     nbest_lists: list[list] = [[] for _ in range(n)]
     for chunk, result in zip([c for c in chunks if c], lists):
         for i, hyps in zip(chunk, result):
@@ -271,24 +276,33 @@ _POOL_STATE: dict[str, Any] = {}  # what fork-pool workers inherit instead of re
 
 
 def fork_map(fn: Callable[[Mapping[str, Any], Any], Any], tasks: Sequence[Any], processes: int,
-             state: Mapping[str, Any]) -> list[Any]:
+             state: Mapping[str, Any], progress: str | None = None) -> list[Any]:
     """`[fn(state, t) for t in tasks]` on a fork pool; workers inherit `state` (log-probs are never pickled).
 
     `fn` must be a module-level function; results come back in task order. `processes` <= 1, or
-    one task, runs in this process.
+    one task, runs in this process. `progress` names a tqdm bar counting finished tasks (None: no bar).
     """
     global _POOL_STATE
-    if processes <= 1 or len(tasks) <= 1:
-        return [fn(state, t) for t in tasks]
-    _POOL_STATE = dict(state)
+    bar = tqdm(total=len(tasks), desc=progress, unit="decode", dynamic_ncols=True, disable=progress is None)
     try:
+        if processes <= 1 or len(tasks) <= 1:
+            return [_counted(fn(state, t), bar) for t in tasks]
+        _POOL_STATE = dict(state)
         # fork: workers get the log-probs and loaded modules by copy-on-write; pyctcdecode also needs it.
         with multiprocessing.get_context("fork").Pool(min(processes, len(tasks))) as pool:
-            return pool.starmap(_call_with_state, [(fn, t) for t in tasks], chunksize=1)
+            return [_counted(r, bar) for r in pool.imap(_call_with_task, [(fn, t) for t in tasks], chunksize=1)]
     finally:
         _POOL_STATE = {}
+        bar.close()
 
 
-def _call_with_state(fn: Callable[[Mapping[str, Any], Any], Any], task: Any) -> Any:
-    """Pool entry point: `fn` with the inherited state."""
+def _counted(result: Any, bar: tqdm) -> Any:
+    """`result`, after moving `bar` by one task."""
+    bar.update(1)
+    return result
+
+
+def _call_with_task(fn_task: tuple[Callable[[Mapping[str, Any], Any], Any], Any]) -> Any:
+    """Pool entry point for imap: `fn(state, task)` with the inherited state."""
+    fn, task = fn_task
     return fn(_POOL_STATE, task)

@@ -188,7 +188,8 @@ def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, dat
     grid = TuneGrid(tuple(args.alphas), tuple(args.betas), tuple(args.beam_widths))
     decoders = [d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS)
     result = tune(acoustic.log_probs, acoustic.references, load_vocab(args.model), lm, decoders=decoders, grid=grid,
-                  settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data)
+                  settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data,
+                  progress=True)
     save_tuned(lm, result, extra={"model": str(args.model)})
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "tuning.md").write_text(result.to_markdown(), encoding="utf-8")

@@ -7,6 +7,8 @@
           --model runs/tiny/model --output out/        # files sharded over 2 processes by duration
     $ .venv/bin/python scripts/transcribe.py recordings/ --backend onnx --model runs/tiny/onnx --output out/
           # ONNX Runtime on CPU, on a directory written by scripts/export.py (same batching, chunks, decoders)
+    $ .venv/bin/python scripts/transcribe.py recordings/ --model runs/tiny/model --output - | jq -r .text
+          # transcripts.jsonl's lines on stdout (in input order, when the run ends); logs on stderr
 
 Inputs: directories (searched recursively for wav/flac/ogg/opus/mp3/aiff/..., plus m4a/aac/webm/mp4/...
 through FFmpeg when it is installed; hidden names skipped) and --manifest files (JSONL/CSV with an
@@ -15,9 +17,17 @@ through FFmpeg when it is installed; hidden names skipped) and --manifest files 
 Outputs in --output: `transcripts.jsonl` (one line per file: path, input, duration, text, words
 [{word, start, end}] in seconds, decoder, model, lm), `errors.jsonl` (files that could not be read or
 are too short for one output frame of the model, 25 ms for wav2vec2, with the reason), `summary.json`,
-and with --formats a mirror of the input tree holding .txt/.srt/.vtt (next to the audio instead with
---in-place). Nothing is written into an input tree without --in-place. One run at a time per --output:
-a second run on a directory in use is refused, naming the first one's pid.
+and with --formats a mirror of the input tree holding per-file .txt, .srt/.vtt (subtitle cues of at most
+2 lines of 42 characters), .ctm (NIST CTM: `<file-id> 1 <start> <duration> <word>` a line) and .tsv
+(`start<TAB>end<TAB>text` in ms, a cue a line, as Whisper writes it), next to the audio instead with
+--in-place; `nemo` in --formats adds `nemo_manifest.jsonl`, a NeMo manifest (`audio_filepath`,
+`duration`, `pred_text`) of the run. Nothing is written into an input tree without --in-place. One run
+at a time per --output: a second run on a directory in use is refused, naming the first one's pid.
+`--output -` prints transcripts.jsonl's lines to stdout instead (logs and progress go to stderr; failed
+files are logged; per-file formats then need --in-place); nothing is kept, so a re-run starts over.
+
+The progress bar counts audio seconds, not files, and moves within a long file as its chunks are run,
+so its rate is audio seconds per second (1 / RTF) and its ETA holds for one long file as for many.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
 stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
@@ -43,24 +53,37 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import transformers
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from asr import launch
 from asr.allocator import active_allocator
-from asr.beam import LM_SUBDIR, GreedyCTC
+from asr.beam import LM_SUBDIR
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.evaluation import build_decoder, load_decoder_settings
 from asr.files import write_text_atomic
 from asr.inference import BACKENDS, load_acoustic_model
-from asr.outputs import ERRORS_FILE, SUMMARY_FILE, OutputBusy, OutputDir, ResultSink
+from asr.outputs import (
+    ERRORS_FILE,
+    NEMO_MANIFEST_FILE,
+    SUMMARY_FILE,
+    TRANSCRIPTS_FILE,
+    OutputBusy,
+    OutputDir,
+    ResultSink,
+    write_nemo_manifest,
+)
+from asr.recognizer import make_decoder
 from asr.transcribe import (
     DECODERS,
+    FORMATS,
+    SIDE_FORMATS,
     Failure,
     TranscribeOptions,
     Transcriber,
@@ -75,6 +98,8 @@ logger = logging.getLogger("transcribe")
 
 # A rank that finishes early waits for the others at a barrier; long shards must not time it out.
 BARRIER_TIMEOUT = datetime.timedelta(hours=48)
+STDOUT = Path("-")  # --output - : transcripts to stdout
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,8 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lm", type=Path, default=None, help="LM directory from scripts/build_lm.py (default: the "
                    "model directory when it holds language_model/)")
     p.add_argument("--decoder", choices=DECODERS, default=None, help="default: beam with --lm, else greedy")
-    p.add_argument("--output", type=Path, required=True, help="output directory")
-    p.add_argument("--formats", default="", help="comma list of per-file outputs: txt,srt,vtt")
+    p.add_argument("--output", type=Path, required=True, help="output directory, or - for transcripts (JSONL) "
+                   "on stdout")
+    p.add_argument("--formats", default="", help=f"comma list of extra outputs: {','.join(FORMATS)} (nemo: one "
+                   f"{NEMO_MANIFEST_FILE} for the run; the others one file per audio file)")
     p.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds,
                    help="chunk files longer than this (0: never chunk)")
     p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
@@ -100,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "pieces of at most --chunk-seconds, without overlap (suits models trained on short utterances)")
     p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
                    help="padded audio seconds per forward pass")
-    p.add_argument("--in-place", action="store_true", help="write .txt/.srt/.vtt next to the audio files")
+    p.add_argument("--in-place", action="store_true", help="write the per-file formats next to the audio files")
     args = p.parse_args(argv)
     if not args.inputs and not args.manifest:
         p.error("give at least one INPUT_DIR or --manifest FILE")
@@ -121,6 +148,13 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
                                 overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
                                 formats=formats, in_place=args.in_place)
+    if args.output == STDOUT:
+        if "nemo" in formats:
+            raise ValueError("--formats nemo writes a file into --output; give an output directory instead of -.")
+        if not args.in_place and any(f in SIDE_FORMATS for f in formats):
+            raise ValueError(f"--output - keeps no directory for the per-file formats {formats}; add --in-place to "
+                             "write them next to the audio, or give an output directory.")
+        return options, lm
     out = args.output.resolve()
     taken = next(p for p in (out, *out.parents) if p.exists())
     if not taken.is_dir():
@@ -131,14 +165,6 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
             raise ValueError(f"--output {args.output} is inside the input {given}; choose an output outside it, or "
                              "pass --in-place to allow writing there.")
     return options, lm
-
-
-def make_decoder(name: str, lm: Path | None, vocab: dict[str, int]):
-    """The decoder called `name` over the model's vocabulary, with the LM directory's settings (its
-    attrs.json alpha/beta and what `eval.py --tune` stored in decoder.json), as eval.py decodes."""
-    if name == "greedy":
-        return GreedyCTC(vocab)
-    return build_decoder(name, vocab, lm, load_decoder_settings(lm))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", e)
         return EXIT_USAGE
 
+    to_stdout = args.output == STDOUT
+    if to_stdout:  # a private directory, the same on every rank, removed at the end
+        where = [tempfile.mkdtemp(prefix="transcribe-stdout-") if is_main else None]
+        broadcast_object_list(where)
+        args.output = Path(where[0])
     out = OutputDir(args.output, rank)
 
     def take_output() -> None:
@@ -206,10 +237,21 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             logger.warning("%s: %s", value.path, value.error)
     start = time.perf_counter()
-    progress = tqdm(total=sum(len(u.items) for u in mine), disable=not is_main, unit="file", dynamic_ncols=True,
+    # Weighted by audio seconds (from the headers), moved after every forward pass: right ETA for one long file.
+    planned = [sum(durations[readable[i].index] for i in unit.items) for unit in mine]
+    progress = tqdm(total=sum(planned), disable=not is_main, dynamic_ncols=True, bar_format=PROGRESS_FORMAT,
                     desc="transcribe" if world == 1 else f"transcribe (rank 0 of {world})")
-    for unit in mine:
-        for item, result in transcriber.transcribe([readable[i] for i in unit.items], unit.chunked):
+    unit_left = [0.0]  # planned seconds of the current unit not shown yet
+
+    def advance(seconds: float) -> None:
+        step = min(seconds, unit_left[0])  # a header may understate the length (VBR mp3)
+        if step > 0:
+            unit_left[0] -= step
+            progress.update(step)
+
+    for unit, unit_seconds in zip(mine, planned):
+        unit_left[0] = unit_seconds
+        for item, result in transcriber.transcribe([readable[i] for i in unit.items], unit.chunked, advance):
             sink.write(item, result)
             if isinstance(result, Failure):
                 failed += 1
@@ -217,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 files += 1
                 audio_seconds += result.duration
-            progress.update(1)
             rtf = (time.perf_counter() - start) / audio_seconds if audio_seconds else 0.0
-            progress.set_postfix(audio=f"{audio_seconds / 3600:.3f}h", rtf=f"{rtf:.3f}", failed=failed)
+            progress.set_postfix(files=files, rtf=f"{rtf:.3f}", failed=failed)
+        advance(unit_left[0])  # the unit is done, whatever failed or was shorter than its header said
     progress.close()
     sink.close()
     stats = gather_object([{"files": files, "failed": failed, "audio_seconds": audio_seconds,
@@ -234,13 +276,22 @@ def main(argv: list[str] | None = None) -> int:
                                 "seconds": wall, "rtf": wall / run_audio if run_audio else None,
                                 "processes": world}}
         write_text_atomic(out.root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        if "nemo" in options.formats:
+            write_nemo_manifest(out.root / NEMO_MANIFEST_FILE, transcripts, items)
+        if to_stdout:
+            sys.stdout.buffer.write((out.root / TRANSCRIPTS_FILE).read_bytes())
+            sys.stdout.flush()
         logger.info("done: %d of %d files transcribed (%d this run, %.3f h of audio in %.1f s, RTF %.3f), %d failed%s",
                     len(transcripts), len(items), summary["this_run"]["files"], run_audio / 3600, wall,
                     summary["this_run"]["rtf"] or 0.0, len(failures),
-                    f" (see {out.root / ERRORS_FILE})" if failures else "")
+                    f" (see {out.root / ERRORS_FILE})" if failures and not to_stdout else "")
     accelerator.wait_for_everyone()
     errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
     out.unlock()
+    if to_stdout:
+        accelerator.wait_for_everyone()  # every rank has read errors.jsonl
+        if is_main:
+            shutil.rmtree(out.root, ignore_errors=True)
     launch.finish(accelerator)
     return EXIT_SOME_FAILED if errors else EXIT_OK
 
