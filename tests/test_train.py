@@ -33,7 +33,8 @@ def test_two_step_smoke_run_exports_a_pipeline_model(corpus, tmp_path):
     assert [r["step"] for r in train] == [1, 2]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
     evals = [r for r in records if r["kind"] == "eval"]
-    assert evals and evals[-1]["n"] == 4 and 0 <= evals[-1]["cer"]
+    # scored against the dev references: two steps teach a random model nothing, so it reads next to nothing
+    assert evals and evals[-1]["n"] == 4 and evals[-1]["cer"] > 0.5
     # save_total_limit=2 keeps the last two checkpoints, each complete
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_1", "step_2"]
     assert (run / "checkpoints" / "step_2" / "trainer_state.json").exists()
@@ -124,7 +125,9 @@ def test_weight_decay_shrinks_weight_matrices_only():
     assert "lm_head.weight" in decayed and "wav2vec2.encoder.layers.0.attention.q_proj.weight" in decayed
     for name in ("lm_head.bias", "wav2vec2.encoder.layers.0.attention.q_proj.bias",
                  "wav2vec2.encoder.layers.0.layer_norm.weight", "wav2vec2.encoder.layer_norm.weight",
-                 "wav2vec2.feature_projection.layer_norm.bias", "wav2vec2.masked_spec_embed"):
+                 "wav2vec2.feature_projection.layer_norm.bias", "wav2vec2.masked_spec_embed",
+                 # the weight-normed positional convolution (3-D weights): decay would fight the norm's gain
+                 "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1"):
         assert name in kept, name
     assert all(p.ndim < 2 or "pos_conv" in n or "norm" in n for n, p in model.named_parameters() if n in kept)
 
