@@ -249,3 +249,24 @@ def test_fp16_autocast_and_loss_scaler_on_gpu(tmp_path, fresh_accelerate_state):
     accelerator, seen, loss = precision_step(tmp_path, "fp16")
     assert seen == [torch.float16] and accelerator.scaler is not None
     assert loss.dtype == torch.float32
+
+
+def test_filtered_utterances_are_listed_in_the_runs_data_reports(corpus, tmp_path):
+    """data/{train,dev}.dropped.jsonl of the run hold exactly the utterances the filters dropped, with the reason."""
+    rows = {split: [json.loads(line) for line in (corpus / f"{split}.jsonl").read_text().splitlines()]
+            for split in ("train", "dev")}
+    for split in rows:
+        for row in rows[split]:
+            row["audio_filepath"] = str(corpus / row["audio_filepath"])
+    rows["train"].append({"id": "gone", "audio_filepath": str(tmp_path / "gone.wav"), "text": "hello there"})
+    rows["dev"].append({"id": "punct", "audio_filepath": rows["dev"][0]["audio_filepath"], "text": "?!"})
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for split, split_rows in rows.items():
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows))
+    run_train(data, tmp_path, "train.max_steps=1", "train.eval_every=1")
+    reports = {split: [json.loads(line) for line in (tmp_path / "run" / "data" / f"{split}.dropped.jsonl").open()]
+               for split in ("train", "dev")}
+    assert [(d["id"], d["reason"]) for d in reports["train"]] == [("gone", "missing_audio")]
+    assert [(d["id"], d["reason"]) for d in reports["dev"]] == [("punct", "empty_transcript")]
+    assert [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"][-1]["n"] == 4  # the 4 kept
