@@ -208,6 +208,7 @@ def op_profile(runs: dict[str, tuple], cpu: torch.device, repeats: int) -> dict[
     from asr.train import forward_loss
 
     per_run: dict[str, list[dict[str, float]]] = {"uncached": [], "cached": []}
+    calls: dict[str, dict[str, int]] = {}  # calls per operator in the last profiled step: what ran, not how long
     for _ in range(repeats):
         for name, (model, optimizer, rng, batches) in runs.items():
             with rng, profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -217,9 +218,10 @@ def op_profile(runs: dict[str, tuple], cpu: torch.device, repeats: int) -> dict[
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             per_run[name].append({e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()})
+            calls[name] = {e.key: e.count for e in prof.key_averages()}
     ops = sorted(set().union(*per_run["uncached"], *per_run["cached"]))
     mean = {name: {op: sum(r.get(op, 0.0) for r in rs) / len(rs) for op in ops} for name, rs in per_run.items()}
-    return {"repeats": repeats, "mean": mean,
+    return {"repeats": repeats, "mean": mean, "calls": calls,
             "spread_uncached": {op: max(r.get(op, 0.0) for r in per_run["uncached"]) -
                                 min(r.get(op, 0.0) for r in per_run["uncached"]) for op in ops}}
 

@@ -33,7 +33,33 @@ def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-TRAINED_CACHE = Path(__file__).resolve().parents[1] / "data" / "test-cache" / "trained_model_v3"
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED_CONFIG = ROOT / "configs/train/tiny_cpu.yaml"
+# The fixture's run, beside the config: overrides of tiny_cpu.yaml (the data and output paths come first).
+TRAINED_OVERRIDES = ("data.max_batch_seconds=40", "data.num_workers=0", "optim.lr=5e-4", "optim.warmup_steps=1",
+                     "optim.schedule=constant", "model.mask_time_prob=0", "train.max_steps=180", "train.eval_every=60",
+                     "train.save_every=1000", "train.save_total_limit=1")
+TRAINED_CORPUS = CorpusOptions(train=32, dev=0, test=0, seed=7)
+
+
+def trained_model_key() -> str:
+    """Hash of everything the trained model depends on: the library, LM and training code, the config, the run.
+
+    A change to any of them trains a new model on the next slow run (no hand-bumped version to forget).
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted([*(ROOT / "asr").glob("*.py"), *(ROOT / "lm").glob("*.py"), ROOT / "scripts/train.py",
+                    TRAINED_CONFIG])
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(repr((TRAINED_OVERRIDES, TRAINED_CORPUS)).encode())
+    return digest.hexdigest()[:16]
+
+
+TEST_CACHE = ROOT / "data" / "test-cache"
+TRAINED_CACHE = TEST_CACHE / f"trained_model_{trained_model_key()}"
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +68,8 @@ def trained_model() -> Path:
 
     It recognises those utterances with some errors left (180 steps: 1.4% CER, 8.7% WER), which is what the
     evaluation and transcription tests need: real speech in, imperfect CTC posteriors out. Built once
-    (about 2 minutes on 2 cores) and cached in data/test-cache/ (git-ignored); the corpus is at
+    (about 2 minutes on 2 cores) and cached in data/test-cache/trained_model_<trained_model_key()> (git-ignored),
+    so a change to the code or config it depends on trains it again; the corpus is at
     `trained_model.parent.parent / "corpus"` and its `lm.txt` holds the train sentences.
     Not a measure of generalisation: the demo measures that on held-out sentences and voices.
     """
@@ -52,18 +79,14 @@ def trained_model() -> Path:
     import subprocess
     import sys
 
-    if TRAINED_CACHE.exists():
-        shutil.rmtree(TRAINED_CACHE)
+    for stale in TEST_CACHE.glob("trained_model_*"):  # models of older code: never read again
+        shutil.rmtree(stale)
     corpus = TRAINED_CACHE / "corpus"
-    make_corpus(CorpusOptions(train=32, dev=0, test=0, seed=7), corpus, voices=(Voice("flite", "kal16"),),
-                workers=2, progress=False)
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "scripts/train.py"), "--config", str(root / "configs/train/tiny_cpu.yaml"),
+    make_corpus(TRAINED_CORPUS, corpus, voices=(Voice("flite", "kal16"),), workers=2, progress=False)
+    cmd = [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(TRAINED_CONFIG),
            f"data.train.path={corpus / 'train.jsonl'}", f"data.dev.path={corpus / 'train.jsonl'}",
            f"data.cache_dir={TRAINED_CACHE / 'cache'}", f"train.output_dir={TRAINED_CACHE / 'run'}",
-           "data.max_batch_seconds=40", "data.num_workers=0", "optim.lr=5e-4", "optim.warmup_steps=1",
-           "optim.schedule=constant", "model.mask_time_prob=0", "train.max_steps=180", "train.eval_every=60",
-           "train.save_every=1000", "train.save_total_limit=1"]
+           *TRAINED_OVERRIDES]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"training the test model failed:\n{proc.stderr[-4000:]}")
@@ -71,7 +94,7 @@ def trained_model() -> Path:
     return model_dir
 
 
-BASE_MODEL = Path(__file__).resolve().parents[1] / "assets" / "base_model"
+BASE_MODEL = ROOT / "assets" / "base_model"
 # Voices the shipped base checkpoint was trained on (its corpus excludes only the demo's voices).
 BASE_SEEN_VOICES = (
     Voice("espeak-ng", "en-us+m3"),

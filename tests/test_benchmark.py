@@ -195,8 +195,8 @@ def test_bench_chunking_table_rows_and_joined_recording(synth_corpus, tmp_path, 
     report = json.loads((tmp_path / "out" / "bench_chunking.json").read_text())
     rows = {(r["chunk_seconds"], r["overlap_seconds"]): r for r in report["rows"]}
     assert list(rows) == [(0.0, 0.0), (8.0, 2.0), (12.0, 3.0), (8.0, 0.0)]
-    assert rows[(0.0, 0.0)]["agreement_with_unchunked"] == 1.0
-    assert all(0 <= r["cer"] and r["seconds"] > 0 for r in rows.values())
+    # scored against the joined recording's reference (a random model reads next to none of it), not each other
+    assert all(r["cer"] > 0.5 and r["seconds"] > 0 for r in rows.values())
     out = capsys.readouterr().out
     assert "| 8 s / 2 s |" in out and "| at pauses, <= 8 s |" in out
     with pytest.raises(SystemExit, match="length:overlap pairs"):
@@ -216,9 +216,11 @@ def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):
     assert [r["arch"] for r in results] == ["tiny_cpu", "tiny"]
     for r in results:
         assert r["max_loss_diff"] < 1e-5  # the cached step computes the uncached step's loss (float rounding)
-        mean = r["profile"]["mean"]
-        # the conv encoder's convolutions leave the step; only the positional convolution stays
-        assert mean["cached"]["aten::mkldnn_convolution"] < mean["uncached"]["aten::mkldnn_convolution"]
+        calls = r["profile"]["calls"]
+        # the conv encoder's convolutions leave the step (counted calls, not times): only the positional one stays
+        conv_layers = len(bench.architecture(r["arch"]).get("conv_dim", [512] * 7))  # Wav2Vec2Config: 7 layers
+        assert calls["cached"]["aten::convolution"] == 1
+        assert calls["uncached"]["aten::convolution"] == 1 + conv_layers
     assert "uncached - cached" in (tmp_path / "feature_cache.md").read_text()
 
 

@@ -1,5 +1,6 @@
 """Config loading: strict keys, typed overrides, every shipped YAML loads."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,74 @@ def test_train_py_reports_config_errors_in_one_line_with_exit_2(tmp_path, case):
     assert {"yaml": "is not valid YAML", "override": "is not valid YAML", "output_dir": "is a file, not a directory",
             "save_every": "train.save_every is 0"}[case] in line
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------ accelerate and DeepSpeed configs
+ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+DEEPSPEED_CONFIGS = sorted((ROOT / "configs" / "deepspeed").glob("*.json"))
+
+
+def test_the_config_folders_are_not_empty():
+    assert len(ACCELERATE_CONFIGS) >= 10 and len(DEEPSPEED_CONFIGS) == 3  # a moved folder must not pass vacuously
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_every_accelerate_config_is_read_by_accelerate(path):
+    """Parsed by the class `accelerate launch --config_file` builds (it refuses unknown keys), and consistent:
+    the command in its header names configs that exist, its DeepSpeed file exists and has the stage its name says."""
+    import re
+
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DistributedType
+
+    cfg = ClusterConfig.from_yaml_file(path)
+    assert cfg.num_processes >= 1 and cfg.num_machines >= 1 and cfg.num_processes >= cfg.num_machines
+    command = next(line for line in path.read_text().splitlines() if line.startswith("# $ accelerate launch"))
+    assert f"--config_file configs/accelerate/{path.name}" in command
+    for train_config in re.findall(r"--config (\S+)", command):
+        load_config(TrainConfig, ROOT / train_config)
+    if cfg.distributed_type == DistributedType.DEEPSPEED:
+        ds_file = ROOT / cfg.deepspeed_config["deepspeed_config_file"]
+        stage = json.loads(ds_file.read_text())["zero_optimization"]["stage"]
+        assert f"zero{stage}" in path.name and ds_file.stem in path.name
+    else:
+        assert "zero" not in path.name and not cfg.deepspeed_config
+
+
+def resolve_auto(config: dict, mixed_precision: str = "no") -> dict:
+    """The DeepSpeed config as Accelerate hands it to DeepSpeed: "auto" filled in (precision from the run,
+    batch numbers as scripts/train.py sets them, buckets from a model's hidden size)."""
+    config = json.loads(json.dumps(config))
+    config["fp16"]["enabled"] = mixed_precision == "fp16"
+    config["bf16"]["enabled"] = mixed_precision == "bf16"
+    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, gradient_clipping=1.0)
+    hidden = 1024
+    for key, value in {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                       "stage3_param_persistence_threshold": 10 * hidden}.items():
+        if config["zero_optimization"].get(key) == "auto":
+            config["zero_optimization"][key] = value
+    assert '"auto"' not in json.dumps(config), "an 'auto' value nobody fills in"
+    return config
+
+
+@pytest.mark.parametrize("path", DEEPSPEED_CONFIGS, ids=lambda p: p.name)
+def test_every_deepspeed_config_is_validated_by_deepspeed(path):
+    """DeepSpeed's own config class (pydantic, unknown keys refused) accepts it, with the stage its name says."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    raw = json.loads(path.read_text())
+    for precision in ("no", "bf16", "fp16"):
+        ds = DeepSpeedConfig(resolve_auto(raw, precision))
+        assert f"zero{ds.zero_config.stage}" in path.stem
+        assert (ds.zero_config.offload_optimizer is not None) == ("offload" in path.stem)
+        assert (ds.bfloat16_config.enabled, ds.float16_config.enabled) == (precision == "bf16", precision == "fp16")
+
+
+def test_deepspeed_validation_catches_a_misspelt_key():
+    """The control: the class used above does refuse what a typo would make."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    raw = json.loads((ROOT / "configs/deepspeed/zero2.json").read_text())
+    raw["zero_optimization"]["overlap_comms"] = True
+    with pytest.raises(Exception, match="overlap_comms"):
+        DeepSpeedConfig(resolve_auto(raw))

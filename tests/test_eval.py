@@ -187,8 +187,9 @@ def test_table_and_per_utterance_files(acoustic, runs, tmp_path):
         assert row.rtf_decode == pytest.approx(run.seconds / acoustic.audio_seconds)
         assert row.rtf_total == pytest.approx((acoustic.seconds + run.seconds) / acoustic.audio_seconds)
     logger.info("hand-made logits: %s", {n: round(r.wer, 3) for n, r in by_name.items()})
-    # the LM restores misheard words
-    assert by_name["beam"].wer < by_name["greedy"].wer and by_name["flashlight"].wer < by_name["greedy"].wer
+    # No LM-gain claim here: this LM's text holds the evaluated sentences (test_beam.py's noisy set and
+    # test_beam_with_lm_beats_greedy_on_held_out_sentences measure the gain on sentences the LM never saw).
+    assert by_name["beam"].wer != by_name["greedy"].wer  # but the beam rows are beam searches, not greedy copies
     pair = report.agreements[0]
     assert (pair.a, pair.b) == ("beam", "flashlight") and 0 <= pair.identical <= 1
     assert report.dropped == 1
@@ -497,8 +498,7 @@ def test_end_to_end_on_the_trained_model(trained_model, tmp_path):
     for name in ("results.md", "results.csv", "utterances.jsonl", "utterances.csv", "comparison.png", "tuning.md"):
         assert (out / name).stat().st_size > 0, name
     logger.info("trained model:\n%s", proc.stdout)
-    assert by_name["beam"]["wer"] < by_name["greedy"]["wer"]
-    assert by_name["flashlight"]["wer"] < by_name["greedy"]["wer"]
+    # No LM-gain claim: the LM's text is the evaluated sentences (the held-out test below measures the gain).
     # pyctcdecode and flashlight search the same objective (lm_weight = alpha ln 10, word_score = beta) with
     # different pruning and partial-word scoring: close, not identical; the closeness is in the report
     closeness = results["agreements"][0]
@@ -557,6 +557,7 @@ def test_beam_with_lm_beats_greedy_on_held_out_sentences(base_heldout_corpus, tm
     by_name = {r["decoder"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     assert list(by_name) == ["greedy", "beam", "flashlight"]
     assert by_name["greedy"]["cer"] < 0.5  # it reads them: the comparison is about real, imperfect output
-    assert by_name["beam"]["wer"] < by_name["greedy"]["wer"]
-    assert by_name["flashlight"]["wer"] < by_name["greedy"]["wer"]
+    # a margin, not any improvement: an LM that helps at all removes a fifth of the word errors or more
+    assert by_name["beam"]["wer"] <= 0.8 * by_name["greedy"]["wer"]
+    assert by_name["flashlight"]["wer"] <= 0.8 * by_name["greedy"]["wer"]
     assert abs(by_name["beam"]["wer"] - by_name["flashlight"]["wer"]) < 0.1

@@ -129,7 +129,9 @@ def test_export_writes_a_complete_checked_serving_directory(models, exports, nor
     assert ("attention_mask" in saved["inputs"]) == (norm == "layer")
     assert saved["inputs"]["input_values"] == ["batch", "samples"]
     assert saved["outputs"]["logits"][:2] == ["batch", "frames"]
-    assert saved["versions"]["torch"].startswith("2.13.0")
+    import torch
+
+    assert saved["versions"]["torch"] == torch.__version__  # the torch that exported it, whatever is installed
     print(f"{norm}: {report.summary()}")
 
 
