@@ -294,6 +294,9 @@ def main(argv=None) -> int:
     if globals().get("ALLOCATOR_NOTE"):  # set when run as a script
         logger.warning(ALLOCATOR_NOTE)
     logger.info("memory allocator: %s", active_allocator())
+    if cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        logger.warning("train.mixed_precision=fp16 on a CPU: Accelerate has no fp16 autocast or loss scaler there "
+                       "and trains in float32; use bf16 on CPUs")
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"

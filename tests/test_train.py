@@ -270,3 +270,11 @@ def test_filtered_utterances_are_listed_in_the_runs_data_reports(corpus, tmp_pat
     assert [(d["id"], d["reason"]) for d in reports["train"]] == [("gone", "missing_audio")]
     assert [(d["id"], d["reason"]) for d in reports["dev"]] == [("punct", "empty_transcript")]
     assert [r for r in read_metrics(tmp_path / "run") if r["kind"] == "eval"][-1]["n"] == 4  # the 4 kept
+
+
+def test_fp16_on_a_cpu_says_it_trains_in_float32(corpus, tmp_path):
+    """Accelerate quietly runs fp16 as float32 on a CPU: the run says so instead of claiming fp16."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device runs fp16 for real")
+    proc = run_train(corpus, tmp_path, "train.max_steps=1", "train.mixed_precision=fp16")
+    assert [line for line in proc.stderr.splitlines() if "fp16 on a CPU" in line and "use bf16" in line]
