@@ -200,7 +200,7 @@ def make_decoders(decode_set: DecodeSet, settings: DecoderSettings, processes: i
         started = time.perf_counter()
         ours_py = PyCTCDecodeBeam(decode_set.vocab, files.kenlm_path, files.unigrams,
                                   dataclasses.replace(py, beam_width=beam_width, num_processes=workers,
-                                                      skip_idle_frames=True))
+                                                      skip_idle_frames=True, prune_history=True))  # decode()'s search
         pool = f", fork pool x{workers}" if workers > 1 else ""
         rows.append(Candidate(f"pyctcdecode beam {beam_width}, idle frames skipped{pool}", f"beam {beam_width}",
                               workers, True, time.perf_counter() - started,
