@@ -363,6 +363,10 @@ def _first_line(e: BaseException) -> str:
 
 def _load_deepspeed(engine, folder: Path) -> None:
     """DeepSpeed's model and optimizer shards, read through `_torch_load` instead of DeepSpeed's unsafe loader."""
+    if engine.zero_offload_optimizer() is not None and engine.zero_offload_optimizer().device != "none":
+        logger.warning("resuming a DeepSpeed run whose optimizer is offloaded: this resume is not bit-exact (the "
+                       "losses differ from the first step after it; tests/test_distributed.py, zero2_offload); "
+                       "an uninterrupted run or ZeRO without offload resumes exactly")
     if engine.load_universal_checkpoint():
         raise CheckpointError("DeepSpeed's checkpoint.load_universal reads files with torch.load(weights_only=False), "
                               "which can run code from a checkpoint; remove it from the DeepSpeed config to resume")
