@@ -114,6 +114,16 @@ OFFLOAD_NOT_EXACT = pytest.mark.xfail(
     "train.py warns at such a resume. strict: the day it is exact this test says so")
 
 
+def kill_and_resume_ddp2(corpus: Path, tmp_path: Path, args: list[str], planned: int) -> tuple[Path, Path]:
+    """A 2-process run uninterrupted and one killed `planned` times, resumed to its end: returns (full, killed)."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_train(corpus, full, *args, kind="ddp2")
+    kills = kill_at_random_moments(corpus, killed, *args, kind="ddp2", kills=planned, max_steps=kill_steps(planned))
+    run_train(corpus, killed, *args, kind="ddp2", resume="latest")
+    assert_resumed_exactly(full / "run", killed / "run", kills, planned)
+    return full, killed
+
+
 @pytest.mark.parametrize("kind", ["single", "ddp2", "zero2", pytest.param("zero2_offload", marks=OFFLOAD_NOT_EXACT),
                                   "zero3"])
 def test_run_killed_at_random_moments_resumes_to_identical_weights(synth_corpus, tmp_path, kind):
@@ -139,13 +149,7 @@ def test_run_killed_at_random_moments_resumes_to_identical_weights(synth_corpus,
 def test_run_killed_across_evaluations_resumes_to_identical_weights_and_scores(synth_corpus, tmp_path):
     """Kills before, inside and after evaluations (one per step): the dev scores and weights match too."""
     planned = OTHER_KILLS
-    args = [*resume_args(planned), "train.eval_every=1"]
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    run_train(synth_corpus, full, *args, kind="ddp2")
-    kills = kill_at_random_moments(synth_corpus, killed, *args, kind="ddp2", kills=planned,
-                                   max_steps=kill_steps(planned))
-    run_train(synth_corpus, killed, *args, kind="ddp2", resume="latest")
-    assert_resumed_exactly(full / "run", killed / "run", kills, planned)
+    full, killed = kill_and_resume_ddp2(synth_corpus, tmp_path, [*resume_args(planned), "train.eval_every=1"], planned)
     # model/ holds the best model, which may be an early one: the last checkpoint's weights must match as well
     last = f"checkpoints/step_{kill_steps(planned)}/model.safetensors"
     assert_same_weights(full / "run" / last, killed / "run" / last)
@@ -239,11 +243,5 @@ def test_streaming_training_on_two_ranks(synth_corpus, parquet_corpus, tmp_path)
 
 def test_streaming_run_on_two_ranks_killed_at_random_moments_resumes_to_identical_weights(
         synth_corpus, parquet_corpus, tmp_path):
-    planned = OTHER_KILLS
-    args = [f"data.train.path={parquet_corpus}", *STREAM, *resume_args(planned)]  # its save/eval/log settings win
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    run_train(synth_corpus, full, *args, kind="ddp2")
-    kills = kill_at_random_moments(synth_corpus, killed, *args, kind="ddp2", kills=planned,
-                                   max_steps=kill_steps(planned))
-    run_train(synth_corpus, killed, *args, kind="ddp2", resume="latest")
-    assert_resumed_exactly(full / "run", killed / "run", kills, planned)
+    args = [f"data.train.path={parquet_corpus}", *STREAM, *resume_args(OTHER_KILLS)]  # its save/eval/log settings win
+    kill_and_resume_ddp2(synth_corpus, tmp_path, args, OTHER_KILLS)
