@@ -10,7 +10,8 @@
 #   4. publishing the run's best model (by natural dev WER) with float16 weights (18 MB) into assets/base_model.
 # Every stage is resumable: re-running the script continues where it stopped (~3 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_NATURAL (data/natural),
-# BASE_NATURAL_DEV (200), BASE_NATURAL_TEST (200: the demo's natural test set), BASE_RUN (runs/base_natural),
+# BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
+# BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_OUT (assets/base_model), BASE_PROCS (2). Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
@@ -36,8 +37,10 @@ say "1/4 corpora: $CORPUS (every voice but the demo's, Piper x3) and $NATURAL (P
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
-$PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train 0 --dev "${BASE_NATURAL_DEV:-200}" \
-  --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
+# The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
+# used here), so that both scripts share data/natural.
+$PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATURAL_TRAIN:-600}" \
+  --dev "${BASE_NATURAL_DEV:-200}" --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
 
 data=(data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" train.output_dir="$RUN")
 say "2/4 stage 1: from scratch on $PROCS processes, to step ${BASE_STOP1:-1500} -> $RUN"

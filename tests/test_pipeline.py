@@ -66,7 +66,7 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     out, run = tmp_path / "base_model", tmp_path / "run"
     run_env = {**env(), "BASE_CORPUS": str(tmp_path / "corpus"), "BASE_TRAIN": "40", "BASE_STOP1": "3",
                "BASE_STEPS": "6", "BASE_NATURAL": str(tmp_path / "natural"), "BASE_NATURAL_DEV": "10",
-               "BASE_NATURAL_TEST": "0", "BASE_RUN": str(run), "BASE_OUT": str(out)}
+               "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out)}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -100,7 +100,8 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     """scripts/demo.sh end to end (corpus, 2-process fine-tuning of the base, LM, eval, transcription), shortened."""
     out = tmp_path / "demo"
     run_env = {**env(), "DEMO_DIR": str(out), "DEMO_CORPUS": str(tmp_path / "corpus"), "DEMO_TRAIN": "60",
-               "DEMO_STEPS": "6", "DEMO_NATURAL": str(tmp_path / "natural"), "DEMO_NATURAL_TEST": "20"}
+               "DEMO_STEPS": "6", "DEMO_NATURAL": str(tmp_path / "natural"), "DEMO_NATURAL_TEST": "20",
+               "DEMO_NATURAL_TRAIN": "12"}
     proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh")], cwd=ROOT, env=run_env, capture_output=True,
                           text=True, timeout=2600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -120,6 +121,12 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     demo_test = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "test.jsonl").read_text().splitlines()]
     assert {r["text"] for r in corpus_rows} <= set(demo_test)  # the same held-out sentences, a natural voice
     assert "| natural voice (Piper) |" in proc.stdout and "| unheard synthetic voices |" in proc.stdout
+    # the fine-tuning read both corpora's train splits: 60 synthetic + 12 Piper utterances, ids kept apart
+    mix = [json.loads(line) for line in (out / "train_mix.jsonl").read_text().splitlines()]
+    assert len(mix) == 72 and len({r["id"] for r in mix}) == 72
+    assert sum(r["speaker"].startswith("piper:") for r in mix) == 12
+    assert all(Path(r["audio_filepath"]).is_file() for r in mix)
+    assert f"read 72 utterances from {out / 'train_mix.jsonl'}" in proc.stderr
     transcripts = (out / "transcripts" / "transcripts.jsonl").read_text().splitlines()
     texts = [json.loads(line)["text"] for line in transcripts]
     assert len(texts) == 200 and all(isinstance(t, str) for t in texts) and any(t.strip() for t in texts)
