@@ -232,11 +232,12 @@ def forward_loss(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: int) -> dict[str, Any]:
+def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: int) -> dict[str, Any] | None:
     """Greedy WER/CER over the whole (rank-sharded) dev set, gathered on every rank.
 
     Returns:
-        {"wer", "cer", "loss", "n", "samples": [(id, reference, hypothesis), ...] sorted by id}.
+        {"wer", "cer", "loss", "n", "samples": [(id, reference, hypothesis), ...] sorted by id}, or None
+        on every rank when no dev utterance could be read (each was skipped with its reason logged).
     """
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
@@ -259,6 +260,8 @@ def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: in
     all_rows = sorted({r[0]: r for r in gather_object(rows)}.values())
     losses = gather_object([(loss_sum, loss_n)])
     model.train()
+    if not all_rows:
+        return None
     rates = error_rates([r[1] for r in all_rows], [r[2] for r in all_rows])
     total_n = sum(n for _, n in losses)
     return {

@@ -389,8 +389,12 @@ def main(argv=None) -> int:
 
     cpu = {"base": state.cpu_seconds, "start": None}  # CPU time across resumes, for equal-compute comparisons
 
-    def run_eval() -> dict:
+    def run_eval() -> dict | None:
         result = evaluate(accelerator, model, dev_loader, vocab, blank_id=vocab[PAD])
+        if result is None:  # dev audio gone or unreadable mid-run: hours of training are worth more than one eval
+            logger.warning("step %d: no dev utterance could be read (reasons above); this evaluation is skipped "
+                           "and training goes on; fix data.dev before the next one", state.step)
+            return None
         used = torch.tensor([process_tree_cpu_seconds() - cpu["start"]], device=accelerator.device)
         state.cpu_seconds = cpu["base"] + accelerator.reduce(used, "sum").item()  # every rank's processes
         record = {"kind": "eval", "step": state.step, "wer": result["wer"], "cer": result["cer"],
@@ -488,10 +492,15 @@ def main(argv=None) -> int:
     progress.close()
     if last_eval_step != state.step:
         run_eval()
+    if state.best_step is None:  # no evaluation could read the dev set: the last weights rather than none
+        logger.warning("no dev evaluation succeeded, so no best model was chosen; %s holds step %d's weights",
+                       out / "model", state.step)
+        export_model(accelerator, model, processor, normalizer, cfg, out, {"step": state.step}, data_summary)
+    elif accelerator.is_main_process:
+        logger.info("best dev WER %.2f%% at step %s; model: %s", 100 * state.best_wer, state.best_step,
+                    out / "model")
     if accelerator.is_main_process:
         plot_curves(metrics_log.read(), out / "curves.png")
-        logger.info("best dev WER %.2f%% at step %s; model: %s", 100 * (state.best_wer or 0), state.best_step,
-                    out / "model")
     launch.finish(accelerator)
     return 0
 

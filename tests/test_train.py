@@ -278,3 +278,26 @@ def test_fp16_on_a_cpu_says_it_trains_in_float32(corpus, tmp_path):
         pytest.skip("a CUDA device runs fp16 for real")
     proc = run_train(corpus, tmp_path, "train.max_steps=1", "train.mixed_precision=fp16")
     assert [line for line in proc.stderr.splitlines() if "fp16 on a CPU" in line and "use bf16" in line]
+
+
+def test_a_dev_set_that_cannot_be_read_skips_evaluations_not_training(corpus, tmp_path):
+    """Dev audio that breaks after data preparation (files replaced, a disk gone) costs the evaluations, not the
+    run: each is skipped with a warning, checkpoints are still written and model/ holds the last weights."""
+    import shutil
+
+    data = tmp_path / "corpus"
+    shutil.copytree(corpus, data)
+    run_train(data, tmp_path, "train.max_steps=1")  # prepares (and caches) both splits while the audio is good
+    shutil.rmtree(tmp_path / "run")
+    for row in (json.loads(line) for line in (data / "dev.jsonl").read_text().splitlines()):
+        (data / row["audio_filepath"]).write_bytes(b"not a wav file" * 100)
+    proc = run_train(data, tmp_path, "train.max_steps=2", "train.eval_every=1", "train.save_every=1")
+    assert "Traceback" not in proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if "no dev utterance could be read" in line]
+    assert len(skipped) == 2, proc.stderr[-3000:]  # steps 1 and 2
+    run = tmp_path / "run"
+    assert [r for r in read_metrics(run) if r["kind"] == "eval"] == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    assert "holds step 2's weights" in proc.stderr
+    assert json.loads((run / "model" / "metrics.json").read_text())["step"] == 2
+    assert (run / "model" / "model.safetensors").is_file()
