@@ -8,7 +8,7 @@
 #   4. greedy vs beam+LM evaluation on the test set, with pocketsphinx (a classic offline recogniser) as a
 #      reference row (~1 min more on 2 cores),
 #   5. the same on a natural-voice test set: Piper (a neural voice trained on a real speaker) reading the
-#      test sentences, which are in no training or LM text,
+#      test sentences, which are in no training or LM text, and on the 8 phrases alsa-utils recorded (a real voice),
 #   6. transcription of a directory of held-out audio,
 # then the comparison tables and where every artefact is.
 # Knobs (environment): DEMO_DIR (runs/demo), DEMO_CORPUS (data/synth), DEMO_TRAIN (2000 utterances),
@@ -89,6 +89,19 @@ fi
 say "5/6 natural voice: Piper reading the test sentences ($NATURAL), greedy vs beam+LM vs pocketsphinx"
 $PY scripts/eval.py --model "$OUT/model" --data "$NATURAL/test.jsonl" --decoder all --output "$OUT/eval_natural" \
   --workers 2 --reference pocketsphinx
+# Real human speech: the only recordings on a Debian machine are alsa-utils' 8 channel-test phrases ("front left",
+# ...; 16 words, one speaker). Far too few to rank models, but the one check on a real voice that runs offline.
+REAL=/usr/share/sounds/alsa
+if [ -f "$REAL/Front_Left.wav" ]; then
+  mkdir -p "$OUT/real"
+  for f in "$REAL"/{Front,Rear,Side}_*.wav; do
+    name=$(basename "$f" .wav)
+    printf '{"id": "%s", "audio_filepath": "%s", "text": "%s", "speaker": "alsa"}\n' "$name" "$f" \
+      "$(echo "$name" | tr '_A-Z' ' a-z')"
+  done > "$OUT/real/test.jsonl"
+  $PY scripts/eval.py --model "$OUT/model" --data "$OUT/real/test.jsonl" --decoder all --output "$OUT/eval_real" \
+    --workers 2 --reference pocketsphinx
+fi
 
 if [ -f scripts/transcribe.py ]; then
   say "6/6 transcribing the held-out test audio directory"
@@ -97,14 +110,16 @@ if [ -f scripts/transcribe.py ]; then
 fi
 
 say "done in $(( $(date +%s) - start )) s"
-for table in eval eval_natural; do
+for table in eval eval_natural eval_real; do
   [ -f "$OUT/$table/results.md" ] && { echo; echo "## $table"; cat "$OUT/$table/results.md"; }
 done
 # Both test sets side by side, and the demo's targets (README "Results").
-$PY - "$OUT/eval/results.json" "$OUT/eval_natural/results.json" <<'PY'
-import json, sys
-sets = {"unheard synthetic voices": sys.argv[1], "natural voice (Piper)": sys.argv[2]}
-rows = {name: {r["decoder"]: r for r in json.load(open(path))["results"]} for name, path in sets.items()}
+$PY - "$OUT/eval/results.json" "$OUT/eval_natural/results.json" "$OUT/eval_real/results.json" <<'PY'
+import json, os, sys
+sets = {"unheard synthetic voices": sys.argv[1], "natural voice (Piper)": sys.argv[2],
+        "real voice (alsa-utils, 8 phrases)": sys.argv[3]}
+rows = {name: {r["decoder"]: r for r in json.load(open(path))["results"]} for name, path in sets.items()
+        if os.path.isfile(path)}
 print("\n| test set | greedy WER / CER | beam+LM WER / CER | flashlight+LM WER / CER | pocketsphinx WER / CER |")
 print("|---|---|---|---|---|")
 for name, table in rows.items():
@@ -134,6 +149,7 @@ artefacts:
   training curves:                 $OUT/curves.png  (metrics: $OUT/metrics.jsonl)
   eval table / per-utterance:      $OUT/eval/results.md, $OUT/eval/utterances.jsonl, $OUT/eval/comparison.png
   natural-voice eval:              $OUT/eval_natural/results.md (test audio: $NATURAL/audio/test)
+  real-voice eval:                 $OUT/eval_real/results.md (alsa-utils' recordings in $REAL)
   transcripts:                     $OUT/transcripts/transcripts.jsonl
   data reports:                    $OUT/data/*.dropped.jsonl
 MSG

@@ -121,6 +121,10 @@ def test_demo_pipeline_in_short(tmp_path: Path) -> None:
     demo_test = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "test.jsonl").read_text().splitlines()]
     assert {r["text"] for r in corpus_rows} <= set(demo_test)  # the same held-out sentences, a natural voice
     assert "| natural voice (Piper) |" in proc.stdout and "| unheard synthetic voices |" in proc.stdout
+    # the real voice: alsa-utils' 8 recorded phrases (set-up installs it), every row
+    real = {r["decoder"]: r for r in json.loads((out / "eval_real/results.json").read_text())["results"]}
+    assert set(real) == {"greedy", "beam", "flashlight", "pocketsphinx"}
+    assert all(r["utterances"] == 8 for r in real.values()) and "| real voice (alsa-utils, 8 phrases) |" in proc.stdout
     # the fine-tuning read both corpora's train splits: 60 synthetic + 12 Piper utterances, ids kept apart
     mix = [json.loads(line) for line in (out / "train_mix.jsonl").read_text().splitlines()]
     assert len(mix) == 72 and len({r["id"] for r in mix}) == 72
