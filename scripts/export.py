@@ -2,6 +2,8 @@
 
     $ .venv/bin/python scripts/export.py --model runs/tiny/model --output runs/tiny/onnx
     $ .venv/bin/python scripts/export.py --model runs/tiny/model --output runs/tiny/onnx --lm runs/lm --opset 17
+    $ .venv/bin/python scripts/export.py --model runs/demo/model --output runs/demo/onnx_int8 --quantize int8 \
+          --parity-data data/synth/dev.jsonl
     $ .venv/bin/python scripts/transcribe.py recordings/ --backend onnx --model runs/tiny/onnx --output out/
 
 Writes --output (atomically: a hidden temporary directory renamed into place once checked):
@@ -13,6 +15,9 @@ normalizer.json, model card), the KenLM directory (the model's own, or --lm DIR)
 clip length and batch size. The check synthesises speech with espeak-ng/flite (or reads --audio
 files), runs clips of 0.37-30 s in batches of 1, 2 and 4 through PyTorch and ONNX Runtime, and
 fails unless the logits agree within --tolerance and greedy transcripts are identical.
+With --quantize int8, that float graph's MatMul/Gemm weights are then stored as int8 (ONNX Runtime dynamic
+quantization, ~3x smaller) and the gate is greedy WER on labelled speech (the synthesised sentences, or
+--parity-data): at most --max-wer-increase (0.5 points) above PyTorch's, else nothing is written.
 
 Exit code: 0 exported, 1 the check failed or the environment lacks something (nothing written),
 2 bad arguments.
@@ -28,7 +33,16 @@ from pathlib import Path
 import transformers
 
 from asr.audio import AudioError, load_audio
-from asr.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportOptions, ParityError, export_onnx
+from asr.onnx_export import (
+    DEFAULT_MAX_WER_INCREASE,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    QUANTIZE_CHOICES,
+    ExportOptions,
+    ParityError,
+    export_onnx,
+)
+from asr.sources import SourceConfig, load_source
 
 logger = logging.getLogger("export")
 
@@ -44,7 +58,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="largest |logit difference| allowed")
     p.add_argument("--audio", type=Path, nargs="+", default=None,
                    help="recordings for the parity check (default: speech synthesised with espeak-ng/flite)")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                   help="store MatMul/Gemm weights as int8 (default: float32), gated on greedy WER")
+    p.add_argument("--max-wer-increase", type=float, default=DEFAULT_MAX_WER_INCREASE,
+                   help="int8 gate: greedy WER may exceed PyTorch's by this fraction (default 0.005 = 0.5 points)")
+    p.add_argument("--parity-data", type=Path, default=None,
+                   help="labelled speech for the int8 WER gate: a manifest or corpus folder, e.g. a dev set "
+                        "(default: the synthesised parity sentences)")
     return p.parse_args(argv)
+
+
+def _read_labelled(path: Path) -> list[tuple]:
+    """(audio, text) pairs of a manifest/corpus for the int8 gate."""
+    try:
+        utterances = load_source(SourceConfig(path=str(path)))
+        return [(load_audio(u.audio), u.text) for u in utterances]
+    except (ValueError, AudioError) as e:
+        raise ValueError(f"--parity-data {path}: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,20 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     transformers.utils.logging.disable_progress_bar()
     try:
-        options = ExportOptions(opset=args.opset, tolerance=args.tolerance)
+        options = ExportOptions(opset=args.opset, tolerance=args.tolerance, quantize=args.quantize,
+                                max_wer_increase=args.max_wer_increase)
+        if args.parity_data and not args.quantize:
+            raise ValueError("--parity-data is the int8 gate's data; add --quantize int8 or leave it out")
+        labelled = _read_labelled(args.parity_data) if args.parity_data else None
         audios = None
         if args.audio:
             try:
                 audios = [load_audio(path) for path in args.audio]
             except AudioError as e:
                 raise ValueError(f"--audio: {e}") from e
-        report = export_onnx(args.model, args.output, args.lm, options, audios)
+        report = export_onnx(args.model, args.output, args.lm, options, audios, labelled)
     except ValueError as e:
         logger.error("%s", e)
         return 2
     except RuntimeError as e:  # ParityError included: the message carries the measurements
         logger.error("%s", e)
-        if isinstance(e, ParityError):
+        if isinstance(e, ParityError) and (e.report.quantized is None or e.report.quantized.passed):
             for check in e.report.checks:
                 logger.error("  %5.2f s in a batch of %d: max |diff| %.2e, greedy %s", check.seconds,
                              check.batch_size, check.max_abs_diff, "same" if check.greedy_identical else "DIFFERENT")

@@ -236,6 +236,10 @@ def test_export_cli_writes_and_bad_inputs_are_one_line_errors(models, exports, u
         (["--model", str(model_dir), "--lm", str(tmp_path / "notes")], "build one with scripts/build_lm.py"),
         (["--model", str(model_dir), "--opset", "9"], "is outside 14-20"),
         (["--model", str(model_dir), "--audio", str(tmp_path / "notes" / "todo.txt")], "--audio"),
+        (["--model", str(model_dir), "--parity-data", str(tmp_path / "notes")], "add --quantize int8"),
+        (["--model", str(model_dir), "--quantize", "int8", "--parity-data", str(tmp_path / "none.jsonl")],
+         "--parity-data"),
+        (["--model", str(model_dir), "--quantize", "int8", "--max-wer-increase", "2"], "must be in [0, 1)"),
     ]
     for args, message in cases:
         if "--output" not in args:
@@ -267,3 +271,57 @@ def test_export_cli_writes_and_bad_inputs_are_one_line_errors(models, exports, u
         assert transcribe.main([str(tmp_path / "notes"), "--backend", backend, "--model", str(model),
                                 "--output", str(tmp_path / f"t_{backend}")]) == 2
         assert message in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- int8
+@pytest.mark.slow
+def test_int8_export_of_the_shipped_base_keeps_its_wer_and_is_a_third_of_the_size(synth_corpus, tmp_path):
+    """--quantize int8 on a trained model: MatMul/Gemm weights int8, greedy WER on labelled speech within the gate,
+    and the ONNX backend reads the quantized directory like any export."""
+    base = ROOT / "assets" / "base_model"
+    rows = [r for split in ("train", "dev", "test") for r in read_jsonl(synth_corpus / f"{split}.jsonl")]
+    labelled = [(load_audio(synth_corpus / r["audio_filepath"]), r["text"]) for r in rows]
+    # 20 utterances, 163 words: one changed word is 0.6 points, so the gate here allows 2 (measured: +0.6)
+    options = ExportOptions(parity_seconds=(1.93, 4.41), batch_sizes=(1, 2), quantize="int8", max_wer_increase=0.02)
+    report = export_onnx(base, tmp_path / "int8", options=options, audios=[a for a, _ in labelled], labelled=labelled)
+    check = report.quantized
+    assert check is not None and check.passed and report.passed and check.utterances == len(rows)
+    assert check.ops == ("MatMul", "Gemm") and check.references == f"{len(rows)} labelled recordings given"
+    assert check.wer_quantized <= check.wer_torch + 0.02 and check.max_wer_increase == 0.02
+    assert report.onnx_bytes < 0.45 * check.float_bytes  # measured 13.5 of 37.0 MB
+    written = json.loads((tmp_path / "int8" / REPORT_FILE).read_text())
+    assert written["quantized"]["wer_quantized"] == check.wer_quantized
+    # the float32 graph was checked before quantizing, and int8 logits are not float32's
+    assert report.max_abs_diff <= options.tolerance and check.max_abs_diff > options.tolerance
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / ONNX_FILE)).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, sorted(ops)
+    served = load_acoustic_model(tmp_path / "int8", "onnx")
+    greedy = GreedyCTC(served.vocab)
+    audios = [a for a, _ in labelled]
+    texts = [greedy.decode(lp).text for i in range(0, len(audios), 4) for lp in log_probs_batch(served, audios[i:i + 4])]
+    from asr.metrics import error_rates
+
+    # the directory written is the graph the gate measured (batched as the gate batches), and it reads speech
+    assert error_rates([r["text"] for r in rows], texts).wer == pytest.approx(check.wer_quantized)
+    assert check.wer_quantized < 0.8
+
+
+def test_int8_that_reads_worse_than_torch_writes_nothing(models, utterances, tmp_path):
+    """The WER gate refuses: an untrained model's near-flat logits flip under int8, PyTorch's own transcripts are
+    the references (no texts given), and no increase is allowed."""
+    options = ExportOptions(parity_seconds=(1.93,), batch_sizes=(1,), quantize="int8", max_wer_increase=0.0)
+    with pytest.raises(ParityError, match="int8 export .* reads worse than PyTorch") as caught:
+        export_onnx(models["layer"], tmp_path / "onnx", options=options, audios=utterances[:6])
+    check = caught.value.report.quantized
+    assert check.references == "PyTorch's transcripts of the recordings given" and check.wer_torch == 0.0
+    assert check.transcripts_changed > 0 and check.wer_quantized > 0 and not check.passed
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+
+
+def test_int8_options_are_checked():
+    with pytest.raises(ValueError, match="--quantize int4 is unknown"):
+        ExportOptions(quantize="int4")
+    with pytest.raises(ValueError, match="--max-wer-increase 5"):
+        ExportOptions(quantize="int8", max_wer_increase=5)
