@@ -100,8 +100,24 @@ class TuneResult:
         """JSON-ready dict."""
         return dataclasses.asdict(self)
 
+    def pareto(self) -> list[TunePoint]:
+        """The grid points no other point beats on both WER and speed (utt/s), fastest first.
+
+        A point is dropped when another is at least as accurate and at least as fast, and strictly better
+        in one; what is left is the trade-off a user picks from.
+        """
+        def dominated(p: TunePoint) -> bool:
+            return any(q.wer <= p.wer and q.seconds <= p.seconds and (q.wer < p.wer or q.seconds < p.seconds)
+                       for q in self.points)
+
+        return sorted((p for p in self.points if not dominated(p)), key=lambda p: (p.seconds, p.wer))
+
+    def utt_per_second(self, point: TunePoint) -> float:
+        """Decoding speed of one grid point: utterances per second in one process."""
+        return self.utterances / max(point.seconds, 1e-9)
+
     def to_markdown(self) -> str:
-        """Best settings per decoder, the oracle WER, and the full grid."""
+        """Best settings per decoder, the oracle WER, the WER-vs-speed front and the full grid."""
         lines = [f"## Tuning on {self.data} ({self.utterances} utterances, {len(self.points)} decodes in "
                  f"{self.seconds:.0f} s)", "",
                  "| decoder | alpha | beta | beam | WER | CER | n-best oracle WER |",
@@ -111,12 +127,50 @@ class TuneResult:
             oracle_text = f"{oracle.wer_oracle:.4f} (n={oracle.nbest})" if oracle else ""
             lines.append(f"| {name} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | {p.cer:.4f} | "
                          f"{oracle_text} |")
+        lines += ["", "WER against speed: the settings no other beats on both (tuning_pareto.png plots every point):",
+                  "", "| decoder | alpha | beta | beam | WER | utt/s (1 process) |", "|---|---:|---:|---:|---:|---:|"]
+        for p in self.pareto():
+            lines.append(f"| {p.decoder} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | "
+                         f"{self.utt_per_second(p):.1f} |")
         lines += ["", "Every grid point (flashlight: lm_weight = alpha * ln 10, word_score = beta):", "",
                   "| decoder | alpha | beta | beam | WER | CER | decode s |", "|---|---:|---:|---:|---:|---:|---:|"]
         for p in sorted(self.points, key=lambda p: (p.decoder, p.beam_width, p.alpha, p.beta)):
             lines.append(f"| {p.decoder} | {p.alpha:g} | {p.beta:g} | {p.beam_width} | {p.wer:.4f} | {p.cer:.4f} | "
                          f"{p.seconds:.1f} |")
         return "\n".join(lines) + "\n"
+
+
+def plot_pareto(result: TuneResult, path: str | os.PathLike) -> Path:
+    """Every grid point as WER against utt/s (log scale), one colour per decoder, the front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name in sorted({p.decoder for p in result.points}):
+        points = [p for p in result.points if p.decoder == name]
+        ax.scatter([result.utt_per_second(p) for p in points], [100 * p.wer for p in points], s=18, alpha=0.7,
+                   label=name)
+    front = result.pareto()
+    ax.plot([result.utt_per_second(p) for p in front], [100 * p.wer for p in front], color="black", lw=1,
+            label="best trade-offs")
+    for p in front:
+        ax.annotate(f"{p.decoder} a={p.alpha:g} b={p.beta:g} w={p.beam_width}",
+                    (result.utt_per_second(p), 100 * p.wer), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("utterances per second (one process)")
+    ax.set_ylabel("WER %")
+    ax.set_title(f"tuning on {result.data} ({result.utterances} utterances)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def with_point(settings: DecoderSettings, alpha: float, beta: float, beam_width: int | None = None,

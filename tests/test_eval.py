@@ -43,7 +43,7 @@ from asr.metrics import error_rates
 from asr.report import build_report, score_run, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer, build_vocab, encode
-from asr.tuning import TuneGrid, fork_map, save_tuned, tune
+from asr.tuning import TuneGrid, TunePoint, TuneResult, fork_map, plot_pareto, save_tuned, tune
 from lm.build import LMBuildOptions, build_lm
 
 logger = logging.getLogger(__name__)
@@ -495,8 +495,11 @@ def test_end_to_end_on_the_trained_model(trained_model, tmp_path):
     results = json.loads((out / "results.json").read_text())
     by_name = {r["decoder"]: r for r in results["results"]}
     assert list(by_name) == ["greedy", "beam", "flashlight"]
-    for name in ("results.md", "results.csv", "utterances.jsonl", "utterances.csv", "comparison.png", "tuning.md"):
+    for name in ("results.md", "results.csv", "utterances.jsonl", "utterances.csv", "comparison.png", "tuning.md",
+                 "tuning_pareto.png"):
         assert (out / name).stat().st_size > 0, name
+    tuned = json.loads((out / "tuning.json").read_text())
+    assert len(tuned["points"]) == 2 * 3 * 2 and "WER against speed" in (out / "tuning.md").read_text()
     logger.info("trained model:\n%s", proc.stdout)
     # No LM-gain claim: the LM's text is the evaluated sentences (the held-out test below measures the gain).
     # pyctcdecode and flashlight search the same objective (lm_weight = alpha ln 10, word_score = beta) with
@@ -561,3 +564,20 @@ def test_beam_with_lm_beats_greedy_on_held_out_sentences(base_heldout_corpus, tm
     assert by_name["beam"]["wer"] <= 0.8 * by_name["greedy"]["wer"]
     assert by_name["flashlight"]["wer"] <= 0.8 * by_name["greedy"]["wer"]
     assert abs(by_name["beam"]["wer"] - by_name["flashlight"]["wer"]) < 0.1
+
+
+def test_pareto_front_keeps_the_trade_offs_and_drops_dominated_settings(tmp_path):
+    """WER against speed: a point survives unless another is as accurate and as fast and better in one."""
+    def point(name, wer, seconds, beam=10):
+        return TunePoint(name, 0.5, 1.0, beam, wer, wer / 2, seconds)
+
+    fast_poor, slow_good, middle = point("flashlight", 0.30, 1.0), point("beam", 0.20, 10.0), point("beam", 0.25, 4.0)
+    dominated = point("beam", 0.26, 5.0)  # slower and worse than `middle`
+    tie = point("flashlight", 0.30, 1.0, beam=20)  # equal to fast_poor on both: neither beats the other
+    result = TuneResult("dev", 100, TuneGrid(), [slow_good, dominated, middle, fast_poor, tie], {}, {}, 20.0)
+    assert result.pareto() == [fast_poor, tie, middle, slow_good]
+    assert result.utt_per_second(middle) == 25.0
+    text = result.to_markdown()
+    assert "| beam | 0.5 | 1 | 10 | 0.2500 | 25.0 |" in text and "| beam | 0.5 | 1 | 10 | 0.2600 | 20.0 |" not in text
+    png = plot_pareto(result, tmp_path / "pareto.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
