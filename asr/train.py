@@ -74,6 +74,7 @@ class LoopConfig:
     eval_max_batch_seconds: float | None = None  # eval batch size in padded seconds (None: data.max_batch_seconds x 2)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers (TRACKERS); [] for none
     run_name: str | None = None  # the trackers' project/run name (None: the output_dir's folder name)
+    push_to_hub: str | None = None  # hub repo (owner/name) model/ is uploaded to at the end; offline: refused at start
 
     @property
     def last_step(self) -> int:

@@ -1,9 +1,16 @@
-"""Copy a trained model directory as a compact checkpoint to ship (weights stored in float16).
+"""Copy a trained model directory as a compact checkpoint to ship (weights stored in float16), and/or push it
+to the Hugging Face Hub.
 
     $ .venv/bin/python scripts/publish_model.py --model runs/base/model --output assets/base_model
+    $ .venv/bin/python scripts/publish_model.py --model runs/demo/model --output runs/demo/publish --push me/asr-demo
+    $ .venv/bin/python scripts/publish_model.py --model runs/demo/model --push me/asr-demo --private
 
-Keeps the processor, normaliser, model card and training config beside the weights; loads back in
-float32 with `AutoModelForCTC.from_pretrained`. Prints the size and the largest logit change.
+--output keeps the processor, normaliser, KenLM directory, model card and training config beside the
+weights; it loads back in float32 with `AutoModelForCTC.from_pretrained`. Prints the size and the largest
+logit change. --push uploads --output (or, without it, --model as it is) in one commit through
+huggingface_hub; offline (HF_HUB_OFFLINE=1) it fails at once, before any copying.
+
+Exit code: 0 done, 1 the push failed (network, the hub refused), 2 bad arguments or input.
 """
 
 from __future__ import annotations
@@ -13,23 +20,40 @@ import json
 import sys
 from pathlib import Path
 
-from asr.model import publish_model
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Publishes --model into --output."""
+def main(argv: list[str] | None = None) -> int:
+    """Publishes --model into --output and/or pushes it to --push."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="a model directory exported by scripts/train.py")
-    p.add_argument("--output", type=Path, required=True, help="directory to write (replaced atomically)")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="stored weight type")
+    p.add_argument("--output", type=Path, default=None, help="directory to write (replaced atomically)")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                   help="stored weight type of --output (default: %(default)s)")
+    p.add_argument("--push", metavar="REPO_ID", default=None, help="hub repo (owner/name) to upload to")
+    p.add_argument("--private", action="store_true", help="create the hub repo private")
     args = p.parse_args(argv)
+    if args.output is None and args.push is None:
+        p.error("nothing to do: give --output, --push, or both")
+
+    from asr.hub import HubError, HubSetupError, check_can_push, push_model
+    from asr.model import publish_model
+
     try:
-        report = publish_model(args.model, args.output, args.dtype)
-    except ValueError as e:
+        if args.push:
+            check_can_push(args.push)
+        result: dict = {}
+        if args.output is not None:
+            result = {"output": str(args.output), **publish_model(args.model, args.output, args.dtype)}
+        if args.push:
+            result["pushed"] = push_model(args.output or args.model, args.push, private=args.private)
+    except (ValueError, HubSetupError) as e:
         print(f"publish_model: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps({"output": str(args.output), **report}))
+        return 2
+    except HubError as e:
+        print(f"publish_model: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

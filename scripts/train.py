@@ -9,7 +9,10 @@ Everything the run writes goes to `train.output_dir`: `checkpoints/step_<n>/` (f
 `model/` (the best model by dev WER as a standard Hugging Face directory with processor, config,
 metrics and a model card), `metrics.jsonl`, `curves.png`, `trackers/` (TensorBoard's `trackers/<run name>/`, and
 any other `train.report_to` tracker's local files), `train_config.yaml`,
-and the data reports (`data/*.dropped.jsonl`).
+and the data reports (`data/*.dropped.jsonl`). With `train.push_to_hub=owner/name`, model/ is uploaded to the
+Hugging Face Hub at the end (checked at start: offline, HF_HUB_OFFLINE=1, refuses before training).
+
+Exit code: 0 done; 1 a crash, or the push at the end failed (the model is on disk); 2 a bad config or data.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from asr.feature_cache import (
     use_cached_features,
 )
 from asr.files import replace_dir
+from asr.hub import HubError, HubSetupError, check_can_push, push_model
 from asr.model import (
     build_model,
     feature_extractor_settings,
@@ -281,7 +285,9 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
         check_trackers(cfg.train.report_to)
-    except ConfigError as e:
+        if cfg.train.push_to_hub:  # before hours of training, not after
+            check_can_push(cfg.train.push_to_hub)
+    except (ConfigError, HubSetupError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     accelerator = make_accelerator(cfg)
@@ -501,8 +507,22 @@ def main(argv=None) -> int:
                     out / "model")
     if accelerator.is_main_process:
         plot_curves(metrics_log.read(), out / "curves.png")
+    pushed = push_at_end(accelerator, cfg, out / "model")
     launch.finish(accelerator)
-    return 0
+    return 0 if pushed else 1
+
+
+def push_at_end(accelerator, cfg, model_dir: Path) -> bool:
+    """Uploads model/ to train.push_to_hub from the main process; False (logged in one line) if that failed."""
+    ok = True
+    if cfg.train.push_to_hub and accelerator.is_main_process:
+        try:
+            logger.info("pushed %s: %s", model_dir, push_model(model_dir, cfg.train.push_to_hub))
+        except HubError as e:
+            logger.error("%s; the model is in %s: push it later with scripts/publish_model.py --model %s --push %s",
+                         e, model_dir, model_dir, cfg.train.push_to_hub)
+            ok = False
+    return ok
 
 
 if __name__ == "__main__":
