@@ -310,30 +310,54 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """PNG with the training loss and the dev WER/CER against steps."""
+def plot_curves(records: list[dict[str, Any]], path: Path, run_name: str = "") -> dict[str, Any]:
+    """PNG (written atomically) with the training loss, the learning rate on a second axis, and the dev WER/CER
+    against steps with the best step (lowest dev WER, the exported model) marked; the run name on top.
+
+    Returns:
+        What was drawn: {"title", "best_step" (None without evals), "lr_points", "evals"}.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from asr.files import atomic_path
+
     train = [r for r in records if r.get("kind") == "train"]
     dev = [r for r in records if r.get("kind") == "eval"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.9))
     if train:
         ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if dev:
         ax1.plot([r["step"] for r in dev], [r["loss"] for r in dev], "o-", label="dev loss")
         ax2.plot([r["step"] for r in dev], [100 * r["wer"] for r in dev], "o-", label="dev WER")
         ax2.plot([r["step"] for r in dev], [100 * r["cer"] for r in dev], "s-", label="dev CER")
+    lr = [(r["step"], r["lr"]) for r in train if r.get("lr") is not None]
+    if lr:
+        ax_lr = ax1.twinx()
+        ax_lr.plot(*zip(*lr), "--", color="gray", lw=1, label="learning rate")
+        ax_lr.set_ylabel("learning rate", color="gray")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        ax_lr.legend(loc="upper center", fontsize=8)
+    best = min(dev, key=lambda r: (r["wer"], r["step"])) if dev else None
+    if best is not None:
+        ax2.axvline(best["step"], color="green", lw=1, ls=":")
+        ax2.plot([best["step"]], [100 * best["wer"]], "*", color="green", ms=12,
+                 label=f"best: step {best['step']}, WER {100 * best['wer']:.1f}%")
     ax1.set(xlabel="step", ylabel="CTC loss", title="loss")
     ax2.set(xlabel="step", ylabel="%", title="dev error rates (greedy)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper right", fontsize=8)
+    title = f"run {run_name}" if run_name else ""
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    return {"title": title, "best_step": best["step"] if best else None, "lr_points": len(lr), "evals": len(dev)}
 
 
 def finite_on_all_ranks(accelerator, loss: torch.Tensor) -> bool:

@@ -173,6 +173,46 @@ def plot_pareto(result: TuneResult, path: str | os.PathLike) -> Path:
     return path
 
 
+def plot_grid(result: TuneResult, path: str | os.PathLike) -> Path:
+    """The alpha x beta grid as WER heatmaps, one panel per decoder and beam width, the best cell outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asr.files import atomic_path
+
+    panels = sorted({(p.decoder, p.beam_width) for p in result.points})
+    alphas, betas = sorted({p.alpha for p in result.points}), sorted({p.beta for p in result.points})
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.9 * len(betas) * len(panels) + 1.5 * len(panels), 3.6),
+                             squeeze=False)
+    for ax, (name, width) in zip(axes[0], panels):
+        wer = np.full((len(alphas), len(betas)), np.nan)
+        for p in result.points:
+            if (p.decoder, p.beam_width) == (name, width):
+                wer[alphas.index(p.alpha), betas.index(p.beta)] = 100 * p.wer
+        image = ax.imshow(wer, cmap="viridis_r", aspect="auto", origin="lower")
+        low, high = np.nanmin(wer), np.nanmax(wer)
+        for (i, j), value in np.ndenumerate(wer):
+            if np.isfinite(value):  # dark text on the light (low-WER) end of the colour map
+                light = (value - low) <= 0.5 * (high - low)
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="black" if light else "white")
+        if np.isfinite(wer).any():
+            i, j = np.unravel_index(np.nanargmin(wer), wer.shape)
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+        ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set(xlabel="beta (word bonus)", ylabel="alpha (LM weight)", title=f"{name}, beam {width}: WER %")
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.suptitle(f"tuning on {result.data} ({result.utterances} utterances)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def with_point(settings: DecoderSettings, alpha: float, beta: float, beam_width: int | None = None,
                ) -> DecoderSettings:
     """`settings` with both decoders set to one grid point (flashlight through alpha * ln 10 and beta)."""

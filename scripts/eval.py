@@ -19,8 +19,8 @@ decoder.json written by --tune); flags override them. --reference adds rows for 
 
 Writes to --output: results.md (the table), results.json, results.csv, utterances.jsonl/.csv (id,
 reference, every decoder's hypothesis and word errors), comparison.png, dropped.jsonl (items left
-out and why), and with --tune: tuning.md/.json and tuning_pareto.png (WER against speed of every setting
-tried). The table goes to stdout, logs to stderr. With --tune and the LM in the model directory, the model
+out and why), and with --tune: tuning.md/.json, tuning_grid.png (WER heatmaps over alpha x beta) and
+tuning_pareto.png (WER against speed of every setting tried). The table goes to stdout, logs to stderr. With --tune and the LM in the model directory, the model
 card (README.md) is rewritten with the tuned decoders' results on the tuning set and this table's.
 
 Exit code: 0 done; 1 a crash (a traceback); 2 bad arguments or input (one line, nothing evaluated);
@@ -64,7 +64,7 @@ from asr.reference import REFERENCES, check_reference, transcribe_reference
 from asr.report import build_report, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer
-from asr.tuning import DEFAULT_NBEST, TuneGrid, plot_pareto, save_tuned, tune
+from asr.tuning import DEFAULT_NBEST, TuneGrid, plot_grid, plot_pareto, save_tuned, tune
 
 logger = logging.getLogger("eval")
 
@@ -195,6 +195,7 @@ def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, dat
     (args.output / "tuning.md").write_text(result.to_markdown(), encoding="utf-8")
     (args.output / "tuning.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
     plot_pareto(result, args.output / "tuning_pareto.png")
+    plot_grid(result, args.output / "tuning_grid.png")
     print(result.to_markdown())
 
 

@@ -506,7 +506,7 @@ def main(argv=None) -> int:
         logger.info("best dev WER %.2f%% at step %s; model: %s", 100 * state.best_wer, state.best_step,
                     out / "model")
     if accelerator.is_main_process:
-        plot_curves(metrics_log.read(), out / "curves.png")
+        plot_curves(metrics_log.read(), out / "curves.png", cfg.train.run_name or out.resolve().name)
     pushed = push_at_end(accelerator, cfg, out / "model")
     launch.finish(accelerator)
     return 0 if pushed else 1

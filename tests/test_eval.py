@@ -43,7 +43,7 @@ from asr.metrics import error_rates
 from asr.report import build_report, score_run, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer, build_vocab, encode
-from asr.tuning import TuneGrid, TunePoint, TuneResult, fork_map, plot_pareto, save_tuned, tune
+from asr.tuning import TuneGrid, TunePoint, TuneResult, fork_map, plot_grid, plot_pareto, save_tuned, tune
 from lm.build import LMBuildOptions, build_lm
 
 logger = logging.getLogger(__name__)
@@ -496,7 +496,7 @@ def test_end_to_end_on_the_trained_model(trained_model, tmp_path):
     by_name = {r["decoder"]: r for r in results["results"]}
     assert list(by_name) == ["greedy", "beam", "flashlight"]
     for name in ("results.md", "results.csv", "utterances.jsonl", "utterances.csv", "comparison.png", "tuning.md",
-                 "tuning_pareto.png"):
+                 "tuning_pareto.png", "tuning_grid.png"):
         assert (out / name).stat().st_size > 0, name
     tuned = json.loads((out / "tuning.json").read_text())
     assert len(tuned["points"]) == 2 * 3 * 2 and "WER against speed" in (out / "tuning.md").read_text()
@@ -581,3 +581,8 @@ def test_pareto_front_keeps_the_trade_offs_and_drops_dominated_settings(tmp_path
     assert "| beam | 0.5 | 1 | 10 | 0.2500 | 25.0 |" in text and "| beam | 0.5 | 1 | 10 | 0.2600 | 20.0 |" not in text
     png = plot_pareto(result, tmp_path / "pareto.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # the alpha x beta heatmap: one panel per (decoder, beam width), here 3 (beam 10, flashlight 10 and 20)
+    import matplotlib.image
+
+    grid = matplotlib.image.imread(plot_grid(result, tmp_path / "grid.png"))
+    assert grid.shape[1] > grid.shape[0]  # panels side by side

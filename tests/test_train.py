@@ -301,3 +301,17 @@ def test_a_dev_set_that_cannot_be_read_skips_evaluations_not_training(corpus, tm
     assert "holds step 2's weights" in proc.stderr
     assert json.loads((run / "model" / "metrics.json").read_text())["step"] == 2
     assert (run / "model" / "model.safetensors").is_file()
+
+
+def test_curves_plot_the_learning_rate_and_mark_the_best_step(tmp_path):
+    """curves.png: loss, LR on its own axis, dev WER/CER with the exported (best) step marked, the run's name."""
+    from asr.train import plot_curves
+
+    records = [{"kind": "train", "step": s, "loss": 3.0 / s, "lr": 1e-3 * min(1, s / 4)} for s in range(1, 11)]
+    records += [{"kind": "eval", "step": s, "wer": w, "cer": w / 3, "loss": w} for s, w in ((4, 0.9), (8, 0.5), (10, 0.6))]
+    drawn = plot_curves(records, tmp_path / "curves.png", "demo")
+    assert drawn == {"title": "run demo", "best_step": 8, "lr_points": 10, "evals": 3}
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # written atomically, no temporary left
+    # a run with no evaluation yet (or none that could read its dev set) still gets its loss curve
+    assert plot_curves(records[:10], tmp_path / "early.png")["best_step"] is None
