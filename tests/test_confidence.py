@@ -1,0 +1,101 @@
+"""Word confidence (asr.confidence): raw scores from frame posteriors, Platt calibration, ECE and errors caught."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from asr.beam import GreedyCTC, Hypothesis, WordSpan
+from asr.confidence import (
+    Calibration,
+    confidence_quality,
+    fit_calibration,
+    load_calibrations,
+    plot_reliability,
+    save_calibrations,
+    word_confidences,
+    word_correctness,
+)
+
+
+def test_raw_confidence_is_the_geometric_mean_of_the_top_posterior_in_the_span():
+    probs = np.full((6, 4), 0.1)
+    probs[:3, 1] = 0.7  # frames 0-2: one token at 0.7
+    probs[3:, :] = 0.25  # frames 3-5: flat
+    hyp = Hypothesis("ab cd", (WordSpan("ab", 0, 3), WordSpan("cd", 3, 6)), 0.0)
+    sure, unsure = word_confidences(np.log(probs), hyp)
+    assert sure == pytest.approx(0.7) and unsure == pytest.approx(0.25)
+    mixed = word_confidences(np.log(probs), Hypothesis("x", (WordSpan("x", 2, 4),), 0.0))[0]
+    assert mixed == pytest.approx(np.sqrt(0.7 * 0.25))
+
+
+def test_word_correctness_follows_the_alignment():
+    assert word_correctness("the cat sat", "the cat sat") == [True, True, True]
+    assert word_correctness("the cat sat", "the bat sat") == [True, False, True]
+    assert word_correctness("the cat sat", "the cat sat down") == [True, True, True, False]
+    assert word_correctness("", "noise") == [False] and word_correctness("the cat", "") == []
+
+
+def test_platt_fit_recovers_a_known_curve_and_lowers_ece():
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.05, 0.999, 20_000)
+    truth = Calibration(0.6, -0.4)  # raw scores overconfident: the real probability is lower
+    correct = rng.random(raw.size) < truth(raw)
+    fitted = fit_calibration(raw, correct)
+    assert fitted.a == pytest.approx(0.6, abs=0.05) and fitted.b == pytest.approx(-0.4, abs=0.05)
+    before, after = confidence_quality(raw, correct), confidence_quality(fitted(raw), correct)
+    assert before.ece > 0.1 and after.ece < 0.02
+    assert fitted.words == raw.size
+
+
+def test_ece_bins_and_errors_caught_by_hand():
+    conf = [0.95, 0.95, 0.95, 0.95, 0.15, 0.15, 0.55, 0.55, 0.55, 0.55]
+    right = [True, True, True, False, False, False, True, True, False, False]
+    q = confidence_quality(conf, right)
+    # bins: 0.9-1.0 holds 4 at 0.95 with 3/4 right (0.2 off); 0.1-0.2 2 at 0.15, 0 right (0.15); 0.5-0.6 4, 2/4 (0.05)
+    assert q.ece == pytest.approx(0.4 * 0.2 + 0.2 * 0.15 + 0.4 * 0.05)
+    assert [b["words"] for b in q.bins] == [0, 2, 0, 0, 0, 4, 0, 0, 0, 4]
+    # the lowest 10% (1 word, at 0.15) is wrong: 1 of the 5 errors caught
+    assert q.errors_caught_at_10pct == pytest.approx(0.2) and q.accuracy == pytest.approx(0.5)
+
+
+def test_calibrations_are_stored_beside_the_model(tmp_path):
+    save_calibrations(tmp_path, {"greedy": Calibration(0.5, 0.1, 10)})
+    save_calibrations(tmp_path, {"beam": Calibration(0.7, -0.2, 12)}, extra={"data": "dev.jsonl"})
+    loaded = load_calibrations(tmp_path)
+    assert loaded == {"greedy": Calibration(0.5, 0.1, 10), "beam": Calibration(0.7, -0.2, 12)}
+    assert json.loads((tmp_path / "confidence.json").read_text())["data"] == "dev.jsonl"
+    assert load_calibrations(tmp_path / "elsewhere") == {}
+    (tmp_path / "confidence.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a word-confidence calibration"):
+        load_calibrations(tmp_path)
+
+
+def test_calibrated_greedy_confidence_of_the_shipped_base_on_real_speech(synth_corpus, tmp_path):
+    """The real thing: the shipped base's greedy words on synthesised speech, calibrated on one half, judged on the
+    other; confidence must separate right from wrong words and calibration must not make ECE worse."""
+    from asr.audio import load_audio
+    from asr.inference import iter_log_probs, load_model
+
+    rows = [json.loads(line) for split in ("train", "dev", "test")
+            for line in (synth_corpus / f"{split}.jsonl").read_text().splitlines()]
+    loaded = load_model("assets/base_model")
+    greedy = GreedyCTC(loaded.vocab)
+    audios = [load_audio(synth_corpus / r["audio_filepath"]) for r in rows]
+    raw, right = [], []
+    for i, log_probs in iter_log_probs(loaded, audios):
+        hyp = greedy.decode(log_probs)
+        raw.append(word_confidences(log_probs, hyp))
+        right.append(word_correctness(loaded.normalizer(rows[i]["text"]), hyp.text))
+    half = len(rows) // 2
+    fit_raw, fit_right = sum(raw[:half], []), sum(right[:half], [])
+    test_raw, test_right = np.array(sum(raw[half:], [])), np.array(sum(right[half:], []))
+    assert 0.2 < test_right.mean() < 0.95  # a model that makes errors, so there is something to predict
+    assert test_raw[test_right].mean() > test_raw[~test_right].mean() + 0.05  # right words are more confident
+    calibration = fit_calibration(fit_raw, fit_right)
+    before, after = confidence_quality(test_raw, test_right), confidence_quality(calibration(test_raw), test_right)
+    assert after.ece <= before.ece + 0.02
+    png = plot_reliability({"greedy raw": before, "greedy calibrated": after}, tmp_path / "reliability.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
