@@ -145,12 +145,12 @@ def card_front_matter(directory: _Directory, results: Sequence[CardResult]) -> d
     base = (config.get("model") or {}).get("name_or_path")
     front: dict[str, Any] = {"license": card.get("license") or _base_license(base) or DEFAULT_LICENSE,
                              "language": list(card.get("language") or CardConfig.language)}
-    if base:
+    if hub_id(base):  # the Hub links base_model to a model page: a local path would be a broken link
         front["base_model"] = base
     datasets = list(card.get("datasets") or ())
     if not datasets:
         train = ((config.get("data") or {}).get("train") or {}).get("path")
-        datasets = [train] if train else []
+        datasets = [train] if hub_id(train) else []
     if datasets:
         front["datasets"] = datasets
     front.update(library_name="transformers", pipeline_tag="automatic-speech-recognition",
@@ -271,6 +271,21 @@ def _tuned_settings(stored: Mapping[str, Any], decoder: str) -> str:
     o = stored.get("flashlight") or {}
     return f"lm_weight={o.get('lm_weight'):.3g} word_score={o.get('word_score'):g} beam={o.get('beam_size')}" \
         if o else ""
+
+
+def hub_id(name: str | None) -> bool:
+    """Whether `name` reads as a Hub repo id (`owner/name` or `name`) rather than a local path or file."""
+    if not name or Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return False
+    if Path(name).suffix in (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt"):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _base_license(base: str | None) -> str | None:

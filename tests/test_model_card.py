@@ -59,7 +59,7 @@ def test_card_metadata_from_the_config_and_the_dev_metrics(tmp_path):
     meta = _card(model)
     assert meta["license"] == "mit" and meta["language"] == ["en", "fr"]
     assert meta["base_model"] == "facebook/wav2vec2-base"
-    assert meta["datasets"] == ["data/x/train.jsonl"]
+    assert "datasets" not in meta  # a local manifest is not a Hub dataset: the card names none
     assert meta["pipeline_tag"] == "automatic-speech-recognition" and "kenlm" not in meta["tags"]
     [index] = meta["model-index"]
     assert index["name"] == "run"
@@ -83,7 +83,23 @@ def test_card_licence_defaults_to_the_base_directorys_then_apache(tmp_path):
     (base / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# a base checkpoint\n")
     tuned = _model_dir(tmp_path / "tuned" / "model", [f"model.name_or_path={base}"])
     write_model_card(tuned)
-    assert _card(tuned)["license"] == "cc-by-nc-4.0" and _card(tuned)["base_model"] == str(base)
+    assert _card(tuned)["license"] == "cc-by-nc-4.0"
+    assert "base_model" not in _card(tuned)  # a local directory: the Hub would link a model page that is not there
+
+
+def test_card_names_hub_ids_only(tmp_path):
+    """base_model and datasets are Hub links: hub ids are kept, local paths and files never are."""
+    from asr.model_card import hub_id
+
+    assert hub_id("facebook/wav2vec2-base") and hub_id("mozilla-foundation/common_voice_17_0")
+    assert not any(hub_id(name) for name in (None, "", "./model", "/abs/model", "a/b/c", "data/x/train.jsonl",
+                                             "runs/x.csv", "~/model", str(tmp_path)))
+    model = _model_dir(tmp_path / "run" / "model", ["model.name_or_path=facebook/wav2vec2-base",
+                                                    "data.train.path=mozilla-foundation/common_voice_17_0"])
+    write_model_card(model)
+    meta = _card(model)
+    assert meta["base_model"] == "facebook/wav2vec2-base"
+    assert meta["datasets"] == ["mozilla-foundation/common_voice_17_0"]
 
 
 def test_a_card_not_written_by_training_is_left_alone(tmp_path):
