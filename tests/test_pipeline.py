@@ -56,7 +56,8 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 @pytest.mark.slow
 @needs_engines
 def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
-    """scripts/build_base_model.sh end to end: a 40-utterance corpus, stage 1 stopped at step 3, stage 2 to step 6."""
+    """scripts/build_base_model.sh end to end: a 40-utterance corpus, stage 1 stopped at step 3, stage 2 to step 6,
+    stage 3 (warm restart) 3 steps, published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -66,7 +67,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     out, run = tmp_path / "base_model", tmp_path / "run"
     run_env = {**env(), "BASE_CORPUS": str(tmp_path / "corpus"), "BASE_TRAIN": "40", "BASE_STOP1": "3",
                "BASE_STEPS": "6", "BASE_NATURAL": str(tmp_path / "natural"), "BASE_NATURAL_DEV": "10",
-               "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out)}
+               "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out),
+               "BASE_STEPS3": "3"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -84,6 +86,11 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
              if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert "augment:\n    enabled: true" in (run / "train_config.yaml").read_text()  # the last stage's config
+    # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
+    run3 = tmp_path / "run_stage3"
+    steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert steps3 == [1, 2, 3] and f"name_or_path: {run / 'model'}" in (run3 / "train_config.yaml").read_text()
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
