@@ -3,7 +3,8 @@
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
 `collate`, `feature_cache`, `augment` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
 `inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
-`reference` (scripts/eval.py's stages; `reference` is its pocketsphinx yardstick row), `chunking`,
+`reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
+yardstick row, `significance` its bootstrap intervals, `breakdown` its WER by group), `chunking`,
 `transcribe`, `outputs` (batch transcription), `recognizer` (one-call transcription from Python),
 `corpus` and `layouts` (the synthetic speech corpus and its export layouts), `benchmark`, `files`, and
 `onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
@@ -26,9 +27,10 @@ _EXPORTS = {
     "greedy_decode": "decoding",
     "FeatureCacheConfig": "feature_cache",
     "FilterConfig": "filters", "apply_filters": "filters",
-    "ErrorRates": "metrics", "error_rates": "metrics",
+    "ErrorRates": "metrics", "UtteranceErrors": "metrics", "error_rates": "metrics", "utterance_errors": "metrics",
     "Recognizer": "recognizer",
     "DurationBatchSampler": "sampler",
+    "paired_bootstrap": "significance",
     "SourceConfig": "sources", "Utterance": "sources", "load_source": "sources",
     "TextNormalizer": "text", "build_vocab": "text", "load_processor": "text", "make_processor": "text",
     "save_processor": "text",

@@ -1,10 +1,13 @@
 """The evaluation report: one row per decoder, decoder agreement, padding check, and the files written.
 
     score_run(run, references, audio_seconds, acoustic_seconds) -> DecoderResult   (a table row)
-    build_report(acoustic, runs, ..., references=reference_runs) -> EvalReport      (the table)
+    build_report(acoustic, runs, ..., references=reference_runs, groups=...) -> EvalReport      (the table)
     write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), drops, out_dir)
 
-writes results.md/.json/.csv, utterances.jsonl/.csv, comparison.png and dropped.jsonl, each atomically.
+writes results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, breakdown.png and dropped.jsonl,
+each atomically. Every row's WER and CER, and every pair's differences, get paired-bootstrap 95%
+intervals (`asr.significance`); WER is also broken down by speaker, duration bucket and category-like
+manifest columns (`asr.breakdown`), each group with its own interval.
 The runs come from `asr.evaluation.decode_all` on the log-probs of `asr.evaluation.compute_acoustic`;
 reference runs (`asr.reference`, e.g. pocketsphinx) hear the same kept utterances themselves, so
 their rows are marked `reference` and their RTF is their own recognition time alone.
@@ -26,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from asr.beam import word_edits
+from asr.breakdown import Breakdown, breakdowns, plot_breakdowns, utterance_groups
 from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck
 from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop
-from asr.metrics import ErrorRates, error_rates
+from asr.metrics import ErrorRates, error_rates, utterance_errors
+from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED, BootstrapResult, paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,8 @@ class EvalReport:
     results: list[DecoderResult]
     agreements: list[Agreement] = field(default_factory=list)
     padding: PaddingCheck | None = None
+    bootstrap: BootstrapResult | None = None  # None: --bootstrap 0
+    breakdowns: list[Breakdown] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -153,15 +160,54 @@ class EvalReport:
                          f"{100 * g.word_difference:.2f}% word difference")
         if self.padding is not None:
             lines.append(f"- padding: {self.padding.explanation()}")
+        if self.bootstrap is not None:
+            lines += ["", *self._significance_markdown(self.bootstrap)]
+        labels = [r.decoder for r in self.results]
+        for table in self.breakdowns:
+            lines += ["", *table.to_markdown(labels)]
         return "\n".join(lines) + "\n"
+
+    def _significance_markdown(self, b: BootstrapResult) -> list[str]:
+        """The intervals of every row and every difference, and what they mean."""
+        label = {r.decoder: r.label for r in self.results}
+        ci = f"{100 * b.confidence:g}% CI"
+        lines = [f"### {100 * b.confidence:g}% confidence intervals (paired bootstrap: {b.resamples} resamples of "
+                 f"the {b.utterances} utterances, seed {b.seed})", "",
+                 f"| decoder | WER % [{ci}] | CER % [{ci}] |", "|---|---:|---:|"]
+        lines += [f"| {label[name]} | {b.wer[name].to_text()} | {b.cer[name].to_text()} |" for name in b.wer]
+        diffs = {(d.a, d.b, d.metric): d for d in b.differences}
+        pairs = list(dict.fromkeys((d.a, d.b) for d in b.differences))
+        if pairs:
+            lines += ["", f"| difference | WER points [{ci}] | significant | CER points [{ci}] | significant |",
+                      "|---|---:|---|---:|---|"]
+            for a, c in pairs:
+                wer, cer = diffs[a, c, "wer"], diffs[a, c, "cer"]
+                lines.append(f"| {label[a]} - {label[c]} | {wer.to_text()} | {'yes' if wer.significant else 'no'} | "
+                             f"{cer.to_text()} | {'yes' if cer.significant else 'no'} |")
+            lines += ["", "Each resample draws the utterances with replacement and scores every row on the same "
+                          "draw; a difference is significant when its interval excludes 0 (negative: the first "
+                          "row errs less)."]
+        return lines
 
 
 def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: str, data: str,
                  lm: str | None = None, padding: PaddingCheck | None = None,
-                 references: Sequence[DecodeRun] = ()) -> EvalReport:
+                 references: Sequence[DecodeRun] = (), groups: Mapping[str, Sequence[str]] | None = None,
+                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> EvalReport:
     """The comparison table of several decoders run on the same log-probs, then reference recognisers' rows.
 
-    `references` are `asr.reference.transcribe_reference` runs on the same kept utterances, in order.
+    Args:
+        acoustic: The kept utterances' log-probs, references and durations.
+        runs: Decoders' runs on `acoustic`, in table order.
+        model: The model directory, as the header names it.
+        data: The evaluated source, as the header names it.
+        lm: The LM directory, when a beam decoder used one.
+        padding: The padding check, if run.
+        references: `asr.reference.transcribe_reference` runs on the same kept utterances, in order.
+        groups: Grouping -> label per kept utterance (`asr.breakdown.utterance_groups`) for the WER
+            breakdowns; None breaks down by duration only.
+        resamples: Bootstrap resamples for the intervals; 0 skips them (the breakdowns keep point WERs).
+        seed: Seed of the bootstrap draws.
     """
     results = [score_run(r, acoustic.references, acoustic.audio_seconds, acoustic.seconds) for r in runs]
     results += [score_run(r, acoustic.references, acoustic.audio_seconds, 0.0, reference=True) for r in references]
@@ -171,12 +217,17 @@ def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: 
     for g in agreements:
         logger.info("%s vs %s: %.1f%% identical transcripts, %.2f%% word difference", g.a, g.b, 100 * g.identical,
                     100 * g.word_difference)
+    errors = {r.decoder: utterance_errors(acoustic.references, r.texts) for r in [*runs, *references]}
+    bootstrap = paired_bootstrap(errors, resamples, seed) if resamples > 0 else None
+    if groups is None:
+        groups = utterance_groups([None] * len(acoustic.ids), acoustic.durations)
+    tables = breakdowns(groups, errors, resamples, seed)
     return EvalReport(model=model, data=data, lm=lm, utterances=len(acoustic.ids), dropped=len(acoustic.drops),
                       audio_seconds=acoustic.audio_seconds, acoustic_seconds=acoustic.seconds,
                       acoustic_processes=acoustic.num_processes, acoustic_cached=acoustic.from_cache,
                       max_batch_seconds=acoustic.max_batch_seconds, max_padding=acoustic.max_padding,
                       results=results, agreements=agreements,
-                      padding=padding)
+                      padding=padding, bootstrap=bootstrap, breakdowns=tables)
 
 
 def utterance_rows(acoustic: AcousticOutput, runs: Sequence[DecodeRun]) -> list[dict[str, Any]]:
@@ -193,10 +244,12 @@ def utterance_rows(acoustic: AcousticOutput, runs: Sequence[DecodeRun]) -> list[
 
 def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: Sequence[Drop],
                   out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write results.{md,json,csv}, utterances.{jsonl,csv}, comparison.png and dropped.jsonl.
+    """Write results.{md,json,csv}, utterances.{jsonl,csv}, comparison.png, breakdown.png and dropped.jsonl.
+
+    breakdown.png is written only when the report has breakdowns.
 
     Returns:
-        File kind -> path.
+        File name -> path of each file written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +261,12 @@ def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: 
     write_text_atomic(paths["utterances.jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(paths["utterances.csv"], _csv(rows))
     write_text_atomic(paths["dropped.jsonl"], "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
-    plot_comparison(report.results, paths["comparison.png"], title=f"{report.data} ({report.utterances} utterances)")
+    title = f"{report.data} ({report.utterances} utterances)"
+    plot_comparison(report.results, paths["comparison.png"], title=title)
+    if report.breakdowns:
+        paths["breakdown.png"] = plot_breakdowns(report.breakdowns, out / "breakdown.png", title=title)
+    else:  # an earlier run's plot would describe other results
+        (out / "breakdown.png").unlink(missing_ok=True)
     return paths
 
 

@@ -29,8 +29,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,10 +63,13 @@ class Utterance:
     audio_bytes: bytes | None = None
     duration: float | None = None  # seconds, when the source knows it
     speaker: str | None = None
+    # Other manifest columns with string or boolean values (accent, channel, seen_voice, ...): what eval breaks
+    # WER down by. Not part of the record's identity, so equal records stay equal whatever they carry.
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain fields (bytes included)."""
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "metadata": dict(self.metadata)}
 
     @property
     def audio(self) -> str | bytes | None:
@@ -176,7 +179,8 @@ def read_manifest(path: str | Path, audio_key: str | None = None, text_key: str 
         text_key: transcript column; None tries TEXT_KEYS.
 
     Returns:
-        One utterance per row; a row without an audio path gets no audio (the filters drop it).
+        One utterance per row; a row without an audio path gets no audio (the filters drop it). Other
+        string and boolean columns go to `Utterance.metadata`.
 
     Raises:
         ValueError: the file is missing, is not valid JSON lines, or lacks the audio/text column.
@@ -201,6 +205,7 @@ def read_manifest(path: str | Path, audio_key: str | None = None, text_key: str 
                 audio_path=audio,
                 duration=_opt_float(row.get("duration")),
                 speaker=_first_value(row, SPEAKER_KEYS),
+                metadata=_metadata(row, (audio_key, text_key)),
             )
         )
     return out
@@ -238,6 +243,7 @@ def read_audiofolder(path: str | Path, text_key: str | None = None) -> list[Utte
                 text=_opt_str(row.get(text_key)) or "",
                 audio_path=_resolve(file_name, meta.parent) if file_name else None,
                 speaker=_first_value(row, SPEAKER_KEYS),
+                metadata=_metadata(row, ("file_name", text_key)),
             )
         )
     return out
@@ -593,6 +599,20 @@ def _looks_like_hub_name(path: str) -> bool:
         and path.count("/") <= 1
         and Path(path).suffix.lower() not in MANIFEST_SUFFIXES + HF_FILE_SUFFIXES
     )
+
+
+def _metadata(row: Mapping[str, Any], used: Iterable[str]) -> dict[str, str]:
+    """The row's other string and boolean columns (booleans as `true`/`false`), empty values left out."""
+    taken = {*used, "duration", *ID_KEYS, *SPEAKER_KEYS, *AUDIO_KEYS, *TEXT_KEYS}
+    out = {}
+    for key, value in row.items():
+        if key in taken:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, str) and value.strip():
+            out[key] = value.strip()
+    return out
 
 
 def _first_value(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:

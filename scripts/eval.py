@@ -17,11 +17,19 @@ it there). Decoder settings default to what the LM directory stores (language_mo
 decoder.json written by --tune); flags override them. --reference adds rows for reference recognisers
 (pocketsphinx) that transcribe the same kept utterances themselves, on every available core.
 
-Writes to --output: results.md (the table), results.json, results.csv, utterances.jsonl/.csv (id,
-reference, every decoder's hypothesis and word errors), comparison.png, dropped.jsonl (items left
-out and why), and with --tune: tuning.md/.json, tuning_grid.png (WER heatmaps over alpha x beta) and
-tuning_pareto.png (WER against speed of every setting tried). The table goes to stdout, logs to stderr. With --tune and the LM in the model directory, the model
-card (README.md) is rewritten with the tuned decoders' results on the tuning set and this table's.
+Every row's WER and CER, and the difference between every two rows, get a paired-bootstrap 95%
+confidence interval (--bootstrap resamples of the utterances, seeded by --bootstrap-seed; 0 skips
+them); a difference is significant when its interval excludes 0. WER is also broken down by speaker,
+duration bucket and each category-like manifest column (string or boolean values, 2-12 of them),
+each group with its own interval.
+
+Writes to --output: results.md (the table, intervals, differences, breakdowns), results.json,
+results.csv, utterances.jsonl/.csv (id, reference, every decoder's hypothesis and word errors),
+comparison.png, breakdown.png (WER per group and decoder), dropped.jsonl (items left out and why),
+and with --tune: tuning.md/.json, tuning_grid.png (WER heatmaps over alpha x beta) and
+tuning_pareto.png (WER against speed of every setting tried). The table goes to stdout, logs to
+stderr. With --tune and the LM in the model directory, the model card (README.md) is rewritten
+with the tuned decoders' results on the tuning set and this table's.
 
 Exit code: 0 done; 1 a crash (a traceback); 2 bad arguments or input (one line, nothing evaluated);
 3 done, but some utterances' audio was missing or unreadable (dropped.jsonl lists them; the table
@@ -40,6 +48,7 @@ from pathlib import Path
 
 from asr import launch
 from asr.beam import check_lm_fits, load_vocab
+from asr.breakdown import utterance_groups
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.evaluation import (
     BEAM_DECODERS,
@@ -62,7 +71,8 @@ from asr.evaluation import (
 from asr.model_card import CardResult, write_model_card
 from asr.reference import REFERENCES, check_reference, transcribe_reference
 from asr.report import build_report, utterance_rows, write_results
-from asr.sources import SourceConfig, load_source
+from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
+from asr.sources import SourceConfig, Utterance, load_source
 from asr.text import TextNormalizer
 from asr.tuning import DEFAULT_NBEST, TuneGrid, plot_grid, plot_pareto, save_tuned, tune
 
@@ -113,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the log-prob cache")
     g.add_argument("--check-padding", type=int, default=DEFAULT_PADDING_SAMPLE,
                    help="utterances run one by one to measure the effect of batch padding; 0 skips, -1 checks all")
+    g = p.add_argument_group("confidence intervals")
+    g.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="RESAMPLES",
+                   help="paired-bootstrap resamples for the 95%% intervals of WER/CER and their differences; 0 skips")
+    g.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, help="seed of the resampling (reproducible)")
     g = p.add_argument_group("tuning")
     g.add_argument("--tune", action="store_true", help="grid-search alpha/beta and store the best in the LM dir")
     g.add_argument("--tune-data", default=None, help="tuning (dev) set; default: --data (then the table is optimistic)")
@@ -130,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--reference {', '.join(unknown)} is unknown; use one of {', '.join(REFERENCES)}")
     if args.workers < 1:
         p.error(f"--workers is {args.workers}; use 1 or more")
+    if args.bootstrap < 0:
+        p.error(f"--bootstrap is {args.bootstrap}; use a number of resamples such as 1000, or 0 to skip the intervals")
     searched = [f"--{k.replace('_', '-')}" for k in ("alpha", "beta", "lm_weight", "word_score")
                 if getattr(args, k) is not None]
     if args.tune and searched:
@@ -171,8 +187,8 @@ def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettin
 
 
 def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
-                 accelerator) -> tuple[AcousticOutput | None, dict[str, str | bytes]]:
-    """A source's log-probs (cache or model; None on non-main processes) and its audio by utterance id."""
+                 accelerator) -> tuple[AcousticOutput | None, dict[str, Utterance]]:
+    """A source's log-probs (cache or model; None on non-main processes) and its utterances by id."""
     source = SourceConfig(kind=args.source_kind, path=data, split=split, text_column=args.text_column,
                           audio_column=args.audio_column)
     utterances = load_source(source)
@@ -180,7 +196,7 @@ def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
         args.model, utterances, filters=eval_filters(args.min_duration, args.max_duration),
         max_batch_seconds=args.max_batch_seconds, max_padding=args.max_padding,
         cache_dir=None if args.no_cache else args.cache_dir, accelerator=accelerator, progress=True)
-    return output, {u.id: u.audio for u in utterances}
+    return output, {u.id: u for u in utterances}
 
 
 def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, data: str) -> None:
@@ -233,7 +249,7 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
     try:  # the inputs: a source that cannot be read, or holds no usable utterance, is a one-line error
         if args.tune and args.tune_data:
             tune_acoustic, _ = acoustic_for(args, args.tune_data, args.tune_split, accelerator)
-        acoustic, audio = acoustic_for(args, args.data, args.split, accelerator)
+        acoustic, utterances = acoustic_for(args, args.data, args.split, accelerator)
     except ValueError as e:
         logger.error("%s", e)
         return EXIT_USAGE
@@ -253,15 +269,19 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
         from asr.inference import load_model
 
         sample = None if args.check_padding < 0 else args.check_padding
-        padding = check_padding(load_model(args.model), acoustic, audio, sample)
+        padding = check_padding(load_model(args.model), acoustic, {i: u.audio for i, u in utterances.items()},
+                                sample)
     reference_runs = []
     if args.reference:
         normalizer = TextNormalizer.load(args.model)  # the one the reference texts went through: both sides alike
-        reference_runs = [transcribe_reference(name, [audio[i] for i in acoustic.ids], normalizer=normalizer)
+        reference_runs = [transcribe_reference(name, [utterances[i].audio for i in acoustic.ids], normalizer=normalizer)
                           for name in args.reference]
     report = build_report(acoustic, runs, model=str(args.model), data=args.data,
                           lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in args.decoder) else None,
-                          padding=padding, references=reference_runs)
+                          padding=padding, references=reference_runs,
+                          groups=utterance_groups([utterances[i].speaker for i in acoustic.ids], acoustic.durations,
+                                                  [utterances[i].metadata for i in acoustic.ids]),
+                          resamples=args.bootstrap, seed=args.bootstrap_seed)
     write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), acoustic.drops, args.output)
     if args.tune and lm is not None and lm.resolve() == args.model.resolve():  # the LM is part of the model
         card = write_model_card(args.model, [CardResult(r.decoder, args.data, r.wer, r.cer, r.utterances, args.split,
@@ -269,7 +289,8 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
         if card is not None:
             logger.info("model card rewritten with the tuned decoders and this table: %s", card)
     print(report.to_markdown())
-    print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png, dropped.jsonl")
+    print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png"
+          + (", breakdown.png" if report.breakdowns else "") + ", dropped.jsonl")
     failed = [d for d in acoustic.drops if d.reason in FAILED_AUDIO]
     if failed:
         logger.warning("%d utterance(s) had missing or unreadable audio (see %s); exit code %d", len(failed),

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -445,6 +446,81 @@ def test_reference_row_beside_the_decoders(eval_script, group_norm_model, manife
     assert sphinx["rtf_total"] == sphinx["rtf_decode"] == pytest.approx(
         sphinx["decode_seconds"] / results["audio_seconds"])
     assert sphinx["wer"] < greedy["wer"]  # it reads the synthetic speech; the untrained model does not
+
+
+def voices_manifest(synth_corpus: Path, out: Path) -> Path:
+    """The synthetic corpus's 12 train utterances (4 voices) with a category column and an id-like one."""
+    rows = [json.loads(line) for line in (synth_corpus / "train.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["audio_filepath"] = str(synth_corpus / row["audio_filepath"])
+        row["channel"] = "phone" if i % 4 == 0 else "studio"  # a category: broken down
+        row["note"] = f"take {i}"  # one value per utterance: not a category
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_intervals_and_breakdowns_on_real_speech(eval_script, group_norm_model, synth_corpus, lm_dir, tmp_path,
+                                                 capsys):
+    """Every row's WER/CER with its interval, every pair's difference, WER by voice, duration and a manifest
+    column, in results.md/.json and breakdown.png."""
+    manifest = voices_manifest(synth_corpus, tmp_path / "voices.jsonl")
+    out = tmp_path / "out"
+    assert eval_script.main(["--model", str(group_norm_model), "--data", str(manifest), "--decoder", "greedy", "beam",
+                             "--lm", str(lm_dir), "--beam-width", "8", "--bootstrap", "500", "--check-padding", "0",
+                             "--no-cache", "--output", str(out)]) == 0
+    assert "breakdown.png" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["utterances"] == 12
+    boot = results["bootstrap"]
+    assert (boot["resamples"], boot["seed"], boot["utterances"]) == (500, 0, 12)
+    table = {r["decoder"]: r for r in results["results"]}
+    for name, row in table.items():
+        for metric in ("wer", "cer"):
+            interval = boot[metric][name]
+            assert interval["estimate"] == pytest.approx(row[metric])  # the table's own number, with its interval
+            assert interval["low"] <= interval["estimate"] <= interval["high"]
+    assert [(d["a"], d["b"], d["metric"]) for d in boot["differences"]] == [("greedy", "beam", "wer"),
+                                                                             ("greedy", "beam", "cer")]
+    for d in boot["differences"]:
+        assert d["estimate"] == pytest.approx(table["greedy"][d["metric"]] - table["beam"][d["metric"]])
+        assert d["significant"] == (d["low"] > 0 or d["high"] < 0)
+
+    lines = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
+    rows = {json.loads(line)["id"]: json.loads(line) for line in manifest.read_text().splitlines()}
+    tables = {t["by"]: t for t in results["breakdowns"]}
+    assert set(tables) == {"speaker", "duration", "channel"}  # `note` and the constant `seen_voice` are no categories
+    assert sorted(g["value"] for g in tables["speaker"]["groups"]) == sorted({r["speaker"] for r in rows.values()})
+    assert [(g["value"], g["utterances"]) for g in tables["channel"]["groups"]] == [("phone", 3), ("studio", 9)]
+    for by in tables:
+        assert sum(g["utterances"] for g in tables[by]["groups"]) == 12
+    for group in tables["speaker"]["groups"]:  # a voice's WER is the corpus WER of its utterances
+        mine = [u for u in lines if rows[u["id"]]["speaker"] == group["value"]]
+        for decoder in ("greedy", "beam"):
+            expected = sum(u[f"{decoder}_word_errors"] for u in mine) / sum(len(u["reference"].split()) for u in mine)
+            assert group["wer"][decoder]["estimate"] == pytest.approx(expected)
+    markdown = (out / "results.md").read_text()
+    assert "| decoder | WER % [95% CI] | CER % [95% CI] |" in markdown
+    assert re.search(r"\| greedy - beam \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \| (yes|no) \|", markdown)
+    assert "### WER by speaker" in markdown and "### WER by channel" in markdown
+    assert (out / "breakdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_recogniser_that_hears_the_words_is_significantly_better_than_noise(eval_script, group_norm_model,
+                                                                            synth_corpus, tmp_path, capsys):
+    """pocketsphinx reads the synthesised speech, the untrained model's greedy transcripts are noise: on 12
+    utterances their WER difference's interval (default 1000 resamples) lies above 0. ~30 s, most of it pocketsphinx."""
+    out, manifest = tmp_path / "out", voices_manifest(synth_corpus, tmp_path / "voices.jsonl")
+    eval_script.main(["--model", str(group_norm_model), "--data", str(manifest), "--decoder", "greedy", "--reference", "pocketsphinx", "--check-padding", "0", "--no-cache",
+                      "--output", str(out)])
+    capsys.readouterr()
+    boot = json.loads((out / "results.json").read_text())["bootstrap"]
+    assert boot["resamples"] == 1000
+    wer = next(d for d in boot["differences"] if d["metric"] == "wer")
+    assert (wer["a"], wer["b"]) == ("greedy", "pocketsphinx")
+    assert wer["significant"] and wer["low"] > 0, wer
+    assert re.search(r"\| greedy - pocketsphinx \(reference\) \| \+\d+\.\d \[\+\d+\.\d, \+\d+\.\d\] \| yes \|",
+                     (out / "results.md").read_text())
 
 
 def test_unknown_or_missing_reference_is_a_one_line_error(eval_script, group_norm_model, monkeypatch, tmp_path,
