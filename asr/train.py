@@ -349,7 +349,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, run_name: str = "") -
     ax2.set(xlabel="step", ylabel="%", title="dev error rates (greedy)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # nothing to name before the first log line or evaluation
+            ax.legend(loc="upper right", fontsize=8)
     title = f"run {run_name}" if run_name else ""
     if title:
         fig.suptitle(title, fontsize=10)
