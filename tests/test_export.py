@@ -325,3 +325,35 @@ def test_int8_options_are_checked():
         ExportOptions(quantize="int4")
     with pytest.raises(ValueError, match="--max-wer-increase 5"):
         ExportOptions(quantize="int8", max_wer_increase=5)
+
+
+@pytest.mark.parametrize("decoder", ["beam", "flashlight"])
+def test_onnx_backend_with_a_beam_decoder_and_the_exported_lm_equals_torch(models, exports, utterances, tmp_path,
+                                                                           decoder):
+    """scripts/transcribe.py and asr.Recognizer, KenLM beam search over ONNX Runtime's log-probs: the same
+    transcripts as over PyTorch's, with the LM the export carries (the group-norm model's own)."""
+    from asr.recognizer import Recognizer
+
+    model_dir, (export_dir, _) = models["group"], exports["group"]
+    assert (export_dir / LM_SUBDIR).is_dir()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, audio in enumerate(utterances[:5]):
+        sf.write(inputs / f"u{i}.wav", audio, 16000, subtype="PCM_16")
+    script = load_script("transcribe")
+    common = [str(inputs), "--max-batch-seconds", "8", "--decoder", decoder]
+    assert script.main([*common, "--model", str(model_dir), "--output", str(tmp_path / "torch")]) == 0
+    assert script.main([*common, "--backend", "onnx", "--model", str(export_dir),
+                        "--output", str(tmp_path / "onnx")]) == 0
+    torch_rows = read_jsonl(tmp_path / "torch" / "transcripts.jsonl")
+    onnx_rows = read_jsonl(tmp_path / "onnx" / "transcripts.jsonl")
+    assert len(torch_rows) == 5 and any(r["words"] for r in torch_rows)
+    assert all(r["decoder"] == decoder and r["lm"] == str(export_dir.resolve()) for r in onnx_rows)
+    assert [(r["path"], r["text"], r["words"]) for r in onnx_rows] == [
+        (r["path"], r["text"], r["words"]) for r in torch_rows]
+
+    files = sorted(inputs.glob("*.wav"))
+    onnx = Recognizer.from_pretrained(export_dir, backend="onnx", max_batch_seconds=8).transcribe(files, decoder)
+    torch_ = Recognizer.from_pretrained(model_dir, max_batch_seconds=8).transcribe(files, decoder)
+    assert [(t.text, t.words) for t in onnx] == [(t.text, t.words) for t in torch_]
+    assert [t.text for t in onnx] == [r["text"] for r in torch_rows]

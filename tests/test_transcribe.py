@@ -779,3 +779,47 @@ def test_beam_decoders_with_an_lm_give_word_times(trained_model, tmp_path):
         for record in records:
             times = [t for w in record["words"] for t in (w["start"], w["end"])]
             assert times == sorted(times) and all(0 <= t <= record["duration"] for t in times)
+
+
+def test_rerun_decodes_only_the_files_without_a_transcript(utterances, tiny_model, tmp_path, monkeypatch):
+    """A finished directory: nothing is run through the model again. Records deleted: exactly those files are."""
+    import asr.transcribe
+
+    decoded: list[int] = []  # samples of each audio the real model is given, per call
+
+    def counting(loaded, audios):
+        decoded.extend(len(a) for a in audios)
+        return real(loaded, audios)
+
+    real = asr.transcribe.log_probs_batch
+    monkeypatch.setattr(asr.transcribe, "log_probs_batch", counting)
+    inputs = tmp_path / "in"
+    for i in range(6):
+        write_audio(inputs / f"d{i % 2}" / f"u{i}.wav", utterances[i], 16000, 1, "WAV", "PCM_16")
+    out = tmp_path / "out"
+    args = [str(inputs), "--model", str(tiny_model), "--output", str(out), "--formats", "txt",
+            "--max-batch-seconds", "8"]
+    script = load_script()
+
+    def run() -> int:
+        """Runs the script in-process; returns how many audios the model read."""
+        decoded.clear()
+        assert script.main(args) == 0
+        assert json.loads((out / "summary.json").read_text())["this_run"]["files"] == len(decoded)
+        return len(decoded)
+
+    assert run() == 6
+    first = read_jsonl(out / "transcripts.jsonl")
+    assert len(first) == 6 and any(r["text"] for r in first)
+
+    assert run() == 0  # finished: nothing decoded, nothing rewritten
+    assert read_jsonl(out / "transcripts.jsonl") == first
+
+    kept = [r for r in first if r["path"] not in ("d0/u2.wav", "d1/u5.wav")]
+    (out / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (out / "d0" / "u2.txt").unlink()
+    assert run() == 2  # exactly the two whose records were deleted
+    assert sorted(decoded) == sorted(len(load_audio(inputs / p)) for p in ("d0/u2.wav", "d1/u5.wav"))
+    assert read_jsonl(out / "transcripts.jsonl") == first  # each once, back in input order, the same text
+    assert (out / "d0" / "u2.txt").read_text() == first[[r["path"] for r in first].index("d0/u2.wav")]["text"] + "\n"
+    assert run() == 0
