@@ -12,7 +12,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from asr.breakdown import MISSING, breakdowns, duration_bucket, plot_breakdowns, utterance_groups
+from asr.breakdown import (MISSING, breakdown_figure, breakdowns, duration_bucket, plot_breakdowns,
+                           utterance_groups)
 from asr.metrics import UtteranceErrors, error_rates, utterance_errors
 from asr.significance import paired_bootstrap, percentile_interval, resample_counts, resampled_rates
 from asr.sources import read_manifest
@@ -207,6 +208,24 @@ def test_group_wer_is_the_corpus_wer_of_its_utterances(tmp_path):
     points = breakdowns({"speaker": speakers}, errs, resamples=0)[0]  # eval --bootstrap 0: estimates alone
     assert [g.wer["greedy"].estimate for g in points.groups] == [g.wer["greedy"].estimate for g in by_speaker.groups]
     assert "[" not in "\n".join(points.to_markdown(["greedy", "beam"])[2:])
+
+
+def test_breakdown_figure_puts_the_title_above_the_panels():
+    """The run's title (data set, utterance count) is drawn above the first panel, not over its bars."""
+    speakers = [f"spk{i}" for i in range(len(WORDS))]  # 20 groups: a tall figure, where the overlap showed
+    durations = [1.0 + 0.6 * i for i in range(len(WORDS))]
+    tables = breakdowns(utterance_groups(speakers, durations), {"a": errors(BASE), "b": errors(BASE + 1)},
+                        resamples=50)
+    fig = breakdown_figure(tables, title="test-clean (20 utterances)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = next(t for t in fig.texts if t.get_text() == "test-clean (20 utterances)")
+    top = title.get_window_extent(renderer)
+    panels = [ax.get_tightbbox(renderer) for ax in fig.axes]  # each panel with its own title and labels
+    assert len(panels) == 2 and all(top.y0 >= panel.y1 for panel in panels), (top, panels)
+    for ax, table in zip(fig.axes, tables):  # one bar per row and group, groups in the table's order
+        assert len(ax.patches) == 2 * len(table.groups)
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{g.value} ({g.utterances})" for g in table.groups]
 
 
 def test_manifest_columns_reach_utterance_metadata(tmp_path):
