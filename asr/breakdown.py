@@ -2,7 +2,7 @@
 
     groups = utterance_groups(speakers, durations, metadata)     # {"speaker": [...], "duration": [...], ...}
     tables = breakdowns(groups, {run.decoder: utterance_errors(refs, run.texts) for run in runs})
-    plot_breakdowns(tables, "breakdown.png")
+    plot_breakdowns(tables, "breakdown.png")                   # or breakdown_figure(tables) to adjust first
 
 A grouping labels every utterance (`speaker` from `Utterance.speaker`, `duration` by `DURATION_EDGES`,
 and each metadata column that looks like a category: `Utterance.metadata` values with 2 to
@@ -153,15 +153,30 @@ def plot_breakdowns(tables: Sequence[Breakdown], path: str | os.PathLike, title:
     """
     if not tables:
         return None
+    import matplotlib.pyplot as plt
+
+    fig = breakdown_figure(tables, title)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def breakdown_figure(tables: Sequence[Breakdown], title: str = ""):
+    """`plot_breakdowns`'s matplotlib Figure (Agg backend), one axes per table, before it is saved."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not tables:
+        raise ValueError("no breakdown to draw; pass at least one Breakdown")
     rows = list(dict.fromkeys(r for t in tables for g in t.groups for r in g.wer))
     nan = Interval(float("nan"), float("nan"), float("nan"))
     heights = [max(3.0, 0.35 * len(t.shown()) * len(rows) + 1.2) for t in tables]
-    fig, axes = plt.subplots(len(tables), 1, figsize=(8.0, sum(heights)), squeeze=False,
+    # constrained, not tight_layout: tight_layout ignores the suptitle and drew it inside the first panel
+    fig, axes = plt.subplots(len(tables), 1, figsize=(8.0, sum(heights)), squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": heights})
     width = 0.8 / max(len(rows), 1)
     for ax, table in zip(axes[:, 0], tables):
@@ -175,7 +190,7 @@ def plot_breakdowns(tables: Sequence[Breakdown], path: str | os.PathLike, title:
             ax.barh(y + (k - (len(rows) - 1) / 2) * width, np.nan_to_num(est), height=width, xerr=err,
                     capsize=2, label=row)
         ax.set_yticks(y, [f"{g.value} ({g.utterances})" for g in shown])
-        ax.invert_yaxis()  # first group on top, as in the table
+        ax.set_ylim(len(shown) - 0.5, -0.5)  # first group on top, as in the table; no empty band around the bars
         ax.set_xlabel(f"WER % ({100 * CONFIDENCE:g}% bootstrap interval)")
         ax.set_title(f"by {table.by}" + (f": {len(table.groups) - len(shown)} smaller groups not shown"
                                          if len(shown) < len(table.groups) else ""), fontsize=10)
@@ -183,12 +198,7 @@ def plot_breakdowns(tables: Sequence[Breakdown], path: str | os.PathLike, title:
     axes[0, 0].legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _subset(errors: UtteranceErrors, index: np.ndarray) -> UtteranceErrors:

@@ -19,7 +19,7 @@ Koehn (2004), "Statistical significance tests for machine translation evaluation
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +29,8 @@ from asr.metrics import UtteranceErrors
 DEFAULT_RESAMPLES = 1000  # an interval end then varies by ~0.05-0.15 WER points (sd) between seeds; 0 skips
 DEFAULT_SEED = 0  # fixed, so a rerun on the same transcripts prints the same intervals
 CONFIDENCE = 0.95  # the middle 95% of the resampled values
-# Resamples are drawn in chunks of at most this many utterance draws: the [chunk, N] count matrix stays
-# at ~32 MB (float64) whatever the set size, instead of 800 MB for 1000 resamples of 100k utterances.
+# Resamples are drawn and scored in chunks of at most this many utterance draws: the [chunk, N] count matrix
+# stays at ~32 MB whatever the set size, instead of 800 MB for 1000 resamples of 100k utterances.
 _MAX_DRAWS_PER_CHUNK = 4_000_000
 METRICS = ("wer", "cer")
 
@@ -81,20 +81,31 @@ class BootstrapResult:
 def resample_counts(n: int, resamples: int, seed: int = DEFAULT_SEED) -> np.ndarray:
     """How often each of `n` utterances is drawn in each resample (with replacement).
 
+    Holds all draws at once (8 * resamples * n bytes); `paired_bootstrap` streams the same draws in chunks.
+
     Returns:
         int64 [resamples, n]; every row sums to n.
     """
+    _check_draws(n, resamples)
+    return np.concatenate(list(_count_chunks(n, resamples, seed)))
+
+
+def _check_draws(n: int, resamples: int) -> None:
+    """Raise ValueError unless there is something to resample."""
     if n < 1 or resamples < 1:
         raise ValueError(f"resampling needs at least one utterance and one resample; got n={n}, "
                          f"resamples={resamples}")
+
+
+def _count_chunks(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """`resample_counts`'s rows, int64 [<= chunk, n] at a time, so no [resamples, n] matrix is ever held."""
     rng = np.random.default_rng(seed)
     chunk = max(1, _MAX_DRAWS_PER_CHUNK // n)
-    parts = []
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
-        draws = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]  # row r's draws in [r*n, (r+1)*n)
-        parts.append(np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n))
-    return np.concatenate(parts)
+        draws = rng.integers(0, n, size=(rows, n))
+        draws += n * np.arange(rows)[:, None]  # row r's draws in [r*n, (r+1)*n), in place: one buffer fewer
+        yield np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n)
 
 
 def resampled_rates(errors: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -139,7 +150,8 @@ def paired_bootstrap(errors: Mapping[str, UtteranceErrors], resamples: int = DEF
         pairs: (a, b) rows to compare as a - b; None compares every pair in the mapping's order.
 
     Raises:
-        ValueError: no rows, rows of different lengths or references, a bad confidence, or every reference empty.
+        ValueError: no rows, rows of different lengths or references, a bad confidence, a pair naming an
+            unknown row, or every reference empty.
     """
     names = list(errors)
     if not names:
@@ -155,19 +167,30 @@ def paired_bootstrap(errors: Mapping[str, UtteranceErrors], resamples: int = DEF
     if first.ref_words.sum() == 0:
         raise ValueError("every reference is empty; WER is undefined")
     pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    counts = resample_counts(len(first.ref_words), resamples, seed)
+    unknown = sorted({name for pair in pairs for name in pair} - set(names))
+    if unknown:
+        raise ValueError(f"pairs name {', '.join(map(repr, unknown))}, which have no errors; compare rows among "
+                         f"{', '.join(map(repr, names))}")
+    n = len(first.ref_words)
+    _check_draws(n, resamples)
     index = {name: i for i, name in enumerate(names)}
+    columns = {"wer": ("word_errors", "ref_words"), "cer": ("char_errors", "ref_chars")}
+    tables = {metric: np.stack([getattr(errors[name], errs) for name in names])  # [D, N]
+              for metric, (errs, _) in columns.items()}
+    lengths = {metric: getattr(first, length) for metric, (_, length) in columns.items()}
+    parts: dict[str, list[np.ndarray]] = {metric: [] for metric in METRICS}
+    for counts in _count_chunks(n, resamples, seed):  # every metric and row on each chunk of draws: paired
+        for metric in METRICS:
+            parts[metric].append(resampled_rates(tables[metric], lengths[metric], counts))
     intervals: dict[str, dict[str, Interval]] = {}
     differences: list[Difference] = []
     by_metric: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # metric -> (estimates [D], resampled rates [R, D])
-    for metric, errs, lengths in (("wer", "word_errors", "ref_words"), ("cer", "char_errors", "ref_chars")):
-        table = np.stack([getattr(errors[n], errs) for n in names])  # [D, N]
-        total = getattr(first, lengths).sum()
-        estimates = table.sum(axis=1) / max(total, 1)
-        rates = resampled_rates(table, getattr(first, lengths), counts)  # [R, D]
+    for metric in METRICS:
+        estimates = tables[metric].sum(axis=1) / max(lengths[metric].sum(), 1)
+        rates = np.concatenate(parts[metric])  # [R, D]
         low, high = percentile_interval(rates, confidence)
-        intervals[metric] = {n: Interval(float(estimates[i]), float(low[i]), float(high[i]))
-                             for i, n in enumerate(names)}
+        intervals[metric] = {name: Interval(float(estimates[i]), float(low[i]), float(high[i]))
+                             for i, name in enumerate(names)}
         by_metric[metric] = (estimates, rates)
     for a, b in pairs:
         for metric in METRICS:

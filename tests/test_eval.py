@@ -505,6 +505,48 @@ def test_intervals_and_breakdowns_on_real_speech(eval_script, group_norm_model, 
     assert (out / "breakdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bootstrap_zero_keeps_point_breakdowns_and_drops_the_intervals(tmp_path):
+    """eval --bootstrap 0: no interval tables or `bootstrap` entry, breakdowns with point WERs; 300 resamples:
+    both, from the same per-utterance errors (hand-made transcripts, no model)."""
+    refs = ["the cat sat", "a dog ran far", "hello there", "one two three four five", "good morning", "it is late"]
+    texts = {"greedy": ["the cat sad", "a dog ran", "hello", "one two three four five", "good mourning", "it is"],
+             "beam": ["the cat sat", "a dog ran far", "hello there", "one two tree four five", "good morning",
+                      "it is late"]}
+    durations = [1.0, 1.5, 3.0, 6.0, 1.2, 2.5]
+    acoustic = AcousticOutput(ids=[f"u{i}" for i in range(6)], references=refs, durations=durations,
+                              log_probs=[np.zeros((1, 2), np.float32)] * 6, drops=[], seconds=1.0, num_processes=1,
+                              max_batch_seconds=60.0)
+    runs = [DecodeRun(name, t, 0.1, 0.0, 1, "") for name, t in texts.items()]
+    groups = {"speaker": ["x", "y", "x", "y", "x", "y"]}
+    for resamples in (0, 300):
+        report = build_report(acoustic, runs, model="m", data="d", groups=groups, resamples=resamples)
+        out = tmp_path / str(resamples)
+        write_results(report, utterance_rows(acoustic, runs), [], out)
+        results, markdown = json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+        tables = {t["by"]: t for t in results["breakdowns"]}
+        assert list(tables) == ["speaker"] and tables["speaker"]["resamples"] == resamples
+        for group in tables["speaker"]["groups"]:
+            picked = [i for i, s in enumerate(groups["speaker"]) if s == group["value"]]
+            for name, t in texts.items():
+                wer = group["wer"][name]
+                assert wer["estimate"] == pytest.approx(error_rates([refs[i] for i in picked],
+                                                                    [t[i] for i in picked]).wer)
+                assert wer["low"] <= wer["estimate"] <= wer["high"]
+                if resamples == 0:
+                    assert wer["low"] == wer["high"]
+                elif name == "greedy":  # errs on a varying share of each group's words: a real interval
+                    assert wer["low"] < wer["high"]
+        assert (out / "breakdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if resamples == 0:
+            assert results["bootstrap"] is None and "confidence intervals" not in markdown
+            assert "### WER by speaker" in markdown and "[" not in markdown.split("### WER by speaker")[1]
+        else:
+            boot = results["bootstrap"]
+            assert boot["resamples"] == 300 and [d["metric"] for d in boot["differences"]] == ["wer", "cer"]
+            assert boot["wer"]["greedy"]["estimate"] == pytest.approx(error_rates(refs, texts["greedy"]).wer)
+            assert "| greedy - beam |" in markdown and "WER % [95% CI]" in markdown
+
+
 @pytest.mark.slow
 def test_a_recogniser_that_hears_the_words_is_significantly_better_than_noise(eval_script, group_norm_model,
                                                                             synth_corpus, tmp_path, capsys):

@@ -7,13 +7,15 @@ test_eval.py.
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from asr.breakdown import MISSING, breakdowns, duration_bucket, plot_breakdowns, utterance_groups
+from asr.breakdown import (MISSING, breakdown_figure, breakdowns, duration_bucket, plot_breakdowns,
+                           utterance_groups)
 from asr.metrics import UtteranceErrors, error_rates, utterance_errors
-from asr.significance import paired_bootstrap, resample_counts, resampled_rates
+from asr.significance import paired_bootstrap, percentile_interval, resample_counts, resampled_rates
 from asr.sources import read_manifest
 
 WORDS = np.array([8, 5, 12, 3, 9, 7, 10, 4, 6, 11, 5, 8, 9, 6, 7, 10, 4, 12, 3, 9])  # reference words of 20 utterances
@@ -106,6 +108,51 @@ def test_rows_must_share_the_references():
         paired_bootstrap({"a": errors([1, 2], [0, 0])})
 
 
+def large_set(n: int) -> dict[str, UtteranceErrors]:
+    """Two decoders on `n` utterances: BASE's pattern repeated, the second one error worse on every third."""
+    reps = -(-n // len(WORDS))
+    base, words = np.tile(BASE, reps)[:n], np.tile(WORDS, reps)[:n]
+    return {"a": errors(base, words), "b": errors(base + (np.arange(n) % 3 == 0), words)}
+
+
+def test_streamed_draws_give_the_intervals_of_the_whole_count_matrix():
+    """paired_bootstrap scores the draws chunk by chunk (20k utterances: 200 resamples a chunk); the chunk
+    boundaries change nothing: its intervals are those of resample_counts' full matrix."""
+    rows, resamples = large_set(20_000), 450  # two full chunks and a partial one
+    result = paired_bootstrap(rows, resamples=resamples, seed=4)
+    counts = resample_counts(20_000, resamples, seed=4)
+    for metric, errs, lengths in (("wer", "word_errors", "ref_words"), ("cer", "char_errors", "ref_chars")):
+        rates = resampled_rates(np.stack([getattr(rows[n], errs) for n in "ab"]), getattr(rows["a"], lengths), counts)
+        low, high = percentile_interval(rates)
+        got = getattr(result, metric)
+        assert [(got[n].low, got[n].high) for n in "ab"] == [(low[0], high[0]), (low[1], high[1])]
+        diff = next(d for d in result.differences if d.metric == metric)
+        assert (diff.low, diff.high) == tuple(percentile_interval(rates[:, 0] - rates[:, 1]))
+
+
+def test_memory_does_not_grow_with_the_resamples():
+    """1000 resamples of 20k utterances as a matrix of counts would take 160 MB (int64), more again as float64;
+    streamed, the peak is that of one chunk whatever the number of resamples."""
+    rows = large_set(20_000)
+
+    def peak(resamples: int) -> int:
+        tracemalloc.start()  # numpy reports its array buffers to tracemalloc
+        try:
+            paired_bootstrap(rows, resamples=resamples, seed=0)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    one_chunk, five_chunks = peak(200), peak(1000)
+    assert five_chunks < 1.25 * one_chunk, (one_chunk, five_chunks)
+    assert five_chunks < 8 * 1000 * 20_000  # below the full int64 count matrix alone
+
+
+def test_pairs_must_name_rows():
+    with pytest.raises(ValueError, match="'c', which have no errors"):
+        paired_bootstrap({"a": errors(BASE), "b": errors(BASE)}, resamples=10, pairs=[("a", "c")])
+
+
 def test_utterance_errors_sum_to_the_corpus_rates():
     refs = ["the cat sat on the mat", "a dog", "hello there", "", "one two three"]
     hyps = ["the cat sat on mat", "the dog barked", "", "noise", "one two three"]
@@ -161,6 +208,24 @@ def test_group_wer_is_the_corpus_wer_of_its_utterances(tmp_path):
     points = breakdowns({"speaker": speakers}, errs, resamples=0)[0]  # eval --bootstrap 0: estimates alone
     assert [g.wer["greedy"].estimate for g in points.groups] == [g.wer["greedy"].estimate for g in by_speaker.groups]
     assert "[" not in "\n".join(points.to_markdown(["greedy", "beam"])[2:])
+
+
+def test_breakdown_figure_puts_the_title_above_the_panels():
+    """The run's title (data set, utterance count) is drawn above the first panel, not over its bars."""
+    speakers = [f"spk{i}" for i in range(len(WORDS))]  # 20 groups: a tall figure, where the overlap showed
+    durations = [1.0 + 0.6 * i for i in range(len(WORDS))]
+    tables = breakdowns(utterance_groups(speakers, durations), {"a": errors(BASE), "b": errors(BASE + 1)},
+                        resamples=50)
+    fig = breakdown_figure(tables, title="test-clean (20 utterances)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = next(t for t in fig.texts if t.get_text() == "test-clean (20 utterances)")
+    top = title.get_window_extent(renderer)
+    panels = [ax.get_tightbbox(renderer) for ax in fig.axes]  # each panel with its own title and labels
+    assert len(panels) == 2 and all(top.y0 >= panel.y1 for panel in panels), (top, panels)
+    for ax, table in zip(fig.axes, tables):  # one bar per row and group, groups in the table's order
+        assert len(ax.patches) == 2 * len(table.groups)
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{g.value} ({g.utterances})" for g in table.groups]
 
 
 def test_manifest_columns_reach_utterance_metadata(tmp_path):
