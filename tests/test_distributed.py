@@ -245,3 +245,27 @@ def test_streaming_run_on_two_ranks_killed_at_random_moments_resumes_to_identica
         synth_corpus, parquet_corpus, tmp_path):
     args = [f"data.train.path={parquet_corpus}", *STREAM, *resume_args(OTHER_KILLS)]  # its save/eval/log settings win
     kill_and_resume_ddp2(synth_corpus, tmp_path, args, OTHER_KILLS)
+
+
+@pytest.mark.xfail(strict=True, reason="tiny_cpu.yaml's group-norm encoder has no attention mask: it sees the zero "
+                   "padding, so dev logits depend on how the dev set is split into batches, i.e. on the process count "
+                   "(measured: n=5 on both, CER 1.2624 on 1 process vs 1.2805 on 2, dev loss 7.480 vs 7.494)")
+def test_dev_scores_on_two_ranks_equal_one_rank_on_an_odd_sized_dev_set(synth_corpus, tmp_path):
+    """5 dev utterances over 2 ranks: the gather must count each exactly once (no padding duplicate, none dropped),
+    so WER/CER/n equal the 1-process run's at the same weights (same global batches, as in the DDP test above)."""
+    rows = [json.loads(line) for split in ("dev", "test")
+            for line in (synth_corpus / f"{split}.jsonl").read_text().splitlines()]
+    dev = tmp_path / "dev5.jsonl"
+    for row in rows:  # absolute paths: the file is not beside the corpus
+        row["audio_filepath"] = str(synth_corpus / row["audio_filepath"])
+    dev.write_text("".join(json.dumps(row) + "\n" for row in rows[:5]))
+    common = ["train.max_steps=2", *SAME_BATCHES, "train.eval_every=1", f"data.dev.path={dev}"]
+    run_train(synth_corpus, tmp_path / "two", *common, kind="ddp2")
+    run_train(synth_corpus, tmp_path / "one", *common, "optim.grad_accum_steps=2")
+    two, one = metrics(tmp_path / "two" / "run", "eval"), metrics(tmp_path / "one" / "run", "eval")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    assert max_weight_diff(tmp_path / "two" / "run" / "model", tmp_path / "one" / "run" / "model") < 1e-4
+    for a, b in zip(two, one):
+        assert a["n"] == b["n"] == 5
+        assert (a["wer"], a["cer"]) == (b["wer"], b["cer"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

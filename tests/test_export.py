@@ -327,7 +327,7 @@ def test_int8_options_are_checked():
         ExportOptions(quantize="int8", max_wer_increase=5)
 
 
-@pytest.mark.parametrize("decoder", ["beam", "flashlight"])
+@pytest.mark.parametrize("decoder", [pytest.param("beam", marks=pytest.mark.slow), "flashlight"])  # beam: ~3 min
 def test_onnx_backend_with_a_beam_decoder_and_the_exported_lm_equals_torch(models, exports, utterances, tmp_path,
                                                                            decoder):
     """scripts/transcribe.py and asr.Recognizer, KenLM beam search over ONNX Runtime's log-probs: the same
