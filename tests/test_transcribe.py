@@ -632,7 +632,8 @@ def long_recording(corpus: Path, path: Path, minutes: float) -> tuple[str, float
 # Measured with the shipped bases (the test prints them). The wav2vec2 base of 2026-12-03, 4 minutes:
 # characters 0.924, words 0.638 (> 2 s from chunk edges), overall 0.616, control 0.62. The wav2vec2-bert
 # base of 2026-12-04, 75 s: characters 0.880, words 0.489, overall 0.469, control 0.536; WER chunked
-# 0.738, unchunked 0.769. Agreement is a property of the model (how much a frame's reading depends on
+# 0.738, unchunked 0.769. Its stage-3 successor (2026-12-05): characters 0.896, words 0.560, overall 0.544,
+# control 0.604; WER chunked 0.672, unchunked 0.692; 157 words stitched, 149 unchunked. Agreement is a property of the model (how much a frame's reading depends on
 # distant context), so the test bounds it by the control, measured on the same model, not by a number.
 
 
@@ -733,10 +734,20 @@ def test_long_file_chunked_matches_unchunked_away_from_chunk_edges(base_heldout_
     assert agreement["words overall"] >= control - 0.1
     assert agreement["characters"] >= 0.5 + agreement["words"] / 2  # a changed word is mostly the same letters
     assert wer["chunked"] <= wer["unchunked"] + 0.03  # chunking costs (almost) no accuracy
-    # An overlap stitched twice would add ~5 s of words (~12) per edge, one dropped lose as many; a word
-    # cut by an edge may come out as two (measured: 15 more words over the 9 edges).
+    # An overlap stitched twice would add ~5 s of words (~12) per edge, one dropped lose as many. Counted
+    # against the chunks read alone, not against the unchunked reading: how many words a model reads
+    # from 75 s at once is the model's business (the stage-3 base read 149 where the chunks gave 157),
+    # what the stitcher keeps is ours. The words of each chunk read alone whose middle lies in its kept
+    # region, summed, are the stitched count up to a word cut by an edge (one either side of it).
+    def kept_words(k: int, chunk) -> int:
+        lo, hi = chunk.keep_start / 16000, (chunk.keep_end / 16000 if chunk.keep_end else np.inf)
+        shift = chunk.start / 16000
+        return sum(lo <= (w["start"] + w["end"]) / 2 + shift < hi for w in alone[f"c{k:02d}"]["words"])
+
+    n_kept = sum(kept_words(k, chunk) for k, chunk in enumerate(chunks))
     n_chunked, n_unchunked = len(chunked["words"]), len(unchunked["words"])
-    assert abs(n_chunked - n_unchunked) <= 2 * len(edges), (n_chunked, n_unchunked)
+    print(f"words: stitched {n_chunked}, chunks alone in their kept regions {n_kept}, unchunked {n_unchunked}")
+    assert abs(n_chunked - n_kept) <= len(edges), (n_chunked, n_kept)
 
 
 @pytest.mark.slow
