@@ -1,6 +1,6 @@
 """CTC speech recognition toolkit: data pipeline, training pieces, decoding and evaluation.
 
-Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `sampler`,
+Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `datasets`, `sampler`,
 `collate`, `feature_cache`, `augment` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
 `inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
@@ -22,7 +22,7 @@ _EXPORTS = {
     "CTCCollator": "collate",
     "ConfigError": "config", "load_config": "config",
     "PAD": "constants", "SAMPLE_RATE": "constants", "UNK": "constants", "WORD_DELIMITER": "constants",
-    "DataConfig": "data", "PreparedSplit": "data", "SpeechDataset": "data", "StreamingSpeechDataset": "data",
+    "DataConfig": "data", "PreparedSplit": "data", "SpeechDataset": "datasets", "StreamingSpeechDataset": "datasets",
     "prepare_split": "data",
     "greedy_decode": "decoding",
     "FeatureCacheConfig": "feature_cache",

@@ -200,7 +200,7 @@ class AugmentPlan:
 
 
 class AudioPool(Protocol):
-    """Where babble comes from: the training utterances (`asr.data.SpeechDataset` is one)."""
+    """Where babble comes from: the training utterances (`asr.datasets.SpeechDataset` is one)."""
 
     def __len__(self) -> int: ...
 

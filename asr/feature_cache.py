@@ -55,6 +55,7 @@ import torch
 from asr.collate import pad_labels
 from asr.config import ConfigError
 from asr.constants import SAMPLE_RATE
+from asr.datasets import SpeechDataset
 from asr.files import atomic_path, write_text_atomic
 from asr.model import frames_fn_for
 
@@ -337,8 +338,6 @@ class _AudioItems(torch.utils.data.Dataset):
     """(row index, decoded samples or None) for some rows of a prepared table."""
 
     def __init__(self, table: Any, indices: Sequence[int], do_normalize: bool):
-        from asr.data import SpeechDataset
-
         self.audio, self.indices = SpeechDataset(table, do_normalize), list(indices)
 
     def __len__(self) -> int:

@@ -24,13 +24,13 @@ import torch
 from asr.audio import normalize_audio
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
-from asr.model import output_frames, seconds_per_frame, takes_filterbank
+from asr.model import WEIGHT_SUFFIXES, output_frames, seconds_per_frame, takes_filterbank
+from asr.onnx_model import load_onnx_model
 from asr.text import TextNormalizer, load_processor
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")  # LoadedModel, asr.onnx_model.OnnxModel
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")  # PyTorch/TF/Flax weights
 
 
 class AcousticModel(Protocol):
@@ -156,8 +156,6 @@ def load_acoustic_model(path: str | Path, backend: str = "torch", device: str | 
     if backend == "torch":
         return load_model(path, device)
     if backend == "onnx":
-        from asr.onnx_model import load_onnx_model
-
         return load_onnx_model(path)
     raise ValueError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
 

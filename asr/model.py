@@ -23,6 +23,8 @@ from asr.config import require
 
 logger = logging.getLogger(__name__)
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")  # PyTorch/TF/Flax weights
+
 
 @dataclass
 class ModelConfig:
@@ -238,7 +240,6 @@ def _write_beside(src: Path, dst: Path, model, state: dict | None = None) -> Non
     Built in a temporary directory and renamed, so `dst` is never half-written.
     """
     from asr.files import replace_dir
-    from asr.inference import WEIGHT_SUFFIXES
 
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

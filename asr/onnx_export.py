@@ -66,7 +66,8 @@ from asr.beam import LM_SUBDIR, GreedyCTC, load_lm_files
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.files import replace_dir
-from asr.inference import WEIGHT_SUFFIXES, LoadedModel, load_model, log_probs_batch, prepare_batch
+from asr.inference import LoadedModel, load_model, log_probs_batch, prepare_batch
+from asr.model import WEIGHT_SUFFIXES
 from asr.onnx_model import (
     ATTENTION_MASK,
     INPUT_FEATURES,

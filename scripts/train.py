@@ -52,12 +52,8 @@ from asr.checkpoint import (
 from asr.collate import make_collator
 from asr.config import ConfigError, load_config, save_config, to_dict
 from asr.constants import PAD
-from asr.data import (
-    SpeechDataset,
-    StreamingBatches,
-    StreamingSpeechDataset,
-    prepare_split,
-)
+from asr.data import prepare_split
+from asr.datasets import SpeechDataset, StreamingBatches, StreamingSpeechDataset
 from asr.feature_cache import (
     FeatureCollator,
     check_feature_cache,

@@ -28,7 +28,8 @@ from asr.augment import (
 )
 from asr.config import ConfigError, load_config
 from asr.constants import SAMPLE_RATE
-from asr.data import SpeechDataset, prepare_split
+from asr.data import prepare_split
+from asr.datasets import SpeechDataset
 from asr.filters import FilterConfig
 from asr.model import frames_fn_for
 from asr.sampler import DurationBatchSampler, EpochTaggedBatches

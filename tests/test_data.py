@@ -1,4 +1,4 @@
-"""asr.data: the prepared-split cache, lazy decoding and rank/worker-sharded streaming on real audio."""
+"""asr.data and asr.datasets: the prepared-split cache, lazy decoding and rank/worker-sharded streaming on real audio."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from transformers import Wav2Vec2Config
 import asr.data
 from asr.audio import load_audio, normalize_audio
 from asr.collate import CTCCollator
-from asr.data import SpeechDataset, StreamingSpeechDataset, collate_skip_none, prepare_split
+from asr.data import prepare_split
+from asr.datasets import SpeechDataset, StreamingSpeechDataset, collate_skip_none
 from asr.filters import FilterConfig
 from asr.layouts import export_layout
 from asr.model import frames_fn_for

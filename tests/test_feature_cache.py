@@ -17,7 +17,8 @@ import torch
 
 from asr.collate import CTCCollator
 from asr.config import ConfigError
-from asr.data import SpeechDataset, prepare_split
+from asr.data import prepare_split
+from asr.datasets import SpeechDataset
 from asr.feature_cache import (
     CachedFeatureEncoder,
     FeatureCacheConfig,
