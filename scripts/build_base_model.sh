@@ -7,15 +7,18 @@
 #      conformer on log-mel features), stopped at step 1,500 of its 6,000-step cosine schedule,
 #   3. stage 2, the same run resumed exactly with augmentation on and the schedule shortened to 3,000 steps
 #      (configs/train/base_natural.yaml),
-#   4. stage 3, a warm restart from stage 2's best model: a second cosine schedule (peak 6e-4, 2,400 steps),
-#      augmentation on (configs/train/base_natural_stage3.yaml), in its own run folder,
-#   5. publishing stage 3's best model (by natural dev WER) with float16 weights (18 MB) into assets/base_model.
-# Every stage is resumable: re-running the script continues where it stopped (~4.5 h on 2 idle cores).
+#   4. stages 3 and 4, two warm restarts, each from the previous stage's best model: a new cosine schedule
+#      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
+#      folder (BASE_RESTARTS sets how many; the shipped base had 2),
+#   5. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
+#      assets/base_model.
+# Every stage is resumable: re-running the script continues where it stopped (~6 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
-# BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400), BASE_OUT (assets/base_model), BASE_PROCS (2).
-# Stage 3 writes to ${BASE_RUN}_stage3. Extra arguments go
+# BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (2),
+# BASE_OUT (assets/base_model), BASE_PROCS (2).
+# Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +29,8 @@ NATURAL=${BASE_NATURAL:-data/natural}
 RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
+RESTARTS=${BASE_RESTARTS:-2}
+TOTAL=$((RESTARTS + 4))  # corpora, stages 1 and 2, the warm restarts, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
 say() { printf '\n==> %s\n' "$*"; }
@@ -36,7 +41,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     --num_processes "$PROCS" --main_process_port "$port" scripts/train.py --config "$@" --resume latest
 }
 
-say "1/5 corpora: $CORPUS (every voice but the demo's, Piper x3) and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3) and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -46,17 +51,21 @@ $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATU
   --dev "${BASE_NATURAL_DEV:-200}" --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
 
 data=(data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" train.output_dir="$RUN")
-say "2/5 stage 1: from scratch on $PROCS processes, to step ${BASE_STOP1:-1500} -> $RUN"
+say "2/$TOTAL stage 1: from scratch on $PROCS processes, to step ${BASE_STOP1:-1500} -> $RUN"
 train configs/train/natural_w2v_bert.yaml "${data[@]}" train.stop_at="${BASE_STOP1:-1500}" "$@"
 
-say "3/5 stage 2: the same run, augmentation on, schedule ending at step ${BASE_STEPS:-3000} -> $RUN"
+say "3/$TOTAL stage 2: the same run, augmentation on, schedule ending at step ${BASE_STEPS:-3000} -> $RUN"
 train configs/train/base_natural.yaml "${data[@]}" train.max_steps="${BASE_STEPS:-3000}" "$@"
 
-RUN3="${RUN}_stage3"
-say "4/5 stage 3: a warm restart from $RUN/model, schedule of ${BASE_STEPS3:-2400} steps -> $RUN3"
-train configs/train/base_natural_stage3.yaml data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" \
-  model.name_or_path="$RUN/model" data.vocab="$RUN/model" train.output_dir="$RUN3" \
-  train.max_steps="${BASE_STEPS3:-2400}" "$@"
+prev="$RUN"
+for ((stage = 3; stage < RESTARTS + 3; stage++)); do
+  next="${RUN}_stage$stage"
+  say "$((stage + 1))/$TOTAL stage $stage: a warm restart from $prev/model, schedule of ${BASE_STEPS3:-2400} steps -> $next"
+  train configs/train/base_natural_stage3.yaml data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" \
+    model.name_or_path="$prev/model" data.vocab="$prev/model" train.output_dir="$next" \
+    train.max_steps="${BASE_STEPS3:-2400}" "$@"
+  prev="$next"
+done
 
-say "5/5 publishing $RUN3/model -> $OUT (float16 weights)"
-$PY scripts/publish_model.py --model "$RUN3/model" --output "$OUT"
+say "$TOTAL/$TOTAL publishing $prev/model -> $OUT (float16 weights)"
+$PY scripts/publish_model.py --model "$prev/model" --output "$OUT"

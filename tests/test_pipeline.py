@@ -57,7 +57,7 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 @needs_engines
 def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     """scripts/build_base_model.sh end to end: a 40-utterance corpus, stage 1 stopped at step 3, stage 2 to step 6,
-    stage 3 (warm restart) 3 steps, published."""
+    stages 3 and 4 (warm restarts, each from the previous stage's model) 3 steps each, stage 4 published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -91,6 +91,12 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
     assert steps3 == [1, 2, 3] and f"name_or_path: {run / 'model'}" in (run3 / "train_config.yaml").read_text()
+    run4 = tmp_path / "run_stage4"  # the second warm restart starts from stage 3's model; it is the one published
+    steps4 = [r["step"] for r in map(json.loads, (run4 / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert steps4 == [1, 2, 3] and f"name_or_path: {run3 / 'model'}" in (run4 / "train_config.yaml").read_text()
+    assert not (tmp_path / "run_stage5").exists()
+    assert f"publishing {run4 / 'model'} -> {out}" in proc.stdout
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
