@@ -260,6 +260,16 @@ class ResultSink:
             write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt))
         append_line(self._transcripts, result.to_dict())
 
+    def write_missing(self, item: AudioItem, transcript: Transcript) -> int:
+        """Side files of a file transcribed by an earlier run that this run's formats ask for and that do not
+        exist (a re-run with more --formats, or a side file deleted); the transcript is not decoded again.
+        Returns how many were written."""
+        base = self.side_bases.get(item.index)
+        missing = [fmt for fmt in self.formats if not base.with_name(f"{base.name}.{fmt}").exists()]
+        for fmt in missing:
+            write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(transcript, fmt))
+        return len(missing)
+
     def close(self) -> None:
         """Close the files."""
         os.close(self._transcripts)

@@ -228,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     mine = [unit for unit, owner in zip(units, assign_by_cost([u.seconds for u in units], world)) if owner == rank]
     bases = dict(zip((item.index for item in items), side_file_bases(items, out.root, options.in_place)))
     sink = ResultSink(out, bases, options.formats)
+    if is_main:
+        restored = sum(sink.write_missing(item, done[item.key]) for item in items if item.key in done)
+        if restored:
+            logger.info("%d side file(s) of files transcribed before written from their transcripts", restored)
 
     by_index = {item.index: item for item in pending}
     files = audio_seconds = failed = 0

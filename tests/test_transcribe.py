@@ -834,3 +834,14 @@ def test_rerun_decodes_only_the_files_without_a_transcript(utterances, tiny_mode
     assert read_jsonl(out / "transcripts.jsonl") == first  # each once, back in input order, the same text
     assert (out / "d0" / "u2.txt").read_text() == first[[r["path"] for r in first].index("d0/u2.wav")]["text"] + "\n"
     assert run() == 0
+
+    # A re-run asking for more formats writes them for the finished files from their transcripts, decoding nothing;
+    # a deleted side file of a finished file comes back. Both equal what a fresh run writes.
+    (out / "d1" / "u1.txt").unlink()
+    args[args.index("--formats") + 1] = "txt,srt"
+    assert run() == 0
+    fresh = tmp_path / "fresh"
+    assert script.main([*args[:args.index("--output")], "--output", str(fresh), *args[args.index("--output") + 2:]]) == 0
+    sides = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.suffix in (".txt", ".srt"))
+    assert len(sides) == 12 and any((fresh / p).read_text().strip() for p in sides)
+    assert [(out / p).read_text() for p in sides] == [(fresh / p).read_text() for p in sides]
