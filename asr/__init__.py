@@ -6,7 +6,7 @@ Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, 
 `reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
 yardstick row, `significance` its bootstrap intervals, `breakdown` its WER by group), `chunking`,
 `transcribe`, `outputs` (batch transcription), `recognizer` (one-call transcription from Python),
-`corpus` and `layouts` (the synthetic speech corpus and its export layouts), `benchmark`, `files`, and
+`corpus` and `layouts` (the synthetic speech corpus and its export layouts), `files`, and
 `onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
 re-exported here; the rest are imported from their modules.
 """

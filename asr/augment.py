@@ -72,7 +72,7 @@ class AugmentConfig:
 
     Every effect fires with its own probability `<effect>_p` and draws its parameters uniformly from its
     range. The costs are CPU milliseconds per call on a 3 s utterance, paid in the DataLoader workers
-    (`scripts/bench_augment.py`, on 2 busy cores); with these defaults the mean is ~20 ms per utterance.
+    (`bench/augment.py`, on 2 busy cores); with these defaults the mean is ~20 ms per utterance.
     """
 
     enabled: bool = False  # on: training audio changes every epoch (dev/test never); refuses data.feature_cache

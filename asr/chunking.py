@@ -21,7 +21,7 @@ Cutting at pauses (`ChunkSpec.at_pauses`) instead gives the model utterance-like
 runs from the previous cut to the quietest stretch (PAUSE_WINDOW_SECONDS of lowest mean energy) between
 a third of `chunk_samples` and its end, plus PAUSE_PAD_SECONDS, and keeps everything up to that cut. No
 chunk sees audio across a pause, which suits models fine-tuned on short utterances: they read such
-pieces better than long windows (scripts/bench_chunking.py measures it for a model). A cut in real
+pieces better than long windows (bench/chunking.py measures it for a model). A cut in real
 silence (PAUSE_SILENCE_RATIO below the piece's median frame energy) is also a word boundary: the
 stitched log-probs get the word delimiter at the cut frame, so a model that marks word ends weakly
 does not run the last word of one piece into the first of the next.

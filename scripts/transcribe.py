@@ -31,7 +31,7 @@ so its rate is audio seconds per second (1 / RTF) and its ETA holds for one long
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
 stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
-overlap (better for models trained on short utterances: scripts/bench_chunking.py compares). Digital
+overlap (better for models trained on short utterances: bench/chunking.py compares). Digital
 silence (a file or chunk whose samples all lie within -80 dBFS of their mean) is not given to the model,
 which would read garbage into it: its transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
 the same command skips finished files; an interrupted run loses only the files in flight.

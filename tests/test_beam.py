@@ -28,7 +28,7 @@ from asr.beam import (
     pyctcdecode_labels,
     word_edits,
 )
-from asr.benchmark import noisy_log_probs
+from bench.common import noisy_log_probs
 from asr.corpus import load_sentences
 from asr.metrics import error_rates
 from asr.text import build_vocab, encode

@@ -1,4 +1,4 @@
-"""asr.benchmark and the bench_* scripts: what can be checked without timing anything.
+"""The bench package (bench.common and the benchmarks): what can be checked without timing anything.
 
 Tables, the scaling model's arithmetic and the real parameter counts, bench_decode's baseline vs
 our pyctcdecode on a fork pool (the same search, so the same transcripts), bench_transcribe's
@@ -9,16 +9,15 @@ No assertion depends on speed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from asr.benchmark import (
+from bench import chunking, decode, feature_cache, memory, scaling, train, transcribe
+from bench.common import (
     ctc_vocab,
     markdown_table,
     ratio,
@@ -28,15 +27,6 @@ from asr.benchmark import (
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
-
-
-def load_script(name: str):
-    """scripts/<name>.py as a module, registered so fork-pool workers can unpickle its functions."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -70,12 +60,7 @@ def test_ctc_vocab_layout():
 
 
 # ----------------------------------------------------------------------------------------- scaling
-@pytest.fixture(scope="module")
-def scaling():
-    return load_script("bench_scaling")
-
-
-def test_real_parameter_counts(scaling):
+def test_real_parameter_counts():
     params, trainable = scaling.parameter_counts(scaling.build_meta_model("base"))
     assert abs(params - 94.4e6) / 94.4e6 < 0.01  # wav2vec2-base + 32-token CTC head (94,396,320)
     # The frozen conv feature encoder (7 conv layers, 512 channels) is what is not trained.
@@ -84,7 +69,7 @@ def test_real_parameter_counts(scaling):
     assert 3.0e8 < xlsr < 3.2e8
 
 
-def test_memory_per_gpu_follows_the_zero_paper(scaling):
+def test_memory_per_gpu_follows_the_zero_paper():
     a = scaling.Assumptions()
     psi = 1_000_000
     assert scaling.model_state_bytes("ddp", 8, psi, psi, a) == 16 * psi
@@ -98,7 +83,7 @@ def test_memory_per_gpu_follows_the_zero_paper(scaling):
     assert scaling.model_state_bytes("ddp", 1, 2 * psi, psi, a) == 2 * 2 * psi + 14 * psi
 
 
-def test_communication_volumes(scaling):
+def test_communication_volumes():
     a = scaling.Assumptions()
     psi = 1_000_000
     grads = psi * a.grad_bytes
@@ -113,7 +98,7 @@ def test_communication_volumes(scaling):
         scaling.Assumptions(mfu=0)
 
 
-def test_estimates_hide_communication_behind_compute(scaling):
+def test_estimates_hide_communication_behind_compute():
     a = scaling.Assumptions(seconds_per_gpu=10.0, overlap=0.5)
     cost = scaling.ModelCost("m", 100_000_000, 100_000_000, 1e13, 1e13)
     one, = scaling.estimates([cost], [1], ["ddp"], a)
@@ -126,7 +111,7 @@ def test_estimates_hide_communication_behind_compute(scaling):
     assert rows[16].comm_seconds > rows[8].comm_seconds  # across nodes: the network, not NVLink
 
 
-def test_flop_count_grows_with_utterance_length(scaling):
+def test_flop_count_grows_with_utterance_length():
     model = scaling.build_meta_model("tiny")
     short, long = scaling.count_step_flops(model, 2.0), scaling.count_step_flops(model, 4.0)
     # Between linear (convs, projections) and quadratic (attention, a large share only in a model this narrow).
@@ -137,7 +122,7 @@ def test_flop_count_grows_with_utterance_length(scaling):
 def test_bench_decode_pool_equals_baseline(tmp_path):
     from asr.corpus import load_sentences
 
-    bench = load_script("bench_decode")
+    bench = decode
     decode_set = bench.synthetic_set(tmp_path, num_utterances=6, lm_sentences=2000, sentences=load_sentences())
     rows = bench.run_benchmark(decode_set, processes=2, repeats=1)
     by_name = {r.name: r for r in rows}
@@ -163,7 +148,7 @@ def test_bench_transcribe_compares_with_the_pipeline(synth_corpus, tmp_path):
         pytest.skip("the transformers pipeline reads files with FFmpeg; run `bash scripts/setup.sh`")
     from asr.transcribe import find_audio
 
-    bench = load_script("bench_transcribe")
+    bench = transcribe
     model = bench.tiny_random_model(tmp_path / "model")
     items = find_audio([synth_corpus / "audio" / "test"])
     assert len(items) == 4
@@ -184,8 +169,8 @@ def test_bench_transcribe_compares_with_the_pipeline(synth_corpus, tmp_path):
 
 
 def test_bench_chunking_table_rows_and_joined_recording(synth_corpus, tmp_path, capsys):
-    bench = load_script("bench_chunking")
-    model = load_script("bench_transcribe").tiny_random_model(tmp_path / "model")
+    bench = chunking
+    model = transcribe.tiny_random_model(tmp_path / "model")
     wav = tmp_path / "long.wav"
     reference = bench.join_utterances(synth_corpus / "test.jsonl", 0.5, wav)
     texts = [json.loads(line)["text"] for line in (synth_corpus / "test.jsonl").read_text().splitlines()]
@@ -210,7 +195,7 @@ def sf_duration(path: Path) -> float:
 
 
 def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):
-    bench = load_script("bench_feature_cache")
+    bench = feature_cache
     assert bench.main(["--smoke", "--profile", "1", "--output", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "feature_cache.json").read_text())["results"]
     assert [r["arch"] for r in results] == ["tiny_cpu", "tiny"]
@@ -226,7 +211,7 @@ def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):
 
 # ------------------------------------------------------------------------------------------ memory
 def test_bench_memory_tiny_peaks():
-    bench = load_script("bench_memory")
+    bench = memory
     measured = bench.compare_checkpointing("tiny", seconds=1.0, batch_size=1, limit_bytes=None)
     plain, checkpointed = measured[False], measured[True]
     for m in (plain, checkpointed):
@@ -237,7 +222,7 @@ def test_bench_memory_tiny_peaks():
 
 
 def test_longest_passing_binary_search():
-    bench = load_script("bench_memory")
+    bench = memory
     probed = []
 
     def fits(seconds):
@@ -264,7 +249,7 @@ def _train_config(batch_seconds: float):
 def test_bench_train_samplers_without_training(processes):
     import numpy as np
 
-    bench = load_script("bench_train")
+    bench = train
     rng = np.random.default_rng(0)  # read-speech lengths in whole samples, as prepared splits hold them
     durations = [round(d * 16_000) / 16_000 for d in np.clip(rng.lognormal(np.log(3.5), 0.5, 2000), 0.5, 15.0)]
     cfg = _train_config(80.0 / processes)  # 80 s per global batch
@@ -284,7 +269,7 @@ def test_bench_train_samplers_without_training(processes):
 
 @pytest.mark.slow
 def test_bench_train_smoke_end_to_end(synth_corpus, tmp_path):
-    bench = load_script("bench_train")
+    bench = train
     out = tmp_path / "out"
     code = bench.main(["--smoke", "--manifest", str(synth_corpus / "train.jsonl"), "--output", str(out),
                        "--work-dir", str(tmp_path / "work")])

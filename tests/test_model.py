@@ -176,27 +176,27 @@ MEMORY_ARCH = dict(ARCH, hidden_size=64, num_hidden_layers=4, num_attention_head
 MEMORY_CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from asr.benchmark import ARCHITECTURES
+from bench.common import ARCHITECTURES
 ARCHITECTURES["memory_test"] = json.loads(sys.argv[2])
-import bench_memory
-print(json.dumps(bench_memory.measure_step("memory_test", sys.argv[3] == "on", seconds=8.0, batch_size=2)))
+from bench import memory
+print(json.dumps(memory.measure_step("memory_test", sys.argv[3] == "on", seconds=8.0, batch_size=2)))
 """
 
 
 @pytest.mark.slow  # two fresh processes, each two training steps on 2 x 8 s
 def test_gradient_checkpointing_lowers_the_measured_step_memory():
-    """Peak RSS of forward + backward (what the kernel charges, in a fresh process each; scripts/bench_memory.py's
+    """Peak RSS of forward + backward (what the kernel charges, in a fresh process each; bench/memory.py's
     measurement): checkpointing every layer keeps one layer's activations at a time instead of all four."""
     import json
     from pathlib import Path
 
-    from asr.benchmark import run_json_child
+    from bench.common import run_json_child
 
-    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    root = str(Path(__file__).resolve().parents[1])  # where the bench package is
     env = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "OMP_NUM_THREADS": "1"}  # freed tensors go back to the kernel
     step = {}
     for setting in ("off", "on"):
-        result = run_json_child(["-c", MEMORY_CHILD, scripts, json.dumps(MEMORY_ARCH), setting], env=env).data
+        result = run_json_child(["-c", MEMORY_CHILD, root, json.dumps(MEMORY_ARCH), setting], env=env).data
         assert result["peak_reset"] and result["checkpointing"] is (setting == "on")
         step[setting] = result["step_peak"]
     # Without checkpointing the step holds 4 layers' activations, with it 1 layer's plus each layer's input:

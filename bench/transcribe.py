@@ -1,11 +1,11 @@
 """Directory transcription speed: this project's transcriber vs `transformers.pipeline`, same files and model.
 
     # synthesised speech (--num-files utterances) and the shipped base checkpoint
-    $ OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_transcribe.py --model assets/base_model --output bench/
+    $ OMP_NUM_THREADS=2 .venv/bin/python bench/transcribe.py --model assets/base_model --output runs/bench/
     # your audio and model
-    $ .venv/bin/python scripts/bench_transcribe.py recordings/ --model runs/x/model --repeats 3
+    $ .venv/bin/python bench/transcribe.py recordings/ --model runs/x/model --repeats 3
     # smoke test of the machinery only: a tiny untrained model (its transcripts are noise)
-    $ .venv/bin/python scripts/bench_transcribe.py --random-tiny-model --num-files 16
+    $ .venv/bin/python bench/transcribe.py --random-tiny-model --num-files 16
 
 Both sides run greedy CTC in this process with the same torch threads, on the same file list,
 after loading the model (not timed) and a warm-up on two files:
@@ -32,18 +32,22 @@ the share of padded samples in all forward passes.
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/transcribe.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import logging
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr.benchmark import machine_info, markdown_table, ratio, write_report
+from bench.common import machine_info, markdown_table, ratio, write_report
 from asr.constants import UNK
 from asr.outputs import OutputDir, ResultSink
 from asr.transcribe import (
@@ -78,7 +82,6 @@ class SideResult:
     def seconds(self) -> float:
         return statistics.median(self.runs)
 
-
 # ------------------------------------------------------------------------------------------- inputs
 def synthesise_files(out: Path, num_files: int, seed: int = 0) -> Path:
     """`num_files` utterances of fortunes sentences read by the synthetic voices; returns the audio directory."""
@@ -105,7 +108,6 @@ def tiny_random_model(out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     save_processor(make_processor(vocab, return_attention_mask=True), TextNormalizer(), out)
     return out
-
 
 # -------------------------------------------------------------------------------------------- sides
 def clean_pipeline_text(text: str) -> str:
@@ -213,7 +215,6 @@ def render(sides: Sequence[SideResult], differing: Sequence[str], files: int, au
             + (f"; in {len(trailing)} of them the pipeline only adds text at the end (it decodes every frame of "
                "the padded batch, ours cuts each file's log-probs to its own frames)" if trailing else "") + ".\n")
 
-
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
@@ -294,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
                            "speedup": ratio(sides[0].seconds, s.seconds)} for s in sides]}
         write_report(args.output, "transcribe", markdown, data)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

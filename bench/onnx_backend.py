@@ -1,7 +1,7 @@
 """Speed of the PyTorch and ONNX Runtime backends on CPU, side by side, on the same audio and model.
 
-    $ .venv/bin/python scripts/bench_onnx.py recordings/ --model runs/tiny/model --onnx runs/tiny/onnx
-    $ .venv/bin/python scripts/bench_onnx.py recordings/ --model runs/tiny/model --limit 50 --threads 2
+    $ .venv/bin/python bench/onnx_backend.py recordings/ --model runs/tiny/model --onnx runs/tiny/onnx
+    $ .venv/bin/python bench/onnx_backend.py recordings/ --model runs/tiny/model --limit 50 --threads 2
           # without --onnx the model is exported (and parity-checked) into a temporary directory first
 
 Every file (up to --limit) is read into memory first, so the timings are the acoustic model plus
@@ -13,9 +13,13 @@ seconds per audio second, lower is faster), and how many greedy transcripts equa
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/onnx_backend.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {seconds:.3f} | {len(audios) / seconds:.1f} | {seconds / audio_seconds:.4f} | "
               f"{results['torch'][0] / seconds:.2f}x | {same}/{len(audios)} |")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,14 +2,14 @@
 
     # the real measurement: configs/train/tiny_cpu.yaml's model on data/synth, 80 s of padded audio per step
     # (make the corpus first: python scripts/make_corpus.py --out data/synth --train 2000 --dev 200 --test 200)
-    $ .venv/bin/python scripts/bench_train.py --output bench/
+    $ .venv/bin/python bench/train.py --output runs/bench/
     # 2 processes (DDP over gloo, `accelerate launch`), still 80 s per global batch (40 s per process)
-    $ .venv/bin/python scripts/bench_train.py --processes 2 --output bench/
+    $ .venv/bin/python bench/train.py --processes 2 --output runs/bench/
     # another corpus, model or batch; dotted overrides apply to both sides
-    $ .venv/bin/python scripts/bench_train.py --manifest data/base/train.jsonl --batch-seconds 160 --steps 60 \\
+    $ .venv/bin/python bench/train.py --manifest data/base/train.jsonl --batch-seconds 160 --steps 60 \\
           model.architecture.num_hidden_layers=6
     # smoke test of the machinery (well under a minute): 2 x 32 model, 48 utterances, 1 + 3 steps
-    $ .venv/bin/python scripts/bench_train.py --smoke
+    $ .venv/bin/python bench/train.py --smoke
 
 The data is prepared once (train.py's vocabulary, filters and cached table, in the work directory;
 not timed). Then both sides train the same model (`asr.model.build_model` from the run config:
@@ -60,6 +60,9 @@ from __future__ import annotations
 
 import sys
 
+if __package__ in (None, ""):  # run by path (python bench/train.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 if __name__ == "__main__" and "--hf-child" in sys.argv:  # a baseline process: before torch, as scripts/train.py
     from asr.allocator import relaunch_under_jemalloc
 
@@ -80,7 +83,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from asr.benchmark import (
+from bench.common import (
     ARCHITECTURES,
     machine_info,
     markdown_table,
@@ -130,7 +133,6 @@ class SideResult:
     def throughput(self) -> float:
         """Audio seconds per wall second."""
         return self.audio_seconds / self.wall_seconds
-
 
 # ------------------------------------------------------------------------------------------ baseline
 class PaddingCollator:
@@ -264,7 +266,6 @@ def vectorize(table: Any, processor: Any, path: Path) -> Path:
               writer_batch_size=32, desc="baseline: vectorising audio")
     return path
 
-
 # ------------------------------------------------------------------------------------------ samplers
 def ours_epoch(durations: Sequence[float], cfg: TrainConfig, processes: int, epoch: int) -> list[list[list[int]]]:
     """The batches scripts/train.py trains on in `epoch`, step by step: [step][rank] -> dataset indices."""
@@ -311,7 +312,6 @@ def epoch_padding(durations: Sequence[float], cfg: TrainConfig, processes: int, 
     theirs = [[lengths[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
     return padded_fraction(ours), padded_fraction(theirs)
 
-
 # ---------------------------------------------------------------------------------------------- data
 def subset_manifest(src: Path, dst: Path, limit: int) -> Path:
     """The first `limit` rows of a JSONL manifest with absolute audio paths (so the copy can live elsewhere)."""
@@ -350,7 +350,6 @@ def corpus_manifest(manifest: Path | None, smoke: bool, work: Path) -> Path:
     if not manifest.is_file():
         raise ValueError(f"--manifest {manifest} does not exist; pass a JSONL manifest (scripts/make_corpus.py).")
     return manifest.resolve()
-
 
 # What the benchmark sets itself: each has its own option (or is fixed for the measurement).
 _RESERVED = {"data.train.path": "--manifest", "data.dev.path": None, "data.cache_dir": "--work-dir",
@@ -423,7 +422,6 @@ def prepare(cfg: TrainConfig, work: Path) -> tuple[Path, Any, Any]:
     split = prepare_split(cfg.data.train, normalizer, processor.tokenizer.get_vocab(), cfg.data.filters,
                           frames_fn_for(model_config), cfg.data.cache_dir, progress=True, utterances=utterances)
     return processor_dir, processor, split
-
 
 # -------------------------------------------------------------------------------------------- sides
 def launcher(processes: int) -> list[str]:
@@ -546,7 +544,6 @@ def run_baseline(config: Path, overrides: list[str], processor_dir: Path, table:
                "params": ranks[0]["params"]},
     )
 
-
 # ---------------------------------------------------------------------------------------------- report
 def render(sides: Sequence[SideResult], cfg: TrainConfig, corpus: str, utterances: int, hours: float,
            processes: int, untimed: int, threads: int, info: dict[str, Any]) -> str:
@@ -592,7 +589,6 @@ def render(sides: Sequence[SideResult], cfg: TrainConfig, corpus: str, utterance
     headers = ["side", "setup", "steps timed", "audio s / step", "padded % (timed)", "padded % (epoch)",
                "audio s / wall s", "vs baseline"]
     return header + markdown_table(headers, rows) + footer
-
 
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -696,7 +692,6 @@ def main(argv: list[str] | None = None) -> int:
                            **s.extra} for s in sides]}
         write_report(args.output, "train", markdown, data)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Scaling on paper: expected fine-tuning throughput and memory per GPU for DDP, ZeRO-2 and ZeRO-3.
 
-    $ .venv/bin/python scripts/bench_scaling.py --output bench/
-    $ .venv/bin/python scripts/bench_scaling.py --gpu-tflops 989 --mfu 0.35 --inter-node-gbps 400  # H100
+    $ .venv/bin/python bench/scaling.py --output runs/bench/
+    $ .venv/bin/python bench/scaling.py --gpu-tflops 989 --mfu 0.35 --inter-node-gbps 400  # H100
 
 No GPU is needed: every number is computed from the real models and the assumptions below, each
 a command-line option whose default is printed with the table.
@@ -33,7 +33,7 @@ Memory per GPU: model states per the ZeRO paper (Rajbhandari et al. 2020) for mi
 (fp32 master weights, momentum, variance) = 16 bytes per parameter under DDP; ZeRO-2 shards
 gradients and optimizer states: 2 + 14/N; ZeRO-3 also the weights: 16/N. Frozen parameters (the
 conv encoder) hold weights only. Activations come on top and depend on batch shape and
-checkpointing: scripts/bench_memory.py measures them.
+checkpointing: bench/memory.py measures them.
 
 Throughput = N x seconds-per-GPU of audio per step time, in audio-hours per hour (= audio-seconds
 per second); efficiency = throughput / (N x the 1-GPU throughput).
@@ -41,20 +41,24 @@ per second); efficiency = throughput / (N x the 1-GPU throughput).
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/scaling.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from asr.benchmark import ARCHITECTURES, ctc_vocab, markdown_table, write_report
+from bench.common import ARCHITECTURES, ctc_vocab, markdown_table, write_report
 
 logger = logging.getLogger("bench_scaling")
 
 STRATEGIES = ("ddp", "zero2", "zero3")
-MODELS = {"wav2vec2-base": "base", "xls-r-300m": "xlsr-300m"}  # table name -> asr.benchmark.ARCHITECTURES key
+MODELS = {"wav2vec2-base": "base", "xls-r-300m": "xlsr-300m"}  # table name -> bench.common.ARCHITECTURES key
 GB = 1e9
 
 
@@ -111,7 +115,6 @@ class Estimate:
     efficiency: float  # vs N x one GPU
     memory_gb: float  # model states per GPU
 
-
 # ------------------------------------------------------------------------------------------ models
 def build_meta_model(arch: str, gradient_checkpointing: bool = False, train_feature_encoder: bool = False):
     """The CTC model of `arch` (32-token vocabulary) on the meta device, built by asr.model.build_model."""
@@ -158,7 +161,6 @@ def model_cost(name: str, arch: str, utterance_seconds: float, gradient_checkpoi
     flops = count_step_flops(model, utterance_seconds)
     frames_per_second = 1 / (math.prod(model.config.conv_stride) / 16_000)  # 50 for wav2vec2
     return ModelCost(name, params, trainable, flops / utterance_seconds, 6 * trainable * frames_per_second)
-
 
 # ------------------------------------------------------------------------------------------ arithmetic
 def model_state_bytes(strategy: str, gpus: int, params: int, trainable: int, a: Assumptions) -> float:
@@ -232,7 +234,6 @@ def render(costs: list[ModelCost], rows: list[Estimate], a: Assumptions, dataset
             + ", ".join(f"{k.replace('_', '-')}={v}" for k, v in asdict(a).items()) + ".\n"]
     return "\n".join(text)
 
-
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments: one per assumption, defaults from Assumptions."""
@@ -281,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
                                 "models": [asdict(c) for c in costs], "estimates": [asdict(r) for r in rows]}
         write_report(args.output, "scaling", markdown, data)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

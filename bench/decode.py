@@ -1,9 +1,9 @@
 """Beam search + KenLM speed: pyctcdecode one utterance at a time vs this project's decoders, same logits and LM.
 
     # self-contained: noisy CTC log-probs of 100 held-out fortunes sentences, 4-gram KenLM from 15k others
-    $ OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_decode.py --output bench/
+    $ OMP_NUM_THREADS=1 .venv/bin/python bench/decode.py --output runs/bench/
     # a trained model: its log-probs on a test set (cached, see scripts/eval.py), its LM (scripts/build_lm.py)
-    $ .venv/bin/python scripts/bench_decode.py --model runs/x/model --data data/synth/test.jsonl --lm runs/x/model
+    $ .venv/bin/python bench/decode.py --model runs/x/model --data data/synth/test.jsonl --lm runs/x/model
 
 Rows, all decoding the same log-probs with the same LM, alpha and beta (the LM directory's
 attrs.json; flashlight's lm_weight = alpha * ln 10 and word_score = beta pose the same objective,
@@ -35,11 +35,15 @@ about as strongly. Their WERs say how the decoders compare, not how a real model
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/decode.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import dataclasses
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,7 +62,7 @@ from asr.beam import (
     load_vocab,
     pyctcdecode_labels,
 )
-from asr.benchmark import machine_info, noisy_log_probs, markdown_table, ratio, time_runs, write_report
+from bench.common import machine_info, noisy_log_probs, markdown_table, ratio, time_runs, write_report
 from asr.corpus import load_sentences
 from asr.evaluation import DEFAULT_CACHE_DIR, DecoderSettings, has_lm, load_decoder_settings
 from asr.metrics import error_rates
@@ -101,7 +105,6 @@ class DecoderRow:
     def seconds(self) -> float:
         return float(np.median(self.runs))
 
-
 # ------------------------------------------------------------------------------------------ inputs
 def synthetic_set(work_dir: Path, num_utterances: int = 100, lm_sentences: int = 15_000, order: int = 4,
                   seed: int = 0, sentences: Sequence[str] | None = None) -> DecodeSet:
@@ -136,7 +139,6 @@ def model_set(model: Path, data: str, lm: Path | None, cache_dir: Path | None) -
     description = (f"{model} on {data}: {len(acoustic.ids)} utterances, {acoustic.audio_seconds / 60:.1f} min "
                    f"of audio; LM {lm_dir}")
     return DecodeSet(description, acoustic.references, acoustic.log_probs, load_vocab(model), lm_dir)
-
 
 # ---------------------------------------------------------------------------------------- decoders
 def clean_baseline_text(text: str) -> str:
@@ -273,7 +275,6 @@ def render(decode_set: DecodeSet, rows: Sequence[DecoderRow], info: Mapping[str,
             f"{WARMUP_UTTERANCES}-utterance warm-up; {info['cpus']} CPUs, load average {info['load_average_1min']} "
             f"at the start.\n\n" + markdown_table(headers, table))
 
-
 # ------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
@@ -322,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
                           "speedup": ratio(rows[0].seconds, r.seconds)} for r in rows]}
         write_report(args.output, "decode", markdown, data)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,9 @@
 """CPU cost of each training-audio augmentation effect, and of the default mix per utterance.
 
     # the natural-voice dev set (Piper reading ~3 s sentences; README's corpus commands make it)
-    $ .venv/bin/python scripts/bench_augment.py --manifest data/natural/dev.jsonl --output bench/
+    $ .venv/bin/python bench/augment.py --manifest data/natural/dev.jsonl --output runs/bench/
     # a quick look on any manifest
-    $ .venv/bin/python scripts/bench_augment.py --manifest data/synth/dev.jsonl --utterances 8 --epochs 2
+    $ .venv/bin/python bench/augment.py --manifest data/synth/dev.jsonl --utterances 8 --epochs 2
 
 Augmentation runs in the DataLoader workers, which share the machine's cores with training, so what
 counts is CPU time, not wall time: every number is `time.process_time()` of this process (all its
@@ -19,10 +19,14 @@ in training). On a machine busy with other jobs the numbers rise; the load avera
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/augment.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import dataclasses
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ import numpy as np
 
 from asr.audio import load_audio
 from asr.augment import CODECS, EFFECTS, AugmentConfig, Augmenter
-from asr.benchmark import machine_info, markdown_table, write_report
+from bench.common import machine_info, markdown_table, write_report
 from asr.constants import SAMPLE_RATE
 from asr.sources import SourceConfig, load_source
 
@@ -134,7 +138,6 @@ def main(argv=None) -> int:
         md, js = write_report(args.output, "augment", markdown, data)
         logger.info("wrote %s and %s", md, js)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

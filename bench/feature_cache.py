@@ -1,9 +1,9 @@
 """Frozen conv feature-encoder cache: the training-step time it saves against the encoder's own forward time.
 
     # the tiny config (configs/train/tiny_cpu.yaml's architecture) and wav2vec2-base, 4 x 10 s batches
-    $ OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_feature_cache.py --output bench/
+    $ OMP_NUM_THREADS=2 .venv/bin/python bench/feature_cache.py --output runs/bench/
     # smoke test of the code path (seconds): tiny_cpu and the 2 x 32 test model, 2 x 1 s batches
-    $ .venv/bin/python scripts/bench_feature_cache.py --smoke
+    $ .venv/bin/python bench/feature_cache.py --smoke
 
 What one training step is: what scripts/train.py runs per micro-batch with `model.freeze_feature_encoder:
 true` (`asr.model.build_model`, `asr.train.forward_loss`: CTC in float32 over each utterance's real
@@ -31,10 +31,14 @@ and is reported separately, per batch, beside the one-off cost of filling it.
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/feature_cache.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import copy
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.benchmark import (
+from bench.common import (
     ARCHITECTURES,
     Timing,
     ctc_vocab,
@@ -64,7 +68,7 @@ NAMES = {"tiny_cpu": "tiny_cpu.yaml", "base": "wav2vec2-base", "tiny": "2 x 32 t
 
 
 def architecture(name: str) -> dict[str, Any]:
-    """Config kwargs of `name`: tiny_cpu from configs/train/tiny_cpu.yaml, others from asr.benchmark.ARCHITECTURES."""
+    """Config kwargs of `name`: tiny_cpu from configs/train/tiny_cpu.yaml, others from bench.common.ARCHITECTURES."""
     if name == "tiny_cpu":
         from asr.config import load_config
         from asr.train import TrainConfig
@@ -300,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
                      {"machine": info, "command": " ".join(sys.argv), "args": vars(args) | {"output": str(args.output)},
                       "results": results})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,10 +1,10 @@
 """Peak memory of one training step with and without gradient checkpointing, each in a fresh process.
 
     # wav2vec2-base (transformers.Wav2Vec2Config() + CTC head, random weights), 4 x 15 s, budget search to 8 GB
-    $ OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_memory.py --arch base --seconds 15 --batch-size 4 \\
-          --budget-gb 8 --output bench/
+    $ OMP_NUM_THREADS=2 .venv/bin/python bench/memory.py --arch base --seconds 15 --batch-size 4 \\
+          --budget-gb 8 --output runs/bench/
     # smoke test of the code path (seconds)
-    $ .venv/bin/python scripts/bench_memory.py --arch tiny --seconds 2 --batch-size 2 --budget-gb 0.8 --max-seconds 16
+    $ .venv/bin/python bench/memory.py --arch tiny --seconds 2 --batch-size 2 --budget-gb 0.8 --max-seconds 16
 
 One step is what scripts/train.py runs per micro-batch: `asr.model.build_model(ModelConfig(
 gradient_checkpointing=...))` (non-reentrant activation checkpointing of every transformer layer;
@@ -32,16 +32,20 @@ as its RSS crosses the budget, so a probe never takes the machine's memory from 
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/memory.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asr.benchmark import (
+from bench.common import (
     ARCHITECTURES,
     GIB,
     RssLimit,
@@ -62,7 +66,6 @@ logger = logging.getLogger("bench_memory")
 CHARS_PER_SECOND = 12  # label length of the random transcripts (read speech is 12-15 characters/s)
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}  # fixed: freed tensors >= 128 KiB return to the kernel
 SETTINGS = (False, True)  # gradient checkpointing off, on
-
 
 # ------------------------------------------------------------------------------------------- child
 def measure_step(arch: str, checkpointing: bool, seconds: float, batch_size: int,
@@ -125,7 +128,6 @@ def child_main(spec_json: str) -> int:
         result = measure_step(**spec)
     print_json(result)
     return 0
-
 
 # ------------------------------------------------------------------------------------------ parent
 def run_child(spec: dict[str, Any], limit_bytes: int | None) -> dict[str, Any] | None:
@@ -270,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
                 "budget_gb": args.budget_gb, "arch": args.arch, "batch_size": args.batch_size}
         write_report(args.output, "memory", markdown, data)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -265,7 +265,7 @@ def noisy_log_probs(text: str, vocab: Mapping[str, int], rng: np.random.Generato
                     noise: float = 1.3) -> np.ndarray:
     """[T, V] log-probs of a noisy acoustic model reading `text`: 1-3 frames per character, blanks
     between some, Gaussian noise on every score (`noise`), and a `confusion` share of character runs
-    where a rival letter also scores high. Shared by tests/test_beam.py and scripts/bench_decode.py."""
+    where a rival letter also scores high. Shared by tests/test_beam.py and bench/decode.py."""
     letters = [i for t, i in vocab.items() if len(t) == 1 and t.isalpha()]
     blank = vocab["[PAD]"]
     ids = encode(text, vocab)

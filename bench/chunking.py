@@ -1,9 +1,9 @@
 """How the chunk length of long-file transcription changes the transcript: a table to pick --chunk-seconds.
 
     # the demo's test sentences (data/synth, made by `make demo`) joined into a 4-minute recording
-    $ .venv/bin/python scripts/bench_chunking.py --model assets/base_model --output bench/
+    $ .venv/bin/python bench/chunking.py --model assets/base_model --output runs/bench/
     # your model and a manifest of labelled utterances
-    $ .venv/bin/python scripts/bench_chunking.py --model runs/x/model --manifest data/x/dev.jsonl --minutes 10
+    $ .venv/bin/python bench/chunking.py --model runs/x/model --manifest data/x/dev.jsonl --minutes 10
 
 The manifest's utterances (JSONL: audio_filepath relative to the manifest, text) are joined, 0.4 s
 apart, into one recording of about --minutes; `asr.transcribe` reads it unchunked and with each
@@ -18,10 +18,14 @@ checks each chunk's kept words against that chunk read alone).
 
 from __future__ import annotations
 
+import sys
+
+if __package__ in (None, ""):  # run by path (python bench/chunking.py): the repository root, not bench/, goes first
+    sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +34,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.audio import load_audio
-from asr.benchmark import machine_info, markdown_table, write_report
+from bench.common import machine_info, markdown_table, write_report
 from asr.constants import SAMPLE_RATE
 from asr.metrics import error_rates
 from asr.transcribe import TranscribeOptions, Transcriber, find_audio
@@ -122,7 +126,6 @@ def main(argv: list[str] | None = None) -> None:
         write_report(args.output, "bench_chunking", header + table,
                      {"model": str(args.model), "manifest": str(args.manifest), "duration": duration,
                       "rows": data, "machine": machine_info()})
-
 
 if __name__ == "__main__":
     sys.exit(main())
