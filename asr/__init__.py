@@ -2,7 +2,7 @@
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `datasets`, `sampler`,
 `collate`, `feature_cache`, `augment` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
-`inference`, `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
+`inference`, `decoders` (the front door of decoding: names, settings, the LM directory, `build_decoder`), `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
 yardstick row, `significance` its bootstrap intervals, `breakdown` its WER by group), `chunking`,
 `transcribe`, `outputs` (batch transcription), `recognizer` (one-call transcription from Python),
@@ -24,7 +24,9 @@ _EXPORTS = {
     "PAD": "constants", "SAMPLE_RATE": "constants", "UNK": "constants", "WORD_DELIMITER": "constants",
     "DataConfig": "data", "PreparedSplit": "data", "SpeechDataset": "datasets", "StreamingSpeechDataset": "datasets",
     "prepare_split": "data",
-    "greedy_decode": "decoding",
+    "BEAM_DECODERS": "decoders", "DECODERS": "decoders", "DecoderSettings": "decoders", "build_decoder": "decoders",
+    "has_lm": "decoders", "load_decoder_settings": "decoders",
+    "GreedyCTC": "beam",
     "FeatureCacheConfig": "feature_cache",
     "FilterConfig": "filters", "apply_filters": "filters",
     "ErrorRates": "metrics", "UtteranceErrors": "metrics", "error_rates": "metrics", "utterance_errors": "metrics",

@@ -2,14 +2,14 @@
 
 Both decoders (and a greedy one, for comparison) share one small interface:
 
-    >>> decoder = FlashlightBeam.from_dir("runs/x/final")          # model dir with vocab.json + LM
+    >>> decoder = FlashlightBeam(vocab, "lm/lm.bin", unigrams)     # or asr.decoders.build_decoder(name, ...)
     >>> hyp = decoder.decode(log_probs, length)                    # log_probs: [T, V] numpy
     >>> hyp.text, hyp.words[0].start, hyp.score
     >>> decoder.decode_batch([lp1, lp2], [n1, n2])                 # -> list[Hypothesis]
     >>> decoder.decode_nbest(log_probs, length, n=10)              # for oracle WER
 
-The LM directory is the one `lm.build_lm` writes, pyctcdecode's `save_to_dir` layout:
-`alphabet.json` plus `language_model/{attrs.json, unigrams.txt, lm.bin | lm.arpa}`.
+The decoders take a KenLM file and its words; the LM directory that holds them (`lm.build_lm`'s output,
+pyctcdecode's `save_to_dir` layout), reading it and choosing a decoder by name are `asr.decoders`'.
 
 Vocabulary convention (see asr.text): `[PAD]` (the CTC blank) = 0, `[UNK]` = 1, `|` (the word
 delimiter) = 2, then one character per id. Scores: the decoders add natural-log acoustic scores to
@@ -20,7 +20,6 @@ flashlight does not (`lm_weight` multiplies a log10). The same search objective 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
@@ -33,16 +32,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from asr.constants import PAD, UNK, WORD_DELIMITER
+from asr.metrics import word_edits
 
 logger = logging.getLogger(__name__)
-
-# pyctcdecode's save_to_dir layout (its own constants are private class attributes).
-ALPHABET_FILE = "alphabet.json"
-LM_SUBDIR = "language_model"
-ATTRS_FILE = "attrs.json"
-UNIGRAMS_FILE = "unigrams.txt"
-KENLM_SUFFIXES = (".bin", ".binary", ".arpa")  # what pyctcdecode accepts as the KenLM file
-VOCAB_FILE = "vocab.json"
 
 PYCTCDECODE_UNK = "\u2047"  # "⁇": pyctcdecode's label for an unknown token
 LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})  # KenLM vocabulary entries that are not words
@@ -52,6 +44,7 @@ FLASHLIGHT_UNK_WORD = "<unk>"
 # a beam search over it only adds unknown-word penalties (a Greek LM with an English model decoded
 # worse than greedy, silently). Some unspellable words are normal (LM text not normalised like the model's).
 MIN_SPELLABLE_FRACTION = 0.5
+LN10 = math.log(10)  # flashlight's lm_weight multiplies KenLM's log10 scores, pyctcdecode's alpha natural logs
 DEFAULT_ALPHA = 0.5  # LM weight on a natural-log scale (pyctcdecode's default)
 DEFAULT_BETA = 1.0  # bonus per word; offsets the LM's per-word cost, else the search prefers few long words
 DEFAULT_BEAM_WIDTH = 100  # pyctcdecode's default; 300 gained 0.004 WER at 2.5x the time on synthetic logits
@@ -89,7 +82,7 @@ class PyCTCDecodeOptions:
 class FlashlightOptions:
     """Knobs of `FlashlightBeam`; the defaults pose the same objective as `PyCTCDecodeOptions()`."""
 
-    lm_weight: float = DEFAULT_ALPHA * math.log(10)  # on KenLM's log10 scores (= alpha * ln 10); lexicon-free
+    lm_weight: float = DEFAULT_ALPHA * LN10  # on KenLM's log10 scores (= alpha * ln 10); lexicon-free
     # decoding with a token LM did best near 2.0 on synthetic logits
     word_score: float = DEFAULT_BETA  # score added per word (= beta)
     beam_size: int = DEFAULT_BEAM_WIDTH  # hypotheses kept after each frame
@@ -144,14 +137,6 @@ class CTCDecoder(Protocol):
     def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]: ...
 
 
-@dataclass(frozen=True)
-class LMFiles:
-    """Where the KenLM file of an LM directory is, and the LM's words."""
-
-    kenlm_path: Path
-    unigrams: tuple[str, ...]  # the LM's words, without <s>, </s>, <unk>
-
-
 # ---------------------------------------------------------------------------------------- helpers
 def pyctcdecode_labels(vocab: Mapping[str, int]) -> list[str]:
     """pyctcdecode labels in token-id order: blank `[PAD]` -> "", `|` -> " ", `[UNK]` -> "⁇".
@@ -180,39 +165,6 @@ def tokens_in_id_order(vocab: Mapping[str, int]) -> list[str]:
     return tokens
 
 
-def load_vocab(directory: str | os.PathLike) -> dict[str, int]:
-    """Read `vocab.json` from a model or processor directory."""
-    path = Path(directory) / VOCAB_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"No {VOCAB_FILE} in {str(directory)!r}; pass the model's processor directory "
-                                "or the vocabulary itself.")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def load_lm_files(directory: str | os.PathLike) -> LMFiles:
-    """Find the KenLM file and unigram list of an LM directory.
-
-    Args:
-        directory: A directory holding `language_model/` (a model dir or `lm.build_lm`'s output), or
-            the `language_model/` directory itself.
-
-    Returns:
-        The KenLM path and the words of `unigrams.txt`.
-    """
-    directory = Path(directory)
-    lm_dir = directory / LM_SUBDIR if (directory / LM_SUBDIR).is_dir() else directory
-    candidates = sorted(p for p in lm_dir.glob("*") if p.suffix in KENLM_SUFFIXES and not p.name.startswith("."))
-    if len(candidates) != 1:
-        raise FileNotFoundError(f"Expected one KenLM file ({'/'.join(KENLM_SUFFIXES)}) in {str(lm_dir)!r}, found "
-                                f"{[p.name for p in candidates]}; build the LM with scripts/build_lm.py.")
-    unigrams_path = lm_dir / UNIGRAMS_FILE
-    if not unigrams_path.is_file():
-        raise FileNotFoundError(f"No {UNIGRAMS_FILE} in {str(lm_dir)!r}; a binary LM needs its word list: rebuild "
-                                "the LM with scripts/build_lm.py.")
-    words = unigrams_path.read_text(encoding="utf-8").split()
-    return LMFiles(kenlm_path=candidates[0], unigrams=tuple(w for w in words if w not in LM_SPECIAL_WORDS))
-
-
 def spellable_words(unigrams: Iterable[str], vocab: Mapping[str, int], lm_name: str) -> list[str]:
     """The LM's words that the vocabulary's tokens can spell, sorted; the LM must suit the model.
 
@@ -239,17 +191,6 @@ def spellable_words(unigrams: Iterable[str], vocab: Mapping[str, int], lm_name: 
                        "lexicon; build the LM with `--model DIR` to normalise its text like the model's.",
                        len(others), len(words))
     return spellable
-
-
-def check_lm_fits(lm_dir: str | os.PathLike, vocab: Mapping[str, int]) -> None:
-    """Refuses (ValueError, one line) an LM directory whose words the model cannot spell; reads only its word list.
-
-    The decoders check this too, but only once the KenLM file is loaded: callers that run a model
-    first (eval) check here, before any work.
-    """
-    files = load_lm_files(lm_dir)
-    if WORD_DELIMITER not in files.unigrams:  # a token LM spells with the tokens themselves
-        spellable_words(files.unigrams, vocab, str(files.kenlm_path))
 
 
 def read_arpa_unigrams(path: str | os.PathLike) -> list[str]:
@@ -450,7 +391,7 @@ class PyCTCDecodeBeam:
         if unigrams is None:
             if kenlm_path.suffix != ".arpa":
                 raise ValueError(f"{kenlm_path.name} is a binary LM, from which pyctcdecode cannot read the words; "
-                                 f"pass unigrams= (the LM directory's {UNIGRAMS_FILE}).")
+                                 f"pass unigrams= (the LM directory's unigrams.txt, see asr.decoders).")
             unigrams = load_unigram_set_from_arpa(str(kenlm_path))
         unigrams = set(unigrams)
         if WORD_DELIMITER in unigrams:
@@ -468,12 +409,6 @@ class PyCTCDecodeBeam:
         self._decoder = BeamSearchDecoderCTC(Alphabet(labels, is_bpe=False), language_model)
         self._blank = vocab[PAD]
 
-    @classmethod
-    def from_dir(cls, directory: str | os.PathLike, vocab: Mapping[str, int] | None = None,
-                 options: PyCTCDecodeOptions | None = None) -> PyCTCDecodeBeam:
-        """Load the LM that `lm.build_lm` wrote into `directory`; `vocab` None reads its vocab.json."""
-        files = load_lm_files(directory)
-        return cls(vocab if vocab is not None else load_vocab(directory), files.kenlm_path, files.unigrams, options)
 
     def __del__(self) -> None:
         # pyctcdecode keeps every LM in a class-level dict; free ours with the decoder.
@@ -614,7 +549,7 @@ class FlashlightBeam:
         if unigrams is None:
             if kenlm_path.suffix != ".arpa":
                 raise ValueError(f"{kenlm_path.name} is a binary LM, from which the lexicon cannot be read; pass "
-                                 f"unigrams= (the LM directory's {UNIGRAMS_FILE}).")
+                                 f"unigrams= (the LM directory's unigrams.txt, see asr.decoders).")
             unigrams = read_arpa_unigrams(kenlm_path)
         unigrams = set(unigrams)
         if WORD_DELIMITER in unigrams:
@@ -641,12 +576,6 @@ class FlashlightBeam:
         self.lexicon_size = len(spellable)
         self._trie = trie  # the decoder holds a shared pointer, but keep the Python side alive too
 
-    @classmethod
-    def from_dir(cls, directory: str | os.PathLike, vocab: Mapping[str, int] | None = None,
-                 options: FlashlightOptions | None = None) -> FlashlightBeam:
-        """Load the LM that `lm.build_lm` wrote into `directory`; `vocab` None reads its vocab.json."""
-        files = load_lm_files(directory)
-        return cls(vocab if vocab is not None else load_vocab(directory), files.kenlm_path, files.unigrams, options)
 
     def _search(self, logits: np.ndarray, length: int | None) -> tuple[list, int]:
         """flashlight's final hypotheses (best first) and the number of frames searched."""
@@ -694,17 +623,6 @@ class FlashlightBeam:
 
 
 # ------------------------------------------------------------------------------------------ oracle
-def word_edits(reference: str, hypothesis: str) -> int:
-    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
-    ref, hyp = reference.split(), hypothesis.split()
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
-    return row[-1]
-
-
 def oracle_texts(references: Sequence[str], nbest: Sequence[Sequence[Hypothesis]]) -> list[str]:
     """Per utterance, the n-best hypothesis closest to the reference (for oracle WER).
 

@@ -41,40 +41,27 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from asr.audio import AudioError, load_audio
-from asr.beam import (
-    ATTRS_FILE,
-    LM_SUBDIR,
-    CTCDecoder,
-    FlashlightBeam,
-    FlashlightOptions,
-    GreedyCTC,
-    PyCTCDecodeBeam,
-    PyCTCDecodeOptions,
-    load_lm_files,
-)
+from asr.beam import GreedyCTC
+from asr.decoders import DECODER_FILE, DecoderSettings, build_decoder, describe_settings
 from asr.constants import SAMPLE_RATE
 from asr.files import atomic_path
 from asr.filters import Drop, FilterConfig, PreparedItem, apply_filters
 from asr.metrics import error_rates
 from asr.sources import Utterance
-from asr.text import TextNormalizer
+from asr.text import TextNormalizer, load_model_text_config
 
 logger = logging.getLogger(__name__)
 
-DECODERS = ("greedy", "beam", "flashlight")  # table order; "beam" is pyctcdecode
-BEAM_DECODERS = ("beam", "flashlight")  # the ones that need a KenLM directory
-DECODER_FILE = "decoder.json"  # tuned decoder settings, beside language_model/ in the LM directory
 CACHE_VERSION = 1  # bump when the cache file layout or what goes into the key changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr-toolkit" / "logits"
 DEFAULT_MAX_BATCH_SECONDS = 60.0  # padded audio per forward pass; a 2.4 M-param model uses ~1 GB at this size
@@ -85,7 +72,6 @@ DEFAULT_MAX_PADDING = 0.02
 EVAL_MIN_DURATION = 0.1  # s; shorter clips hold no word and (< 25 ms) are shorter than the conv receptive field
 EVAL_MAX_DURATION = 60.0  # s; attention memory grows with the square of the length: split longer recordings
 DEFAULT_PADDING_SAMPLE = 16  # utterances run one by one to measure the effect of padding
-LN10 = math.log(10)  # flashlight's lm_weight multiplies KenLM's log10 scores, pyctcdecode's alpha natural logs
 # Files of a model directory that change its log-probs or references; the LM and eval outputs do not.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing weights
@@ -325,7 +311,6 @@ def compute_acoustic(
         The output on the main process, None on the others.
     """
     from asr.inference import load_model
-    from lm.build import load_model_text_config
 
     filters = filters or eval_filters()
     world = accelerator.num_processes if accelerator is not None else 1
@@ -493,78 +478,6 @@ def check_padding(loaded: Any, acoustic: AcousticOutput, audio: Mapping[str, str
 
 # ------------------------------------------------------------------------------------------ decoding
 @dataclass(frozen=True)
-class DecoderSettings:
-    """Search settings of both beam decoders, as stored in an LM directory."""
-
-    pyctcdecode: PyCTCDecodeOptions = field(default_factory=PyCTCDecodeOptions)
-    flashlight: FlashlightOptions = field(default_factory=FlashlightOptions)
-
-
-def has_lm(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds a KenLM LM in `lm.build_lm`'s layout."""
-    try:
-        load_lm_files(directory)
-    except FileNotFoundError:
-        return False
-    return (Path(directory) / LM_SUBDIR).is_dir()
-
-
-def load_decoder_settings(lm_dir: str | os.PathLike | None) -> DecoderSettings:
-    """Decoder settings stored in an LM directory: attrs.json (alpha, beta) and decoder.json (tuned values).
-
-    Missing files fall back to the asr.beam defaults; flashlight without decoder.json follows
-    attrs.json (`lm_weight = alpha * ln 10`, `word_score = beta`).
-    """
-    if lm_dir is None:
-        return DecoderSettings()
-    lm_dir = Path(lm_dir)
-    attrs = _read_json(lm_dir / LM_SUBDIR / ATTRS_FILE)
-    tuned = _read_json(lm_dir / DECODER_FILE)
-    py = tuned.get("pyctcdecode", {})
-    pyctc = PyCTCDecodeOptions(
-        alpha=float(attrs.get("alpha", py.get("alpha", PyCTCDecodeOptions.alpha))),
-        beta=float(attrs.get("beta", py.get("beta", PyCTCDecodeOptions.beta))),
-        unk_score_offset=float(attrs.get("unk_score_offset", PyCTCDecodeOptions.unk_score_offset)),
-        score_boundary=bool(attrs.get("score_boundary", PyCTCDecodeOptions.score_boundary)),
-        beam_width=int(py.get("beam_width", PyCTCDecodeOptions.beam_width)))
-    fl = tuned.get("flashlight", {})
-    flashlight = FlashlightOptions(
-        lm_weight=float(fl.get("lm_weight", pyctc.alpha * LN10)),
-        word_score=float(fl.get("word_score", pyctc.beta)),
-        beam_size=int(fl.get("beam_size", FlashlightOptions.beam_size)))
-    return DecoderSettings(pyctc, flashlight)
-
-
-def build_decoder(name: str, vocab: Mapping[str, int], lm_dir: str | os.PathLike | None,
-                  settings: DecoderSettings | None = None) -> CTCDecoder:
-    """A decoder by table name: greedy, beam (pyctcdecode) or flashlight."""
-    settings = settings or DecoderSettings()
-    if name == "greedy":
-        return GreedyCTC(vocab)
-    if name not in BEAM_DECODERS:
-        raise ValueError(f"Decoder {name!r} is unknown; use one of {', '.join(DECODERS)}.")
-    if lm_dir is None or not has_lm(lm_dir):
-        raise FileNotFoundError(f"The {name} decoder needs a KenLM directory but {str(lm_dir)!r} has none; build one "
-                                "with `python scripts/build_lm.py --model MODEL_DIR --text LM_TEXT` or pass --lm DIR.")
-    if name == "beam":
-        return PyCTCDecodeBeam.from_dir(lm_dir, vocab, settings.pyctcdecode)
-    return FlashlightBeam.from_dir(lm_dir, vocab, settings.flashlight)
-
-
-def describe_settings(name: str, settings: DecoderSettings) -> str:
-    """`alpha=0.5 beta=1 beam=100` for a table row."""
-    if name == "beam":
-        o = settings.pyctcdecode
-        text = f"alpha={o.alpha:g} beta={o.beta:g} beam={o.beam_width}"
-        return text + (f" hotwords={len(o.hotwords)}" if o.hotwords else "")
-    if name == "flashlight":
-        o = settings.flashlight
-        lexicon = "lexicon-free" if o.lexicon_free else "lexicon"
-        return f"lm_weight={o.lm_weight:.3g} word_score={o.word_score:g} beam={o.beam_size} {lexicon}"
-    return ""
-
-
-@dataclass(frozen=True)
 class DecodeRun:
     """One decoder's transcripts of a whole set, and its wall-clock time (LM loading excluded)."""
 
@@ -596,9 +509,3 @@ def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarr
     processes = max(1, settings.pyctcdecode.num_processes) if name == "beam" else 1
     logger.info("%s: %d utterances in %.2f s (+%.2f s loading)", name, len(texts), done - loaded, loaded - started)
     return DecodeRun(name, texts, done - loaded, loaded - started, processes, describe_settings(name, settings))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, or {} when the file is absent."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-

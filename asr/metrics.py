@@ -86,6 +86,12 @@ def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> Ut
     return UtteranceErrors(word_errors, ref_words, char_errors, ref_chars)
 
 
+def word_edits(reference: str, hypothesis: str) -> int:
+    """Word-level edit distance of one pair (substitutions + deletions + insertions, jiwer's alignment)."""
+    words = jiwer.process_words(reference, hypothesis)
+    return words.substitutions + words.deletions + words.insertions
+
+
 def _edits_and_lengths(alignments: Sequence[Sequence[jiwer.AlignmentChunk]],
                        references: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
     """Edits (int64 [N]) and reference lengths (int64 [N]) of jiwer's per-sentence alignments."""

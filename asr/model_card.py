@@ -23,15 +23,14 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from asr.evaluation import DECODER_FILE, has_lm
+from asr.decoders import DECODER_FILE, INFO_FILE, has_lm
 from asr.files import write_text_atomic
-from lm.build import INFO_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -62,7 +62,8 @@ import numpy as np
 import torch
 
 from asr.audio import load_audio
-from asr.beam import LM_SUBDIR, GreedyCTC, load_lm_files
+from asr.beam import GreedyCTC
+from asr.decoders import ALPHABET_FILE, DECODER_FILE, INFO_FILE, LM_SUBDIR, load_lm_files
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.files import replace_dir
@@ -88,7 +89,7 @@ DEFAULT_TOLERANCE = 1e-3  # max |logit difference|; measured <= 2e-5 (2-layer) a
 PARITY_SECONDS = (0.37, 1.93, 4.41, 11.07, 30.0)  # clip lengths: sub-second to the default transcribe chunk
 PARITY_BATCH_SIZES = (1, 2, 4)  # 1: no padding; 2 and 4: shorter clips padded inside longer batches
 TRACE_SAMPLES = 16_000  # example input for tracing: a padded batch of two 1 s rows
-LM_FILES = ("alphabet.json", LM_SUBDIR, "lm_info.json", "decoder.json")  # an LM directory (lm.build, evaluation)
+LM_FILES = (ALPHABET_FILE, LM_SUBDIR, INFO_FILE, DECODER_FILE)  # an LM directory (lm.build, evaluation)
 PARITY_SENTENCES = (  # read aloud for the parity check; plain words every voice pronounces
     ("espeak-ng", "en-us+f3", "the quick brown fox jumps over the lazy dog near the river bank"),
     ("flite", "slt", "she sells sea shells by the sea shore every summer morning"),

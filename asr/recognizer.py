@@ -24,9 +24,9 @@ import soxr
 
 from asr.beam import CTCDecoder
 from asr.constants import SAMPLE_RATE
-from asr.evaluation import BEAM_DECODERS, build_decoder, has_lm, load_decoder_settings
+from asr.decoders import BEAM_DECODERS, DECODERS, build_decoder, has_lm, load_decoder_settings
 from asr.inference import AcousticModel, load_acoustic_model
-from asr.transcribe import DECODERS, AudioItem, Failure, Transcript, TranscribeOptions, Transcriber, plan_work, \
+from asr.transcribe import AudioItem, Failure, Transcript, TranscribeOptions, Transcriber, plan_work, \
     probe_durations
 
 AudioInput = Union[str, os.PathLike, np.ndarray]  # a file, or mono float samples

@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from asr.beam import word_edits
 from asr.breakdown import Breakdown, breakdowns, plot_breakdowns, utterance_groups
 from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck
 from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop
-from asr.metrics import ErrorRates, error_rates, utterance_errors
+from asr.metrics import ErrorRates, error_rates, utterance_errors, word_edits
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED, BootstrapResult, paired_bootstrap
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import os
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +41,7 @@ NORMALIZER_FILE = "normalizer.json"
 PROCESSOR_FILE = "processor_config.json"
 FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+VOCAB_FILE = "vocab.json"
 # The class a directory with a KenLM beside the model names: transformers' ASR pipeline then decodes with
 # the LM ("ctc_with_lm"); it reads the name from the feature extractor's settings, not the processor's.
 PROCESSOR_WITH_LM = "Wav2Vec2ProcessorWithLM"
@@ -515,3 +516,29 @@ def encode(text: str, vocab: Mapping[str, int], *, unk_token: str = UNK,
                          "vocabulary's own unk_token/word_delimiter.")
     unk_id = vocab[unk_token]
     return [vocab.get(char, unk_id) for char in text.replace(" ", word_delimiter)]
+
+
+def load_vocab(directory: str | os.PathLike) -> dict[str, int]:
+    """Read `vocab.json` from a model or processor directory."""
+    path = Path(directory) / VOCAB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No {VOCAB_FILE} in {str(directory)!r}; pass the model's processor directory "
+                                "or the vocabulary itself.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_model_text_config(model_dir: str | os.PathLike) -> tuple[TextNormalizer, dict[str, int]]:
+    """The normaliser (`normalizer.json`) and vocabulary (`vocab.json`) saved with a model's processor."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist; pass the directory holding "
+                                "the model's normalizer.json and vocab.json.")
+    return TextNormalizer.load(model_dir), load_vocab(model_dir)
+
+
+def ids_to_text(ids: Sequence[int], id_to_token: Mapping[int, str]) -> str:
+    """Label ids (no CTC blanks, repeats kept) -> text: the word delimiter is a space, spaces are collapsed, and
+    [UNK] stays literal (a reference character outside the vocabulary counts as an error). The one label-to-text;
+    frames -> text (the CTC collapse) is `asr.beam.GreedyCTC`'s."""
+    text = "".join(" " if id_to_token[i] == WORD_DELIMITER else id_to_token[i] for i in ids)
+    return " ".join(text.split())

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
+from asr.beam import GreedyCTC
 from asr.config import ConfigError, require
 from asr.data import DataConfig
-from asr.decoding import greedy_decode
 from asr.metrics import error_rates
 from asr.model import ModelConfig, output_frames
 from asr.model_card import CardConfig
+from asr.text import ids_to_text
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,35 @@ def forward_loss(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict
     return loss, logits, frames
 
 
+class EvalShards:
+    """The dev set's batches for one process, the same batches whatever the number of processes.
+
+    A model without an attention mask reads the zero padding, so its dev logits depend on which utterances
+    share a batch: the batches are packed as for one process, then dealt round-robin. Every process gets
+    the same number of batches (DeepSpeed ZeRO-3 needs every rank in every forward pass): the short ones
+    repeat batches from the start of the list, and `evaluate` counts each batch once, by its ids.
+
+    Args:
+        batches: All batches (lists of dataset indices), e.g. a one-process DurationBatchSampler's.
+        num_replicas: The number of processes.
+        rank: This process's index.
+    """
+
+    def __init__(self, batches: list[list[int]], num_replicas: int, rank: int) -> None:
+        if not batches:
+            raise ValueError("the dev set has no batch to evaluate")
+        per_rank = -(-len(batches) // num_replicas)
+        self._batches = [batches[(rank + k * num_replicas) % len(batches)] for k in range(per_rank)]
+
+    def __iter__(self):
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
 @torch.no_grad()
-def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: int) -> dict[str, Any] | None:
+def evaluate(accelerator, model, dataloader, vocab: dict[str, int]) -> dict[str, Any] | None:
     """Greedy WER/CER over the whole (rank-sharded) dev set, gathered on every rank.
 
     Returns:
@@ -243,32 +271,31 @@ def evaluate(accelerator, model, dataloader, vocab: dict[str, int], blank_id: in
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
     id_to_token = {i: t for t, i in vocab.items()}
+    greedy = GreedyCTC(vocab)
     rows: list[tuple[str, str, str]] = []
-    loss_sum, loss_n = 0.0, 0
+    losses: list[tuple[tuple[str, ...], float, int]] = []  # (batch ids, loss x utterances, utterances)
     for batch in dataloader:
         if batch is None:
             continue
         ids = batch.pop("ids")
         loss, logits, frames = forward_loss(model, unwrapped, batch, accelerator.device)
         if torch.isfinite(loss):
-            loss_sum += loss.item() * len(ids)
-            loss_n += len(ids)
-        hyps = greedy_decode(logits.float().cpu().numpy(), frames.cpu().numpy(), vocab, blank_id)
-        labels = batch["labels"].numpy()
-        refs = ["".join(" " if id_to_token[t] == "|" else id_to_token[t] for t in row[row >= 0]) for row in labels]
-        rows.extend(zip(ids, [" ".join(r.split()) for r in refs], hyps))
-    # gather_object concatenates every rank's list; the dict drops nothing (ids are unique per rank)
+            losses.append((tuple(ids), loss.item() * len(ids), len(ids)))
+        hyps = [h.text for h in greedy.decode_batch(logits.float().cpu().numpy(), frames.cpu().tolist())]
+        refs = [ids_to_text(row[row >= 0].tolist(), id_to_token) for row in batch["labels"].numpy()]
+        rows.extend(zip(ids, refs, hyps))
+    # gather_object concatenates every rank's list; keyed by id (a batch EvalShards repeats counts once)
     all_rows = sorted({r[0]: r for r in gather_object(rows)}.values())
-    losses = gather_object([(loss_sum, loss_n)])
+    by_batch = {key: (total, n) for key, total, n in gather_object(losses)}
     model.train()
     if not all_rows:
         return None
     rates = error_rates([r[1] for r in all_rows], [r[2] for r in all_rows])
-    total_n = sum(n for _, n in losses)
+    ordered = [by_batch[key] for key in sorted(by_batch)]  # summed in one order on any number of processes
     return {
         "wer": rates.wer,
         "cer": rates.cer,
-        "loss": sum(s for s, _ in losses) / max(1, total_n),
+        "loss": sum(total for total, _ in ordered) / max(1, sum(n for _, n in ordered)),
         "n": len(all_rows),
         "samples": all_rows,
     }

@@ -31,12 +31,12 @@ from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
 from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import BLOCK_SECONDS, ChunkSpec, chunked_log_probs, stream_audio
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
+from asr.decoders import DECODERS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
 from asr.sources import AUDIO_KEYS
 
 logger = logging.getLogger(__name__)
 
-DECODERS = ("greedy", "beam", "flashlight")  # GreedyCTC, PyCTCDecodeBeam, FlashlightBeam
 SIDE_FORMATS = ("txt", "srt", "vtt", "ctm", "tsv")  # one file per audio file (asr.outputs.render)
 RUN_FORMATS = ("nemo",)  # one file per run: nemo_manifest.jsonl (asr.outputs.write_nemo_manifest)
 FORMATS = SIDE_FORMATS + RUN_FORMATS

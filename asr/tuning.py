@@ -6,14 +6,13 @@
 
 Each grid point decodes the whole set in one worker of a fork pool (`fork_map`: workers inherit the
 log-probs instead of receiving them pickled). `save_tuned` writes `language_model/attrs.json` and
-`decoder.json` in the LM directory, which `asr.evaluation.load_decoder_settings` reads back (the
+`decoder.json` in the LM directory, which `asr.decoders.load_decoder_settings` reads back (the
 file layout is described in `asr.evaluation`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing
 import os
@@ -26,16 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from asr.beam import ATTRS_FILE, LM_SUBDIR, oracle_texts
-from asr.evaluation import (
-    BEAM_DECODERS,
-    DECODER_FILE,
-    LN10,
-    DecoderSettings,
-    _read_json,
-    build_decoder,
-)
-from asr.files import write_text_atomic
+from asr.beam import LN10, oracle_texts
+from asr.decoders import ATTRS_FILE, BEAM_DECODERS, LM_SUBDIR, DecoderSettings, build_decoder, save_decoder_settings
 from asr.metrics import error_rates
 
 logger = logging.getLogger(__name__)
@@ -297,29 +288,23 @@ def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str
     Returns:
         The path of decoder.json.
     """
-    lm_dir = Path(lm_dir)
-    stored = _read_json(lm_dir / DECODER_FILE)
+    updates: dict[str, dict[str, Any]] = {}
     if "beam" in result.best:
         p = result.best["beam"]
-        stored["pyctcdecode"] = {"alpha": p.alpha, "beta": p.beta, "beam_width": p.beam_width}
-        attrs_path = lm_dir / LM_SUBDIR / ATTRS_FILE
-        attrs = _read_json(attrs_path)
-        attrs.update(alpha=p.alpha, beta=p.beta)
-        write_text_atomic(attrs_path, json.dumps(attrs) + "\n")
+        updates["pyctcdecode"] = {"alpha": p.alpha, "beta": p.beta, "beam_width": p.beam_width}
     if "flashlight" in result.best:
         p = result.best["flashlight"]
-        stored["flashlight"] = {"lm_weight": p.alpha * LN10, "word_score": p.beta, "beam_size": p.beam_width,
-                                "alpha": p.alpha}
-    stored["tuned"] = {
+        updates["flashlight"] = {"lm_weight": p.alpha * LN10, "word_score": p.beta, "beam_size": p.beam_width,
+                                 "alpha": p.alpha}
+    tuned = {
         "data": result.data, "utterances": result.utterances, "grid": dataclasses.asdict(result.grid),
         "wer": {name: p.wer for name, p in result.best.items()},
         "cer": {name: p.cer for name, p in result.best.items()},
         "oracle_wer": {name: o.wer_oracle for name, o in result.oracle.items()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {}),
     }
-    path = lm_dir / DECODER_FILE
-    write_text_atomic(path, json.dumps(stored, indent=1) + "\n")
-    logger.info("tuned settings written to %s and %s", path, lm_dir / LM_SUBDIR / ATTRS_FILE)
+    path = save_decoder_settings(lm_dir, updates, tuned)
+    logger.info("tuned settings written to %s and %s", path, Path(lm_dir) / LM_SUBDIR / ATTRS_FILE)
     return path
 
 

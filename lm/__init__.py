@@ -1,7 +1,6 @@
 """KenLM n-gram language models for CTC beam search: build with lmplz/build_binary, write pyctcdecode's layout."""
 
 from lm.build import (
-    INFO_FILE,
     KENLM_BIN_ENV,
     CorpusReport,
     HeldoutReport,
@@ -14,8 +13,6 @@ from lm.build import (
     emittable_chars,
     evaluate_heldout,
     find_kenlm_tool,
-    load_lm_info,
-    load_model_text_config,
     prepare_corpus,
     read_source_texts,
     read_text_files,
@@ -23,7 +20,6 @@ from lm.build import (
 )
 
 __all__ = [
-    "INFO_FILE",
     "KENLM_BIN_ENV",
     "CorpusReport",
     "HeldoutReport",
@@ -36,8 +32,6 @@ __all__ = [
     "emittable_chars",
     "evaluate_heldout",
     "find_kenlm_tool",
-    "load_lm_info",
-    "load_model_text_config",
     "prepare_corpus",
     "read_source_texts",
     "read_text_files",

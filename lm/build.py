@@ -43,16 +43,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from asr.beam import (
-    ALPHABET_FILE,
-    ATTRS_FILE,
-    LM_SUBDIR,
-    UNIGRAMS_FILE,
     PyCTCDecodeOptions,
-    load_vocab,
     pyctcdecode_labels,
     read_arpa_unigrams,
 )
 from asr.constants import PAD, UNK, WORD_DELIMITER
+from asr.decoders import ALPHABET_FILE, ATTRS_FILE, INFO_FILE, LM_SUBDIR, UNIGRAMS_FILE
 from asr.files import replace_dir
 from asr.text import PROCESSOR_FILE, TextNormalizer, declare_processor_class
 
@@ -63,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 KENLM_BIN_DIR = Path(__file__).resolve().parents[1] / "tools" / "kenlm" / "bin"  # where scripts/setup.sh builds them
 KENLM_BIN_ENV = "ASR_KENLM_BIN"  # a directory holding lmplz and build_binary, looked in before PATH
-INFO_FILE = "lm_info.json"
 KENLM_MAX_ORDER = 6  # the kenlm module and build_binary are compiled with KenLM's default maximum order
 _SETUP_HINT = (f"put KenLM's bin directory on PATH, set {KENLM_BIN_ENV} to it, or run `bash scripts/setup.sh` to "
                "build it into tools/kenlm/bin")
@@ -326,15 +321,6 @@ def read_source_texts(cfg: SourceConfig) -> list[str]:
     texts = [str(row[column] or "") for row in ds]
     logger.info("read %d texts from column %r of %s", len(texts), column, cfg.path)
     return texts
-
-
-def load_model_text_config(model_dir: str | os.PathLike) -> tuple[TextNormalizer, dict[str, int]]:
-    """The normaliser (`normalizer.json`) and vocabulary (`vocab.json`) saved with a model's processor."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"Model directory {str(model_dir)!r} does not exist; pass the directory holding "
-                                "the model's normalizer.json and vocab.json.")
-    return TextNormalizer.load(model_dir), load_vocab(model_dir)
 
 
 def emittable_chars(vocab: Mapping[str, int]) -> frozenset[str]:
@@ -645,11 +631,3 @@ def declare_lm_processor(model_dir: Path, usable: bool) -> None:
     else:
         logger.warning("%s keeps naming %s: transformers' ASR pipeline decodes greedily, as pyctcdecode needs a "
                        "word LM and the model's vocabulary (build with --model DIR --unit word)", model_dir, name)
-
-
-def load_lm_info(directory: str | os.PathLike) -> dict[str, Any]:
-    """The `lm_info.json` that `build_lm` wrote into `directory`, as a dict."""
-    path = Path(directory) / INFO_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"No {INFO_FILE} in {str(directory)!r}; build the LM with scripts/build_lm.py.")
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -5,7 +5,7 @@
 writes, beside the model (or into --output DIR), pyctcdecode's layout: alphabet.json,
 language_model/{attrs.json, lm.bin, unigrams.txt}, plus lm_info.json (corpus report, n-gram counts,
 size, held-out perplexity). `Wav2Vec2ProcessorWithLM.from_pretrained(DIR)`, pyctcdecode's
-`BeamSearchDecoderCTC.load_from_dir(DIR)` and `asr.beam.{PyCTCDecodeBeam,FlashlightBeam}.from_dir(DIR)`
+`BeamSearchDecoderCTC.load_from_dir(DIR)` and `asr.decoders.build_decoder("beam" | "flashlight", None, DIR)`
 then load it. Beside a model, the processor files then name `Wav2Vec2ProcessorWithLM`, so
 `transformers.pipeline("automatic-speech-recognition", model=DIR)` decodes with the LM, and the model
 card (README.md) is rewritten to describe it. Needs KenLM's lmplz and build_binary, found in
@@ -44,12 +44,11 @@ from asr.beam import PyCTCDecodeOptions
 from asr.constants import EXIT_OK, EXIT_USAGE
 from asr.model_card import write_model_card
 from asr.sources import SourceConfig
-from asr.text import TextNormalizer
+from asr.text import TextNormalizer, load_model_text_config
 from lm.build import (
     KenLMNotFoundError,
     LMBuildOptions,
     build_lm,
-    load_model_text_config,
     read_source_texts,
     read_text_files,
 )

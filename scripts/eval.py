@@ -47,12 +47,10 @@ import sys
 from pathlib import Path
 
 from asr import launch
-from asr.beam import check_lm_fits, load_vocab
 from asr.breakdown import utterance_groups
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+from asr.decoders import BEAM_DECODERS, DECODERS, DecoderSettings, check_lm_fits, has_lm, load_decoder_settings
 from asr.evaluation import (
-    BEAM_DECODERS,
-    DECODERS,
     DEFAULT_CACHE_DIR,
     DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_MAX_PADDING,
@@ -60,20 +58,17 @@ from asr.evaluation import (
     EVAL_MAX_DURATION,
     EVAL_MIN_DURATION,
     AcousticOutput,
-    DecoderSettings,
     check_padding,
     compute_acoustic,
     decode_all,
     eval_filters,
-    has_lm,
-    load_decoder_settings,
 )
 from asr.model_card import CardResult, write_model_card
 from asr.reference import REFERENCES, check_reference, transcribe_reference
 from asr.report import build_report, utterance_rows, write_results
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
 from asr.sources import SourceConfig, Utterance, load_source
-from asr.text import TextNormalizer
+from asr.text import TextNormalizer, load_vocab
 from asr.tuning import DEFAULT_NBEST, TuneGrid, plot_grid, plot_pareto, save_tuned, tune
 
 logger = logging.getLogger("eval")

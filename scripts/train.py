@@ -50,7 +50,7 @@ from asr.checkpoint import (
     save_training_state,
 )
 from asr.collate import make_collator
-from asr.config import ConfigError, load_config, save_config, to_dict
+from asr.config import ConfigError, load_config, save_config
 from asr.constants import PAD
 from asr.data import prepare_split
 from asr.datasets import SpeechDataset, StreamingBatches, StreamingSpeechDataset
@@ -81,6 +81,7 @@ from asr.text import (
     vocab_from_tokenizer,
 )
 from asr.train import (
+    EvalShards,
     MetricsLog,
     TrainConfig,
     check_trackers,
@@ -211,10 +212,15 @@ def make_loader(split, cfg: TrainConfig, accelerator, collator, do_normalize, *,
         logger.info("data.augment on: train audio changes every epoch; batches hold <= %.1f manifest seconds so "
                     "that slowed-down audio fits max_batch_seconds=%s", seconds, cfg.data.max_batch_seconds)
     try:
-        sampler = DurationBatchSampler(
-            split.durations, seconds, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-            shuffle=train and cfg.data.shuffle, seed=cfg.train.seed, max_batch_size=cfg.data.max_batch_size,
-        )
+        if train:
+            sampler = DurationBatchSampler(
+                split.durations, seconds, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                shuffle=cfg.data.shuffle, seed=cfg.train.seed, max_batch_size=cfg.data.max_batch_size,
+            )
+        else:  # the same batches on any number of processes (see EvalShards)
+            one_process = DurationBatchSampler(split.durations, seconds, shuffle=False, seed=cfg.train.seed,
+                                               max_batch_size=cfg.data.max_batch_size)
+            sampler = EvalShards(list(one_process), accelerator.num_processes, accelerator.process_index)
     except ValueError as e:
         slowed = "" if augment is None else f" (data.augment's slowest speed leaves {seconds:.1f} s for the manifest)"
         raise ConfigError(f"cannot batch the {'train' if train else 'dev'} set: {e}{slowed}") from e
@@ -392,7 +398,7 @@ def main(argv=None) -> int:
     cpu = {"base": state.cpu_seconds, "start": None}  # CPU time across resumes, for equal-compute comparisons
 
     def run_eval() -> dict | None:
-        result = evaluate(accelerator, model, dev_loader, vocab, blank_id=vocab[PAD])
+        result = evaluate(accelerator, model, dev_loader, vocab)
         if result is None:  # dev audio gone or unreadable mid-run: hours of training are worth more than one eval
             logger.warning("step %d: no dev utterance could be read (reasons above); this evaluation is skipped "
                            "and training goes on; fix data.dev before the next one", state.step)

@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from asr import launch
 from asr.allocator import active_allocator
-from asr.beam import LM_SUBDIR
+from asr.decoders import DECODERS, LM_SUBDIR
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.files import write_text_atomic
 from asr.inference import BACKENDS, load_acoustic_model
@@ -81,7 +81,6 @@ from asr.outputs import (
 )
 from asr.recognizer import make_decoder
 from asr.transcribe import (
-    DECODERS,
     FORMATS,
     SIDE_FORMATS,
     Failure,

@@ -7,8 +7,10 @@ noise on every score, and some characters confused with a random letter about as
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import time
 
 import numpy as np
@@ -23,14 +25,13 @@ from asr.beam import (
     PyCTCDecodeBeam,
     PyCTCDecodeOptions,
     WordSpan,
-    load_lm_files,
     oracle_texts,
     pyctcdecode_labels,
-    word_edits,
 )
 from bench.common import noisy_log_probs
 from asr.corpus import load_sentences
-from asr.metrics import error_rates
+from asr.decoders import build_decoder, load_lm_files
+from asr.metrics import error_rates, word_edits
 from asr.text import build_vocab, encode
 from lm.build import LMBuildOptions, build_lm
 
@@ -65,8 +66,8 @@ def decoders(lm_dir, vocab):
     """Greedy, pyctcdecode and flashlight decoders on the same LM, with the module's default options."""
     return {
         "greedy": GreedyCTC(vocab),
-        "pyctcdecode": PyCTCDecodeBeam.from_dir(lm_dir, vocab),
-        "flashlight": FlashlightBeam.from_dir(lm_dir, vocab),
+        "pyctcdecode": build_decoder("beam", vocab, lm_dir),
+        "flashlight": build_decoder("flashlight", vocab, lm_dir),
     }
 
 
@@ -143,13 +144,13 @@ def test_length_padding_and_raw_logits(decoders, vocab, name):
 def test_hotword_overrides_the_lm(lm_dir, vocab):
     text = "the cat sat on the mat"
     log_probs = spelled_log_probs(text, vocab, ambiguous={text.index("cat") + 1: ("e", 0.5)})
-    boosted = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(hotwords=("cet",)))
+    boosted = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(hotwords=("cet",)))
     assert boosted.decode(log_probs).text == "the cet sat on the mat"
 
 
 def test_lexicon_free_joins_tokens(lm_dir, vocab, caplog):
     with caplog.at_level(logging.WARNING, logger="asr.beam"):
-        decoder = FlashlightBeam.from_dir(lm_dir, vocab, FlashlightOptions(lexicon_free=True))
+        decoder = build_decoder("flashlight", vocab, lm_dir, FlashlightOptions(lexicon_free=True))
     assert "word-level LM" in caplog.text  # works, but the word LM cannot help a lexicon-free search
     hyp = decoder.decode(spelled_log_probs("the zqx sat", vocab))
     assert hyp.text == "the zqx sat"  # words outside the LM are possible without a lexicon
@@ -166,14 +167,14 @@ def test_lexicon_excludes_unspellable_words(lm_dir, vocab, caplog):
     assert 0 < decoder.lexicon_size < len(files.unigrams)
 
 
-@pytest.mark.parametrize("decoder", [PyCTCDecodeBeam, FlashlightBeam])
+@pytest.mark.parametrize("decoder", ["beam", "flashlight"])
 def test_an_lm_for_another_alphabet_is_refused(greek_lm, vocab, decoder):
     """A Greek LM (with some English words) for an English model: refused in one line, before KenLM loads."""
     files = load_lm_files(greek_lm)
     spellable = [w for w in files.unigrams if all(c in vocab for c in w)]
     assert 0 < len(spellable) < 0.5 * len(files.unigrams)  # some words fit: "none fit" would be too weak a check
     with pytest.raises(ValueError) as e:
-        decoder.from_dir(greek_lm, vocab)
+        build_decoder(decoder, vocab, greek_lm)
     message = str(e.value)
     assert f"only {len(spellable)} of the {len(files.unigrams)} words of {files.kenlm_path}" in message
     assert "another alphabet" in message and "scripts/build_lm.py --model" in message and "\n" not in message
@@ -208,7 +209,7 @@ def test_beams_beat_greedy_and_agree(decoders, lm_dir, vocab, noisy_set):
     texts, speed = {}, {}
     for name, decoder in decoders.items():
         if name == "pyctcdecode":  # the fork pool is part of what is tested
-            decoder = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(num_processes=2))
+            decoder = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(num_processes=2))
         started = time.perf_counter()
         texts[name] = [h.text for h in decoder.decode_batch(log_probs)]
         speed[name] = len(refs) / (time.perf_counter() - started)
@@ -232,21 +233,21 @@ def test_lexicon_free_with_token_lm_beats_greedy(tmp_path, sentences, vocab, noi
     refs, log_probs = noisy_set
     refs, log_probs = refs[:30], log_probs[:30]
     build_lm(sentences[:NUM_LM_SENTENCES], tmp_path, vocab=vocab, options=LMBuildOptions(order=6, unit="token"))
-    decoder = FlashlightBeam.from_dir(tmp_path, vocab, FlashlightOptions(lexicon_free=True))
+    decoder = build_decoder("flashlight", vocab, tmp_path, FlashlightOptions(lexicon_free=True))
     greedy = error_rates(refs, [h.text for h in GreedyCTC(vocab).decode_batch(log_probs)]).wer
     lexicon_free = error_rates(refs, [h.text for h in decoder.decode_batch(log_probs)]).wer
     assert lexicon_free < 0.6 * greedy
     # A token LM's "words" are characters: pyctcdecode and the lexicon refuse it.
     with pytest.raises(ValueError, match="token-level"):
-        PyCTCDecodeBeam.from_dir(tmp_path, vocab)
+        build_decoder("beam", vocab, tmp_path)
     with pytest.raises(ValueError, match="token-level"):
-        FlashlightBeam.from_dir(tmp_path, vocab)
+        build_decoder("flashlight", vocab, tmp_path)
 
 
 def test_fork_pool_matches_in_process(lm_dir, vocab, noisy_set):
     _, log_probs = noisy_set
-    sequential = PyCTCDecodeBeam.from_dir(lm_dir, vocab).decode_batch(log_probs[:8])
-    pooled = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs[:8])
+    sequential = build_decoder("beam", vocab, lm_dir).decode_batch(log_probs[:8])
+    pooled = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs[:8])
     assert [h.text for h in pooled] == [h.text for h in sequential]
 
 
@@ -308,8 +309,8 @@ def test_skipping_idle_frames_changes_nothing_but_speed(lm_dir, vocab, noisy_set
     log_probs = paused + noisy[:12]
     dropped = [1 - len(IdleFrames.drop(x, vocab["[PAD]"], -5.0).kept) / len(x) for x in paused]
     assert np.mean(dropped) > 0.3
-    fast = PyCTCDecodeBeam.from_dir(lm_dir, vocab)
-    full = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(skip_idle_frames=False))
+    fast = build_decoder("beam", vocab, lm_dir)
+    full = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(skip_idle_frames=False))
     for x in log_probs:
         a, b = fast.decode(x), full.decode(x)
         assert (a.text, a.words) == (b.text, b.words)
@@ -317,6 +318,29 @@ def test_skipping_idle_frames_changes_nothing_but_speed(lm_dir, vocab, noisy_set
         nbest_a, nbest_b = fast.decode_nbest(x, n=5), full.decode_nbest(x, n=5)
         assert [(h.text, h.words) for h in nbest_a] == [(h.text, h.words) for h in nbest_b]
         assert [h.score for h in nbest_a] == pytest.approx([h.score for h in nbest_b], rel=1e-6)
-    pooled = PyCTCDecodeBeam.from_dir(lm_dir, vocab, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs)
+    pooled = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs)
     assert [(h.text, h.words) for h in pooled] == [(h.text, h.words) for h in full.decode_batch(log_probs)]
     assert error_rates(refs[:12], [h.text for h in pooled[:12]]).wer < 0.2
+
+
+def test_build_decoder_is_the_one_way_in(lm_dir, vocab, tmp_path, noisy_set):
+    """asr.decoders.build_decoder: every name in DECODERS, the options of one decoder or both, the vocabulary read
+    from a model directory when not given, and one-line refusals naming the fix."""
+    from asr.decoders import DECODERS, DecoderSettings
+
+    refs, log_probs = noisy_set
+    assert DECODERS == ("greedy", "beam", "flashlight")
+    model_dir = tmp_path / "model"  # a model directory: vocab.json beside the LM
+    shutil.copytree(lm_dir, model_dir)
+    (model_dir / "vocab.json").write_text(json.dumps(vocab))
+    for name in DECODERS:
+        given, read = build_decoder(name, vocab, lm_dir), build_decoder(name, None, model_dir)
+        assert [h.text for h in given.decode_batch(log_probs[:5])] == [h.text for h in read.decode_batch(log_probs[:5])]
+    narrow = PyCTCDecodeOptions(beam_width=4)
+    assert build_decoder("beam", vocab, lm_dir, narrow).options == narrow
+    assert build_decoder("beam", vocab, lm_dir, DecoderSettings(pyctcdecode=narrow)).options == narrow
+    assert build_decoder("flashlight", vocab, lm_dir, FlashlightOptions(beam_size=7)).options.beam_size == 7
+    with pytest.raises(ValueError, match="unknown; use one of greedy, beam, flashlight"):
+        build_decoder("viterbi", vocab, lm_dir)
+    with pytest.raises(FileNotFoundError, match="scripts/build_lm.py"):
+        build_decoder("beam", vocab, tmp_path / "nothing")

@@ -22,12 +22,11 @@ import jiwer
 import numpy as np
 import pytest
 
-from asr.beam import ATTRS_FILE, LM_SUBDIR, FlashlightOptions, PyCTCDecodeOptions
+from asr.beam import FlashlightOptions, PyCTCDecodeOptions
 from asr.corpus import load_sentences
+from asr.decoders import ATTRS_FILE, DECODER_FILE, LM_SUBDIR, DecoderSettings, load_decoder_settings
 from asr.evaluation import (
-    DECODER_FILE,
     AcousticOutput,
-    DecoderSettings,
     DecodeRun,
     acoustic_cache_key,
     check_padding,
@@ -35,7 +34,6 @@ from asr.evaluation import (
     decode_all,
     eval_filters,
     load_acoustic_cache,
-    load_decoder_settings,
     padding_bounded_batches,
     save_acoustic_cache,
 )

@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 
 from asr.audio import load_audio
-from asr.beam import LM_SUBDIR, FlashlightBeam, GreedyCTC
+from asr.beam import GreedyCTC
+from asr.decoders import LM_SUBDIR, build_decoder
 from asr.inference import load_acoustic_model, log_probs_batch, prepare_batch
 from asr.onnx_export import ExportOptions, ExportReport, ParityError, export_onnx
 from asr.onnx_model import ONNX_FILE, REPORT_FILE, load_onnx_model
@@ -174,7 +175,7 @@ def test_lm_copied_from_another_directory_replaces_the_models_own(models, lm_dir
     assert (out / "lm_info.json").read_text() == (lm_dir / "lm_info.json").read_text()
     log_probs = log_probs_batch(load_onnx_model(out), utterances[:1])[0]
     vocab = load_onnx_model(out).vocab
-    assert FlashlightBeam.from_dir(out, vocab).decode(log_probs) == FlashlightBeam.from_dir(lm_dir, vocab).decode(
+    assert build_decoder("flashlight", vocab, out).decode(log_probs) == build_decoder("flashlight", vocab, lm_dir).decode(
         log_probs)
 
 

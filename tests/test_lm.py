@@ -10,16 +10,14 @@ from pathlib import Path
 import kenlm
 import pytest
 
-from asr.beam import ALPHABET_FILE, LM_SUBDIR, load_lm_files
+from asr.decoders import ALPHABET_FILE, INFO_FILE, LM_SUBDIR, load_lm_files, load_lm_info
 from asr.corpus import load_sentences
 from asr.text import TextNormalizer, build_vocab
 from lm.build import (
-    INFO_FILE,
     LMBuildOptions,
     build_lm,
     evaluate_heldout,
     find_kenlm_tool,
-    load_lm_info,
     prepare_corpus,
     read_source_texts,
     read_text_files,

@@ -4,7 +4,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from asr.decoding import greedy_decode, greedy_ids
+from asr.beam import GreedyCTC
 from asr.metrics import error_rates
 
 
@@ -48,20 +48,20 @@ def onehot(ids, v=len(VOCAB)):
 @pytest.mark.parametrize(
     "frames, expected",
     [
-        ([3, 3, 3], [3]),  # repeats merge
-        ([3, 0, 3], [3, 3]),  # a blank separates a real repeat
-        ([0, 0, 0], []),  # all blank
-        ([0, 3, 0, 2, 2, 0, 4, 4], [3, 2, 4]),
-        ([5, 5, 0, 5], [5, 5]),
+        ([3, 3, 3], "a"),  # repeats merge
+        ([3, 0, 3], "aa"),  # a blank separates a real repeat
+        ([0, 0, 0], ""),  # all blank
+        ([0, 3, 0, 2, 2, 0, 4, 4], "a b"),
+        ([5, 5, 0, 5], "ll"),
     ],
 )
 def test_greedy_collapse(frames, expected):
-    assert greedy_ids(onehot(frames), blank_id=0) == expected
+    assert GreedyCTC(VOCAB).decode(onehot(frames)).text == expected
 
 
 def test_greedy_decode_text_and_padding():
     # "ab|ba" then padding frames that would add "a" if not cut by the length
     frames = [3, 4, 2, 2, 4, 0, 3, 3, 3]
     logits = np.stack([onehot(frames), onehot([3, 0, 5, 5, 0, 5, 3, 3, 3])])
-    texts = greedy_decode(logits, np.array([7, 6]), VOCAB, blank_id=0)
+    texts = [h.text for h in GreedyCTC(VOCAB).decode_batch(logits, [7, 6])]
     assert texts == ["ab ba", "all"]

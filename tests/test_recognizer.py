@@ -34,7 +34,8 @@ def load_script():
 @pytest.fixture(scope="module")
 def model_with_lm(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the trained model directory holding a KenLM 3-gram of its corpus's text."""
-    from lm.build import LMBuildOptions, build_lm, load_model_text_config
+    from asr.text import load_model_text_config
+    from lm.build import LMBuildOptions, build_lm
 
     out = tmp_path_factory.mktemp("model_with_lm") / "model"
     shutil.copytree(trained_model, out)

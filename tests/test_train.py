@@ -315,3 +315,21 @@ def test_curves_plot_the_learning_rate_and_mark_the_best_step(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # written atomically, no temporary left
     # a run with no evaluation yet (or none that could read its dev set) still gets its loss curve
     assert plot_curves(records[:10], tmp_path / "early.png")["best_step"] is None
+
+
+def test_eval_shards_deal_the_same_batches_on_any_number_of_processes():
+    """Dev batches do not depend on the world size (a model without an attention mask reads the padding), every
+    rank runs the same number of forward passes (ZeRO-3), and the union is each batch at least once."""
+    from asr.sampler import DurationBatchSampler
+    from asr.train import EvalShards
+
+    durations = [1.0, 2.5, 0.7, 3.1, 1.9, 2.2, 0.9]
+    batches = list(DurationBatchSampler(durations, 4.0, shuffle=False))
+    assert len(batches) == 5
+    for world in (1, 2, 3, 4, 8):
+        shards = [list(EvalShards(batches, world, rank)) for rank in range(world)]
+        assert len({len(s) for s in shards}) == 1
+        dealt = [b for s in shards for b in s]
+        assert sorted(map(tuple, set(map(tuple, dealt)))) == sorted(map(tuple, batches))  # the same batches
+        assert len(dealt) - len(batches) < world  # repeats only to even the ranks out
+    assert list(EvalShards(batches, 1, 0)) == batches

@@ -449,9 +449,9 @@ def test_bad_options_are_one_sentence_errors(messy_tree, tiny_model, tmp_path, e
 
 def test_beam_decoders_use_the_lm_directorys_tuned_settings(tiny_model, tmp_path):
     """transcribe.py decodes as eval.py does: attrs.json's alpha/beta and decoder.json's tuned values."""
-    from asr.beam import load_vocab
     from asr.corpus import load_sentences
-    from asr.evaluation import DECODER_FILE
+    from asr.decoders import DECODER_FILE
+    from asr.text import load_vocab
     from lm.build import LMBuildOptions, build_lm
 
     vocab = load_vocab(tiny_model)
