@@ -1,7 +1,8 @@
 """CTC speech recognition toolkit: data pipeline, training pieces, decoding and evaluation.
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `datasets`, `sampler`,
-`collate`, `feature_cache`, `augment` (data), `model`, `train`, `checkpoint`, `launch`, `allocator` (training),
+`collate`, `feature_cache`, `augment` (data), `model`, `train`, `trainer`, `checkpoint`, `launch`, `allocator`
+(training),
 `inference`, `decoders` (the front door of decoding: names, settings, the LM directory, `build_decoder`), `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
 yardstick row, `significance` its bootstrap intervals, `breakdown` its WER by group), `chunking`,

@@ -107,6 +107,21 @@ def has_lm(directory: str | os.PathLike) -> bool:
     return (Path(directory) / LM_SUBDIR).is_dir()
 
 
+def find_lm(model_dir: str | os.PathLike, lm_dir: str | os.PathLike | None, needed: bool) -> Path | None:
+    """The LM directory to decode with: `lm_dir` if given, else the model directory when it holds an LM.
+
+    Raises:
+        ValueError: `needed` (a beam decoder or tuning asked for) and there is none; the message names the fix.
+    """
+    lm = Path(lm_dir) if lm_dir is not None else (Path(model_dir) if has_lm(model_dir) else None)
+    if needed and (lm is None or not has_lm(lm)):
+        where = f"{lm_dir}" if lm_dir is not None else f"the model directory {model_dir}"
+        raise ValueError(f"no KenLM language model in {where} for the beam decoders; build one with "
+                         f"`python scripts/build_lm.py --model {model_dir} --text LM_TEXT.txt`, pass --lm DIR, "
+                         "or use --decoder greedy")
+    return lm
+
+
 def check_lm_fits(lm_dir: str | os.PathLike, vocab: Mapping[str, int]) -> None:
     """Refuses (ValueError, one line) an LM directory whose words the model cannot spell; reads only its word list.
 

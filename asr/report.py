@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from asr.breakdown import Breakdown, breakdowns, plot_breakdowns, utterance_groups
+from asr.decoders import BEAM_DECODERS, DESCRIPTIONS, load_lm_info
 from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck
 from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop
@@ -261,7 +262,8 @@ def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: 
     write_text_atomic(paths["utterances.csv"], _csv(rows))
     write_text_atomic(paths["dropped.jsonl"], "".join(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in drops))
     title = f"{report.data} ({report.utterances} utterances)"
-    plot_comparison(report.results, paths["comparison.png"], title=title)
+    plot_comparison(report.results, paths["comparison.png"], title=f"{run_name(report.model)}: {title}",
+                    labels=comparison_labels(report))
     if report.breakdowns:
         paths["breakdown.png"] = plot_breakdowns(report.breakdowns, out / "breakdown.png", title=title)
     else:  # an earlier run's plot would describe other results
@@ -269,16 +271,42 @@ def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: 
     return paths
 
 
-def plot_comparison(results: Sequence[DecoderResult], path: str | os.PathLike, title: str = "") -> Path:
-    """Grouped bar chart of WER and CER per decoder (matplotlib, Agg backend)."""
+def run_name(model: str) -> str:
+    """How plots name a model: its run folder for `RUN/model` (scripts/train.py's layout), else its own name."""
+    path = Path(model)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+def comparison_labels(report: EvalReport) -> list[str]:
+    """One x-axis label per row: the decoder, what it is (with the LM's order when known), and its real-time factor."""
+    order = None
+    if report.lm:
+        try:
+            order = load_lm_info(report.lm).get("order")
+        except (FileNotFoundError, ValueError):  # an LM directory made by other tools: no lm_info.json
+            order = None
+    labels = []
+    for r in report.results:
+        what = "reference recogniser" if r.reference else DESCRIPTIONS.get(r.decoder, "")
+        if order and r.decoder in BEAM_DECODERS:
+            what = what.replace("KenLM", f"KenLM {order}-gram")
+        what = what.replace(" + ", "\n+ ").replace(" search", "\nsearch") if what else ""
+        labels.append("\n".join(part for part in (r.label, what, f"RTF {r.rtf_total:.3f}") if part))
+    return labels
+
+
+def plot_comparison(results: Sequence[DecoderResult], path: str | os.PathLike, title: str = "",
+                    labels: Sequence[str] | None = None) -> Path:
+    """Grouped bar chart of WER and CER per decoder (matplotlib, Agg backend); `labels` name the bars (default:
+    the decoders)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.label.replace(" (", "\n(") for r in results]
+    names = list(labels) if labels is not None else [r.label.replace(" (", "\n(") for r in results]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 1.5), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.0 * len(names) + 1.5), 4.2))
     for offset, metric, label in ((-0.18, "wer", "WER"), (0.18, "cer", "CER")):
         values = [getattr(r, metric) for r in results]
         bars = ax.bar(x + offset, values, width=0.36, label=label)

@@ -644,3 +644,24 @@ def _check_unique_ids(utterances: list[Utterance], where: str) -> None:
         if u.id in seen:
             raise ValueError(f"duplicate utterance id {u.id!r} in {where}; ids must be unique within a split")
         seen.add(u.id)
+
+
+def read_source_texts(cfg: SourceConfig) -> list[str]:
+    """Transcripts of a corpus source (`asr.sources.SourceConfig`): a manifest, a layout, or a dataset.
+
+    A `datasets` dataset (kind `hf`) is read through its text column only, so text-only datasets
+    work and no audio is decoded.
+    """
+    kind = detect_kind(cfg.path) if cfg.kind == "auto" else cfg.kind
+    if kind != "hf":
+        return [u.text for u in load_source(cfg)]
+    ds = open_hf_dataset(cfg)
+    columns = list(ds.column_names or ds.features.keys())
+    column = cfg.text_column or next((c for c in TEXT_KEYS if c in columns), None)
+    if column not in columns:
+        raise ValueError(f"Dataset {cfg.path!r} has no text column {column!r} (columns: {', '.join(columns)}); "
+                         "set the source's text_column to the one holding the sentences.")
+    ds = ds.select_columns([column])
+    texts = [str(row[column] or "") for row in ds]
+    logger.info("read %d texts from column %r of %s", len(texts), column, cfg.path)
+    return texts

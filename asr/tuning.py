@@ -13,6 +13,7 @@ file layout is described in `asr.evaluation`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from asr.beam import LN10, oracle_texts
 from asr.decoders import ATTRS_FILE, BEAM_DECODERS, LM_SUBDIR, DecoderSettings, build_decoder, save_decoder_settings
+from asr.files import write_text_atomic
 from asr.metrics import error_rates
 
 logger = logging.getLogger(__name__)
@@ -306,6 +308,16 @@ def save_tuned(lm_dir: str | os.PathLike, result: TuneResult, extra: Mapping[str
     path = save_decoder_settings(lm_dir, updates, tuned)
     logger.info("tuned settings written to %s and %s", path, Path(lm_dir) / LM_SUBDIR / ATTRS_FILE)
     return path
+
+
+def write_tuning(result: TuneResult, out_dir: str | os.PathLike) -> None:
+    """tuning.md, tuning.json, tuning_pareto.png (WER against speed) and tuning_grid.png (WER heatmaps) in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "tuning.md", result.to_markdown())
+    write_text_atomic(out_dir / "tuning.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    plot_pareto(result, out_dir / "tuning_pareto.png")
+    plot_grid(result, out_dir / "tuning_grid.png")
 
 
 def _single_process(settings: DecoderSettings) -> DecoderSettings:

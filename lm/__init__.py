@@ -14,7 +14,6 @@ from lm.build import (
     evaluate_heldout,
     find_kenlm_tool,
     prepare_corpus,
-    read_source_texts,
     read_text_files,
     split_heldout,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "evaluate_heldout",
     "find_kenlm_tool",
     "prepare_corpus",
-    "read_source_texts",
     "read_text_files",
     "split_heldout",
 ]

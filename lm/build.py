@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from asr.beam import (
     PyCTCDecodeOptions,
@@ -52,8 +52,6 @@ from asr.decoders import ALPHABET_FILE, ATTRS_FILE, INFO_FILE, LM_SUBDIR, UNIGRA
 from asr.files import replace_dir
 from asr.text import PROCESSOR_FILE, TextNormalizer, declare_processor_class
 
-if TYPE_CHECKING:  # asr.sources pulls in the audio stack; only read_source_texts needs it, at call time
-    from asr.sources import SourceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -298,29 +296,6 @@ def _other_lines(path: Path, encoding: str) -> Iterator[str]:
     except UnicodeError as e:  # UnicodeDecodeError, or UTF-16's missing byte-order mark
         raise ValueError(f"{path}: after line {number}, the text is not valid {encoding} ({getattr(e, 'reason', e)}); "
                          "convert the file or pass the right --encoding") from e
-
-
-def read_source_texts(cfg: SourceConfig) -> list[str]:
-    """Transcripts of a corpus source (`asr.sources.SourceConfig`): a manifest, a layout, or a dataset.
-
-    A `datasets` dataset (kind `hf`) is read through its text column only, so text-only datasets
-    work and no audio is decoded.
-    """
-    from asr.sources import TEXT_KEYS, detect_kind, load_source, open_hf_dataset
-
-    kind = detect_kind(cfg.path) if cfg.kind == "auto" else cfg.kind
-    if kind != "hf":
-        return [u.text for u in load_source(cfg)]
-    ds = open_hf_dataset(cfg)
-    columns = list(ds.column_names or ds.features.keys())
-    column = cfg.text_column or next((c for c in TEXT_KEYS if c in columns), None)
-    if column not in columns:
-        raise ValueError(f"Dataset {cfg.path!r} has no text column {column!r} (columns: {', '.join(columns)}); "
-                         "set the source's text_column to the one holding the sentences.")
-    ds = ds.select_columns([column])
-    texts = [str(row[column] or "") for row in ds]
-    logger.info("read %d texts from column %r of %s", len(texts), column, cfg.path)
-    return texts
 
 
 def emittable_chars(vocab: Mapping[str, int]) -> frozenset[str]:

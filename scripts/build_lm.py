@@ -43,13 +43,12 @@ from pathlib import Path
 from asr.beam import PyCTCDecodeOptions
 from asr.constants import EXIT_OK, EXIT_USAGE
 from asr.model_card import write_model_card
-from asr.sources import SourceConfig
+from asr.sources import SourceConfig, read_source_texts
 from asr.text import TextNormalizer, load_model_text_config
 from lm.build import (
     KenLMNotFoundError,
     LMBuildOptions,
     build_lm,
-    read_source_texts,
     read_text_files,
 )
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -49,7 +48,7 @@ from pathlib import Path
 from asr import launch
 from asr.breakdown import utterance_groups
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.decoders import BEAM_DECODERS, DECODERS, DecoderSettings, check_lm_fits, has_lm, load_decoder_settings
+from asr.decoders import BEAM_DECODERS, DECODERS, DecoderSettings, check_lm_fits, find_lm, load_decoder_settings
 from asr.evaluation import (
     DEFAULT_CACHE_DIR,
     DEFAULT_MAX_BATCH_SECONDS,
@@ -69,7 +68,7 @@ from asr.report import build_report, utterance_rows, write_results
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
 from asr.sources import SourceConfig, Utterance, load_source
 from asr.text import TextNormalizer, load_vocab
-from asr.tuning import DEFAULT_NBEST, TuneGrid, plot_grid, plot_pareto, save_tuned, tune
+from asr.tuning import DEFAULT_NBEST, TuneGrid, save_tuned, tune, write_tuning
 
 logger = logging.getLogger("eval")
 
@@ -157,14 +156,7 @@ def resolve_lm(args: argparse.Namespace) -> Path | None:
     Raises:
         ValueError: one is needed and missing.
     """
-    lm = args.lm if args.lm is not None else (args.model if has_lm(args.model) else None)
-    needs_lm = any(d in BEAM_DECODERS for d in args.decoder) or args.tune
-    if needs_lm and (lm is None or not has_lm(lm)):
-        where = f"{args.lm}" if args.lm is not None else f"the model directory {args.model}"
-        raise ValueError(f"no KenLM language model in {where} for the beam decoders; build one with "
-                         f"`python scripts/build_lm.py --model {args.model} --text LM_TEXT.txt`, pass --lm DIR, "
-                         "or use --decoder greedy")
-    return lm
+    return find_lm(args.model, args.lm, needed=any(d in BEAM_DECODERS for d in args.decoder) or args.tune)
 
 
 def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettings:
@@ -202,11 +194,7 @@ def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, dat
                   settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data,
                   progress=True)
     save_tuned(lm, result, extra={"model": str(args.model)})
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "tuning.md").write_text(result.to_markdown(), encoding="utf-8")
-    (args.output / "tuning.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
-    plot_pareto(result, args.output / "tuning_pareto.png")
-    plot_grid(result, args.output / "tuning_grid.png")
+    write_tuning(result, args.output)
     print(result.to_markdown())
 
 

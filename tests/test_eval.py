@@ -39,7 +39,7 @@ from asr.evaluation import (
 )
 from asr.filters import Drop
 from asr.metrics import error_rates
-from asr.report import build_report, score_run, utterance_rows, write_results
+from asr.report import build_report, comparison_labels, run_name, score_run, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer, build_vocab, encode
 from asr.tuning import TuneGrid, TunePoint, TuneResult, fork_map, plot_grid, plot_pareto, save_tuned, tune
@@ -212,6 +212,21 @@ def test_table_and_per_utterance_files(acoustic, runs, tmp_path):
     assert header[:3] == ["id", "duration", "reference"] and {"greedy", "beam", "flashlight"} <= set(header)
     assert json.loads(paths["dropped.jsonl"].read_text())["reason"] == "unreadable_audio"
     assert paths["comparison.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_plot_names_each_decoder_its_lm_and_speed(acoustic, runs, lm_dir):
+    """comparison.png's bars say what each decoder is (the LM's order from lm_info.json) and its real-time factor;
+    the title names the run (RUN/model -> RUN)."""
+    report = build_report(acoustic, runs, model="runs/demo/model", data="handmade", lm=str(lm_dir))
+    labels = comparison_labels(report)
+    assert [label.splitlines()[0] for label in labels] == ["greedy", "beam", "flashlight"]
+    assert "greedy CTC" in labels[0] and "KenLM" not in labels[0]
+    assert "pyctcdecode" in labels[1] and "KenLM 3-gram" in labels[1]
+    assert "flashlight-text" in labels[2] and "KenLM 3-gram" in labels[2]
+    for label, row in zip(labels, report.results):
+        assert label.splitlines()[-1] == f"RTF {row.rtf_total:.3f}"
+    assert "KenLM\n" in comparison_labels(build_report(acoustic, runs, model="m", data="d", lm="no-such-dir"))[1]
+    assert run_name("runs/demo/model") == "demo" and run_name("assets/base_model") == "base_model"
 
 
 # ------------------------------------------------------------------------------------------ tuning

@@ -10,8 +10,9 @@ from pathlib import Path
 import kenlm
 import pytest
 
-from asr.decoders import ALPHABET_FILE, INFO_FILE, LM_SUBDIR, load_lm_files, load_lm_info
 from asr.corpus import load_sentences
+from asr.decoders import ALPHABET_FILE, INFO_FILE, LM_SUBDIR, load_lm_files, load_lm_info
+from asr.sources import read_source_texts
 from asr.text import TextNormalizer, build_vocab
 from lm.build import (
     LMBuildOptions,
@@ -19,7 +20,6 @@ from lm.build import (
     evaluate_heldout,
     find_kenlm_tool,
     prepare_corpus,
-    read_source_texts,
     read_text_files,
     split_heldout,
 )
