@@ -1,9 +1,9 @@
 """CTC segmentation (asr.align, scripts/align.py) on real synthesised speech joined into one recording.
 
-The recording is 6 held-out utterances read by voices assets/base_model knows (conftest.base_heldout_corpus),
+The recording is 4 held-out utterances read by voices assets/base_model knows (conftest.base_heldout_corpus),
 back to back, so every boundary is known exactly; the shipped base model gives the log-probs (the tiny
 trained fixture is retrained whenever asr/ changes and knows one voice only). Its output is computed once
-per module (about 15 s of audio in 8 s chunks, so chunk stitching is part of what is tested).
+per module (about 10 s of audio in 6 s chunks, so chunk stitching is part of what is tested).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import align as align_script  # noqa: E402  (scripts/align.py)
 
 BASE_MODEL = ROOT / "assets" / "base_model"
-COUNT = 6  # utterances joined: ~15 s, several chunks of OPTIONS.chunk_seconds
-OPTIONS = AlignOptions(chunk_seconds=8.0, overlap_seconds=2.0)
+COUNT = 4  # utterances joined: ~10 s, several chunks of OPTIONS.chunk_seconds
+OPTIONS = AlignOptions(chunk_seconds=6.0, overlap_seconds=2.0)
 # A found boundary lies in the pause between two files, not at its middle exactly: the base model measured
 # within 0.15 s on 80 boundaries of 40 Piper utterances (scripts/bench_align.py); TTS pauses are 0.1-0.4 s on
 # each side, so 0.25 s still fails any boundary put inside the neighbouring utterance's speech.
@@ -155,10 +155,10 @@ def test_script_writes_kept_and_low_score_manifests(joined, tmp_path):
     text.write_text("\n".join(lines[:2] + [WRONG_LINE] + lines[3:]) + "\n")
     out = tmp_path / "out"
     assert align_script.main([str(path), "--text", str(text), "--model", str(BASE_MODEL), "--out", str(out),
-                              "--cut", "--chunk-seconds", "8", "--overlap-seconds", "2"]) == 0
+                              "--cut", "--chunk-seconds", "6", "--overlap-seconds", "2"]) == 0
     kept = [json.loads(line) for line in (out / "segments.jsonl").read_text().splitlines()]
     low = [json.loads(line) for line in (out / "low_score.jsonl").read_text().splitlines()]
-    assert [r["index"] for r in kept] == [0, 1, 3, 4, 5] and [r["index"] for r in low] == [2]
+    assert [r["index"] for r in kept] == [0, 1, *range(3, COUNT)] and [r["index"] for r in low] == [2]
     utterances = load_source(SourceConfig(path=str(out / "segments.jsonl")))
     assert [u.id for u in utterances] == [r["id"] for r in kept]
     for u, r in zip(utterances, kept):
