@@ -6,7 +6,8 @@ Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, 
 `inference`, `decoders` (the front door of decoding: names, settings, the LM directory, `build_decoder`), `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
 yardstick row, `significance` its bootstrap intervals, `breakdown` its WER by group), `chunking`,
-`transcribe`, `outputs` (batch transcription), `recognizer` (one-call transcription from Python),
+`transcribe`, `outputs` (batch transcription), `align` (CTC segmentation of long recordings with their text),
+`recognizer` (one-call transcription from Python),
 `corpus` and `layouts` (the synthetic speech corpus and its export layouts), `files`, and
 `onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
 re-exported here; the rest are imported from their modules.
@@ -18,6 +19,7 @@ from typing import Any
 # Public name -> defining module. Imported on first use, so that light modules (asr.allocator,
 # asr.constants) can be imported before torch, e.g. at the very top of a script.
 _EXPORTS = {
+    "AlignOptions": "align", "align_recording": "align",
     "AUDIO_EXTENSIONS": "audio", "AudioError": "audio", "audio_duration": "audio", "load_audio": "audio",
     "AugmentConfig": "augment", "Augmenter": "augment",
     "CTCCollator": "collate",
