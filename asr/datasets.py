@@ -26,6 +26,7 @@ from asr.augment import Augmenter
 from asr.config import to_dict
 from asr.constants import SAMPLE_RATE
 from asr.filters import Drop, FilterConfig, FramesFn, check_and_decode
+from asr.packing import pack_by_length
 from asr.sources import SourceConfig, detect_kind, iter_hf, open_hf_dataset
 from asr.text import TextNormalizer
 
@@ -261,18 +262,8 @@ class StreamingBatches:
                 raise ValueError("this rank's share of the stream has no usable item; use fewer processes or more data")
 
     def _pack(self, items: list[dict[str, Any]], stream_pass: int, chunk: int) -> list[list[dict[str, Any]]]:
-        """Sorted-by-length greedy packing of one buffer, batches in seeded random order."""
-        items = sorted(items, key=lambda it: len(it["input_values"]))
-        batches: list[list[dict[str, Any]]] = []
-        current: list[dict[str, Any]] = []
-        for item in items:
-            n = len(item["input_values"])
-            full = self.max_batch_size is not None and len(current) >= self.max_batch_size
-            if current and (full or (len(current) + 1) * n > self.max_samples):
-                batches.append(current)
-                current = []
-            current.append(item)
-        if current:
-            batches.append(current)
+        """Sorted-by-length greedy packing of one buffer (`asr.packing`), batches in seeded random order."""
+        lengths = [len(item["input_values"]) for item in items]
+        batches = [[items[i] for i in batch] for batch in pack_by_length(lengths, self.max_samples, self.max_batch_size)]
         order = np.random.default_rng([self.seed, stream_pass, chunk]).permutation(len(batches))
         return [batches[i] for i in order]

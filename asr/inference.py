@@ -26,6 +26,7 @@ from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.model import WEIGHT_SUFFIXES, output_frames, seconds_per_frame, takes_filterbank
 from asr.onnx_model import load_onnx_model
+from asr.packing import pack_by_length
 from asr.text import TextNormalizer, load_processor
 
 logger = logging.getLogger(__name__)
@@ -133,18 +134,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 
 def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
     """Indices grouped into batches by ascending length, each at most `max_batch_samples` padded samples."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # sorted ascending: the newest item is the longest, so it sets the padded size
-        if current and (len(current) + 1) * lengths[i] > max_batch_samples:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    return pack_by_length(lengths, max_batch_samples)
 
 
 def load_acoustic_model(path: str | Path, backend: str = "torch", device: str | torch.device = "cpu") -> AcousticModel:

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from asr.packing import pack_ascending, padding_fraction
+
 logger = logging.getLogger(__name__)
 
 # Items sorted together before packing. A batch spans about batch_size / window of its
@@ -70,26 +72,6 @@ class BatchStats:
     mean_batch_size: float
     mean_batch_seconds: float
     padding_fraction: float
-
-
-def padding_fraction(batches: Sequence[Sequence[int]], durations: Sequence[float]) -> float:
-    """Share of padded audio that is padding: ``1 - speech seconds / padded seconds``.
-
-    Args:
-        batches: batches of indices into ``durations``.
-        durations: seconds per utterance.
-
-    Returns:
-        Padded frames divided by total (padded) frames; 0.0 for no batches.
-    """
-    dur = np.asarray(durations, dtype=np.float64)
-    padded = speech = 0.0
-    for batch in batches:
-        lengths = dur[np.asarray(batch, dtype=np.int64)]
-        if lengths.size:
-            padded += lengths.size * float(lengths.max())
-            speech += float(lengths.sum())
-    return (padded - speech) / padded if padded > 0 else 0.0
 
 
 class DurationBatchSampler(Sampler[list[int]]):
@@ -378,7 +360,8 @@ class DurationBatchSampler(Sampler[list[int]]):
             chunk = order[begin : begin + window]
             # stable sort: equal durations keep their (random or index) order -> reproducible
             chunk = chunk[np.argsort(self._durations[chunk], kind="stable")]
-            batches.extend(self._pack_ascending(chunk.tolist()))
+            batches.extend(pack_ascending(chunk.tolist(), self._duration_list, self.max_batch_seconds,
+                                          self.max_batch_size))
         batches = self._split_to_multiple(batches)
         if rng is not None and self.num_replicas > 1:
             # Neighbours in cost order form one step, so ranks finish a step at about the same
@@ -389,24 +372,6 @@ class DurationBatchSampler(Sampler[list[int]]):
         elif rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches)).tolist()]
         self._cache = (epoch, batches)
-        return batches
-
-    def _pack_ascending(self, indices: list[int]) -> list[list[int]]:
-        """Cut indices sorted by ascending duration into greedy batches within the budget."""
-        durations = self._duration_list
-        cap = self.max_batch_size or len(durations)
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for index in indices:
-            seconds = durations[index]
-            # ascending order makes this item the batch's longest, so this is its padded cost
-            full = len(current) == cap or (len(current) + 1) * seconds > self.max_batch_seconds
-            if current and full:
-                batches.append(current)
-                current = []
-            current.append(index)
-        if current:
-            batches.append(current)
         return batches
 
     def _split_to_multiple(self, batches: list[list[int]]) -> list[list[int]]:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,17 +233,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
-
-
-def padded_fraction(batches: Iterable[Sequence[float]]) -> float:
-    """Share of padding when each batch is padded to its longest item, over all batches together:
-    1 - sum of lengths / sum of (batch size x longest). Lengths in any unit (samples, seconds); 0.0 for none."""
-    padded = used = 0.0
-    for lengths in batches:
-        if len(lengths):
-            padded += len(lengths) * float(max(lengths))
-            used += float(sum(lengths))
-    return 1.0 - used / padded if padded else 0.0
 
 
 def ratio(value: float, reference: float) -> float:

@@ -87,11 +87,11 @@ from bench.common import (
     ARCHITECTURES,
     machine_info,
     markdown_table,
-    padded_fraction,
     ratio,
     write_report,
 )
 from asr.constants import PAD, SAMPLE_RATE
+from asr.packing import padding_fraction
 from asr.sampler import DurationBatchSampler
 from asr.train import TrainConfig
 
@@ -310,7 +310,7 @@ def epoch_padding(durations: Sequence[float], cfg: TrainConfig, processes: int, 
     order = list(LengthGroupedSampler(batch_size, lengths=lengths,
                                       generator=torch.Generator().manual_seed(cfg.train.seed)))
     theirs = [[lengths[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
-    return padded_fraction(ours), padded_fraction(theirs)
+    return padding_fraction(ours), padding_fraction(theirs)
 
 # ---------------------------------------------------------------------------------------------- data
 def subset_manifest(src: Path, dst: Path, limit: int) -> Path:
@@ -504,7 +504,7 @@ def run_ours(config: Path, overrides: list[str], cfg: TrainConfig, durations: Se
         steps=steps,
         audio_seconds=sum(step_audio[s] for s in timed),
         wall_seconds=sum(step_audio[s] / rates[s + 1] for s in timed),
-        padded_timed=padded_fraction([[lengths[i] for i in batch] for s in timed for batch in plan[s]]),
+        padded_timed=padding_fraction([[lengths[i] for i in batch] for s in timed for batch in plan[s]]),
         padded_epoch=epoch_padded,
         extra={"child_seconds": child_seconds, "losses": [r["loss"] for r in records if r.get("kind") == "train"],
                "one_off": ("feature cache fill", fills[0]["seconds"]) if fills else None},
@@ -537,7 +537,7 @@ def run_baseline(config: Path, overrides: list[str], processor_dir: Path, table:
         steps=steps,
         audio_seconds=sum(sum(b) for b in batches) / SAMPLE_RATE,
         wall_seconds=ends[total - 1] - ends[untimed - 1],
-        padded_timed=padded_fraction(batches),
+        padded_timed=padding_fraction(batches),
         padded_epoch=epoch_padded,
         extra={"child_seconds": child_seconds, "training_loss": ranks[0]["training_loss"],
                "torch_threads": ranks[0]["torch_threads"], "allocator": ranks[0]["allocator"],

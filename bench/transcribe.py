@@ -50,6 +50,7 @@ from pathlib import Path
 from bench.common import machine_info, markdown_table, ratio, write_report
 from asr.constants import UNK
 from asr.outputs import OutputDir, ResultSink
+from asr.packing import padding_fraction
 from asr.transcribe import (
     AudioItem,
     Failure,
@@ -113,12 +114,6 @@ def tiny_random_model(out: Path, seed: int = 0) -> Path:
 def clean_pipeline_text(text: str) -> str:
     """The pipeline's transcript as ours writes it: no [UNK] marks, single spaces."""
     return " ".join(text.replace(UNK, "").split())
-
-
-def padding_fraction(batches: Sequence[Sequence[float]]) -> float:
-    """Share of padding when each batch is padded to its longest item (durations in any unit)."""
-    padded = sum(len(b) * max(b) for b in batches if b)
-    return 1.0 - sum(sum(b) for b in batches) / padded if padded else 0.0
 
 
 def run_ours(model_dir: Path, items: Sequence[AudioItem], options: TranscribeOptions, repeats: int,
