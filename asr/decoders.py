@@ -236,10 +236,13 @@ def build_decoder(name: str, vocab: Mapping[str, int] | None, lm_dir: str | os.P
         vocab = load_vocab(lm_dir)
     if name == "greedy":
         return GreedyCTC(vocab)
-    if lm_dir is None or not has_lm(lm_dir):
+    try:  # what has_lm checks, reading the word list once
+        files = load_lm_files(lm_dir) if lm_dir is not None and (Path(lm_dir) / LM_SUBDIR).is_dir() else None
+    except FileNotFoundError:
+        files = None
+    if files is None:
         raise FileNotFoundError(f"The {name} decoder needs a KenLM directory but {str(lm_dir)!r} has none; build one "
                                 "with `python scripts/build_lm.py --model MODEL_DIR --text LM_TEXT` or pass --lm DIR.")
-    files = load_lm_files(lm_dir)
     if name == "beam":
         return PyCTCDecodeBeam(vocab, files.kenlm_path, files.unigrams, settings.pyctcdecode)
     return FlashlightBeam(vocab, files.kenlm_path, files.unigrams, settings.flashlight)
