@@ -38,7 +38,8 @@ import soundfile as sf
 from ctc_segmentation import (CtcSegmentationParameters, ctc_segmentation, determine_utterance_segments,
                               prepare_token_list)
 
-from asr.chunking import ChunkSpec, chunked_log_probs, stream_audio
+from asr.audio import stream_audio
+from asr.chunking import ChunkSpec, chunked_log_probs
 from asr.constants import SAMPLE_RATE, UNK, WORD_DELIMITER
 from asr.inference import AcousticModel, log_probs_batch
 from asr.text import TextNormalizer, encode

@@ -1,8 +1,10 @@
-"""Audio decoding: any file or in-memory encoded file -> float32 mono numpy at 16 kHz.
+"""The one audio reader: any file or in-memory encoded file -> float32 mono numpy at 16 kHz.
 
 libsndfile (through `soundfile`) decodes wav, flac, ogg/vorbis, opus and mp3 in-process; anything
 it cannot open (m4a, aac, webm, ...) goes through an `ffmpeg` subprocess when ffmpeg is on PATH.
-Resampling uses soxr at high quality so that every format yields the same samples.
+Resampling uses soxr at high quality so that every format yields the same samples. `load_audio`
+decodes a whole file; `stream_audio` reads a long one block by block in bounded memory (the same
+samples); `truncation` tells whether a file that decoded is shorter than its header says.
 
 Every failure is an `AudioError` (a `ValueError`) whose `reason` says what was wrong, so that a
 data pipeline can drop a broken file and count why instead of crashing:
@@ -19,10 +21,14 @@ import io
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, get_args
+from typing import BinaryIO, Literal, get_args
 
 import numpy as np
 import soundfile as sf
@@ -41,6 +47,12 @@ AudioSource = str | os.PathLike | bytes
 
 NORMALIZE_EPSILON = 1e-7  # the variance floor of Wav2Vec2FeatureExtractor's do_normalize
 FFMPEG_TIMEOUT_S = 600  # a decode that takes longer than this is a hung ffmpeg, not a long file
+BLOCK_SECONDS = 10.0  # audio read per decoder call; small enough to bound memory, big enough to be fast
+# Formats whose header states the exact sample count, so that fewer decoded samples mean a cut-off file.
+EXACT_LENGTH_FORMATS = frozenset({"FLAC"})
+WAV_FORMATS = frozenset({"WAV", "WAVEX"})
+UNKNOWN_WAV_SIZES = frozenset({0, 0xFFFFFFFF})  # data sizes streaming writers leave when they never seek back
+TRUNCATION_TOLERANCE = 0.01  # decoded length may fall this fraction short of a FLAC header's (codec rounding)
 
 
 class AudioError(ValueError):
@@ -131,6 +143,77 @@ def audio_duration(source: AudioSource) -> float:
     return float(duration)
 
 
+def stream_audio(source: AudioSource, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Decode a file incrementally into mono float32 blocks at 16 kHz.
+
+    The concatenated blocks equal `load_audio(source)` for files libsndfile reads (same channel
+    average, same soxr resampler run as a stream), but at most one block is in memory.
+
+    Args:
+        source: An audio file (or its encoded bytes); libsndfile formats are read in-process, others
+            through ffmpeg.
+        block_seconds: Seconds of source audio per yielded block (the last one may be shorter).
+
+    Yields:
+        np.float32 arrays of shape [num_samples] (possibly empty while the resampler fills up).
+
+    Raises:
+        AudioError: Missing, empty, undecodable, truncated (fewer samples than a WAV/FLAC header
+            declares), NaN/Inf samples, or no samples at all.
+    """
+    data, name = _check_source(source)
+    try:
+        handle = sf.SoundFile(_as_file(data))
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as sf_error:
+        blocks = _ffmpeg_blocks(data, name, SAMPLE_RATE, block_seconds, sf_error)
+    else:
+        blocks = _soundfile_blocks(handle, data, name, block_seconds)
+    total = 0
+    for block in blocks:
+        if not np.isfinite(block).all():
+            raise AudioError(f"Audio file {name} contains NaN or infinite samples; re-export it or remove it.",
+                             reason="non_finite", source=name)
+        total += len(block)
+        yield block
+    if total == 0:
+        raise AudioError(f"Audio file {name} contains no samples; remove it or re-export it.", reason="no_samples",
+                         source=name)
+
+
+def truncation(source: AudioSource, num_samples: int) -> str | None:
+    """Why a file that decoded is shorter than its header says, or None.
+
+    libsndfile decodes the readable part of a cut-off wav or flac without an error, which would
+    pair a transcript with part of its audio. A WAV is cut off when its data chunk declares more
+    bytes than the file holds; a FLAC when fewer samples decoded than its STREAMINFO states (less
+    TRUNCATION_TOLERANCE). Other codecs' headers give estimates, not exact lengths: None.
+
+    Args:
+        source: A path, or the bytes of an encoded audio file.
+        num_samples: Samples `load_audio(source)` decoded (at 16 kHz).
+
+    Returns:
+        A one-line reason starting with "truncated:", or None.
+    """
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
+    with _open_binary(data) as f:
+        wav = _wav_data_chunk(f)
+        f.seek(0)
+        flac = f.read(4) == b"fLaC"
+    if wav is not None:
+        size, available, _ = wav
+        if size not in UNKNOWN_WAV_SIZES and size > available:
+            return f"truncated: the data chunk declares {size} bytes but the file holds {available}"
+        return None
+    if not flac:
+        return None
+    info = sf.info(_as_file(data))
+    expected = info.frames * SAMPLE_RATE / info.samplerate if info.samplerate else 0
+    if expected and num_samples < expected * (1 - TRUNCATION_TOLERANCE):
+        return f"truncated: decoded {num_samples} samples but the header says {round(expected)}"
+    return None
+
+
 def normalize_audio(x: np.ndarray) -> np.ndarray:
     """Zero-mean, unit-variance samples, exactly as Wav2Vec2FeatureExtractor(do_normalize=True).
 
@@ -190,45 +273,161 @@ def _one_line(error: BaseException | str) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _run_on_path(data: bytes | Path, command: list[str]) -> subprocess.CompletedProcess:
-    """Run an ffmpeg-family command whose input placeholder "{input}" is a real file.
+@contextmanager
+def _input_path(data: bytes | Path) -> Iterator[Path]:
+    """A real file holding the input, for ffmpeg and ffprobe.
 
     In-memory data goes to a temporary file rather than a pipe: containers such as mp4/m4a keep
     their index at the end and cannot be demuxed from a non-seekable stream.
     """
     if isinstance(data, Path):
-        return _run([arg.replace("{input}", str(data)) for arg in command])
+        yield data
+        return
     with tempfile.TemporaryDirectory(prefix="asr_audio_") as tmp:
         path = Path(tmp) / "input"
         path.write_bytes(data)
-        return _run([arg.replace("{input}", str(path)) for arg in command])
+        yield path
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess:
-    """Run a command, capturing stdout (bytes) and stderr."""
-    return subprocess.run(command, capture_output=True, check=False, timeout=FFMPEG_TIMEOUT_S)
+def _run_on_path(data: bytes | Path, command: list[str]) -> subprocess.CompletedProcess:
+    """Run an ffmpeg-family command whose input placeholder "{input}" is a real file; stdout (bytes) and stderr captured."""
+    with _input_path(data) as path:
+        command = [arg.replace("{input}", str(path)) for arg in command]
+        return subprocess.run(command, capture_output=True, check=False, timeout=FFMPEG_TIMEOUT_S)
 
 
 def _ffmpeg_decode(data: bytes | Path, sample_rate: int, name: str, sf_error: BaseException) -> np.ndarray:
-    """Decode with an ffmpeg subprocess to mono float32 at `sample_rate`; shape [num_samples]."""
+    """Decode a whole file with ffmpeg to mono float32 at `sample_rate`; shape [num_samples]."""
+    blocks = list(_ffmpeg_blocks(data, name, sample_rate, BLOCK_SECONDS, sf_error, timeout=FFMPEG_TIMEOUT_S))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def _ffmpeg_blocks(data: bytes | Path, name: str, sample_rate: int, block_seconds: float, sf_error: BaseException,
+                   timeout: float | None = None) -> Iterator[np.ndarray]:
+    """Blocks [n] of mono float32 at `sample_rate` from an ffmpeg pipe, for formats libsndfile cannot open.
+
+    A decode still running after `timeout` seconds (None: no limit) is killed and reported as unreadable.
+    """
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; install ffmpeg for more formats")
     logger.debug("libsndfile cannot read %s (%s); decoding with ffmpeg.", name, _one_line(sf_error))
-    # ffmpeg downmixes and resamples itself so the pipe carries a known layout. Its default
-    # stereo -> mono weights are 0.707 each; rematrix_maxval=1 scales them to sum to 1, which is
-    # the plain average for stereo (surround gets ffmpeg's weighted downmix). -vn skips cover art.
-    command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", "{input}", "-vn",
-               "-af", "aresample=rematrix_maxval=1", "-ac", "1", "-ar", str(sample_rate),
-               "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
-    try:
-        result = _run_on_path(data, command)
-    except subprocess.TimeoutExpired as e:
-        raise _unreadable(name, f"ffmpeg did not finish within {FFMPEG_TIMEOUT_S} s") from e
-    if result.returncode != 0:
-        detail = _one_line(result.stderr.decode(errors="replace") or f"exit code {result.returncode}")
-        raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; ffmpeg: {detail}")
-    return np.frombuffer(result.stdout[: len(result.stdout) // 4 * 4], dtype="<f4").astype(np.float32)
+    block_bytes = 4 * max(1, int(block_seconds * sample_rate))
+    # stderr goes to a file: a pipe nobody reads could fill up and stall ffmpeg.
+    with _input_path(data) as path, tempfile.TemporaryFile() as stderr:
+        # ffmpeg downmixes and resamples itself so the pipe carries a known layout. Its default
+        # stereo -> mono weights are 0.707 each; rematrix_maxval=1 scales them to sum to 1, which is
+        # the plain average for stereo (surround gets ffmpeg's weighted downmix). -vn skips cover art.
+        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn",
+                   "-af", "aresample=rematrix_maxval=1", "-ac", "1", "-ar", str(sample_rate),
+                   "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            pending = b""
+            while True:
+                chunk = process.stdout.read(block_bytes)
+                if not chunk:
+                    break
+                chunk, usable = pending + chunk, (len(pending) + len(chunk)) // 4 * 4
+                chunk, pending = chunk[:usable], chunk[usable:]
+                yield np.frombuffer(chunk, dtype="<f4").astype(np.float32)
+            returncode = process.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if process.poll() is None:  # the consumer stopped early: do not leave ffmpeg running
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        if timed_out.is_set():
+            raise _unreadable(name, f"ffmpeg did not finish within {timeout:g} s")
+        if returncode != 0:
+            stderr.seek(0)
+            detail = _one_line(stderr.read().decode(errors="replace") or f"exit code {returncode}")
+            raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; ffmpeg: {detail}")
+
+
+def _soundfile_blocks(handle: sf.SoundFile, data: bytes | Path, name: str,
+                      block_seconds: float) -> Iterator[np.ndarray]:
+    """Blocks from an open libsndfile handle, down-mixed and resampled to 16 kHz; checks the header's length."""
+    with handle:
+        rate, declared = handle.samplerate, _declared_frames(handle, data)
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
+            if rate != SAMPLE_RATE else None
+        block_frames = max(1, int(block_seconds * rate))
+        read = 0
+        while True:
+            try:
+                samples = handle.read(block_frames, dtype="float32", always_2d=True)
+            except (sf.SoundFileError, RuntimeError) as e:
+                raise _undecodable(name, read, declared, f"libsndfile: {_one_line(e)}") from e
+            if len(samples) == 0:
+                break
+            read += len(samples)
+            mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+            yield resampler.resample_chunk(mono, last=False) if resampler else np.ascontiguousarray(mono)
+        if declared is not None and read < declared:
+            raise _undecodable(name, read, declared, "the file ends early")
+        if resampler is not None:
+            yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+def _declared_frames(handle: sf.SoundFile, data: bytes | Path) -> int | None:
+    """Sample frames the header promises, when that number is exact (WAV data size, FLAC STREAMINFO)."""
+    if handle.format in WAV_FORMATS:
+        # libsndfile silently shrinks a WAV's frame count to what the file holds, so read the header.
+        with _open_binary(data) as f:
+            wav = _wav_data_chunk(f)
+        if wav is None:
+            return None
+        size, _, block_align = wav
+        return None if not block_align or size in UNKNOWN_WAV_SIZES else size // block_align
+    if handle.format in EXACT_LENGTH_FORMATS and handle.frames > 0:
+        return int(handle.frames)
+    return None
+
+
+def _wav_data_chunk(f: BinaryIO) -> tuple[int, int, int | None] | None:
+    """A RIFF/WAVE file's `data` chunk: (declared bytes, bytes the file holds after its header, block
+    align from the `fmt ` chunk before it or None); None if `f` (at its start) is not a WAV or has no data chunk."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    total = f.seek(0, io.SEEK_END)
+    offset, block_align = 12, None
+    while offset + 8 <= total:
+        f.seek(offset)
+        chunk_id, size = struct.unpack("<4sI", f.read(8))
+        if chunk_id == b"fmt ":
+            fmt = f.read(min(size, 14))
+            block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+        elif chunk_id == b"data":
+            return size, total - offset - 8, block_align
+        offset += 8 + size + (size & 1)  # RIFF chunks are padded to even sizes
+    return None
+
+
+def _undecodable(name: str, read: int, declared: int | None, detail: str) -> AudioError:
+    """The error for a file that stopped decoding part-way, naming a truncation when the header shows one."""
+    if declared is not None and read < declared:
+        return AudioError(f"Audio file {name} is truncated: its header declares {declared} samples but only {read} "
+                          f"could be decoded ({detail}); re-copy or re-export it.", reason="unreadable", source=name)
+    return _unreadable(name, detail)
+
+
+def _open_binary(data: bytes | Path) -> BinaryIO:
+    """A binary file object over a path or in-memory bytes."""
+    return io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")
 
 
 def _ffprobe_duration(data: bytes | Path, name: str, sf_error: BaseException) -> float:

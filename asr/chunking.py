@@ -1,8 +1,7 @@
-"""Long recordings in bounded memory: stream a file in blocks, cut it into overlapping chunks, stitch the CTC output.
+"""Long recordings in bounded memory: cut a stream of audio into overlapping chunks, stitch the CTC output.
 
-A recording of any length is read block by block (libsndfile seeks/reads, or an ffmpeg pipe for
-other formats), down-mixed and resampled to 16 kHz with a streaming resampler (bit-identical to
-resampling the whole file at once), and cut into chunks of `chunk_samples` that overlap by
+A recording of any length, read block by block (`asr.audio.stream_audio`: 16 kHz, bit-identical to
+decoding the whole file at once), is cut into chunks of `chunk_samples` that overlap by
 `overlap_samples`. Each chunk's log-probs keep only their centre: half the overlap is dropped on
 each inner side, so every output frame comes from the chunk where it has at least half an overlap of
 context on both sides. The kept frames are concatenated into one [T, V] array for the whole file,
@@ -34,176 +33,19 @@ Memory: the audio held is at most one chunk plus one stride plus one read block 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import struct
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-from asr.audio import AudioError, _one_line, _unreadable  # one wording for decode errors everywhere
 from asr.constants import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-BLOCK_SECONDS = 10.0  # audio read per decoder call; small enough to bound memory, big enough to be fast
-# Formats whose header states the exact sample count, so that fewer decoded samples mean a cut-off file.
-EXACT_LENGTH_FORMATS = frozenset({"FLAC"})
-WAV_FORMATS = frozenset({"WAV", "WAVEX"})
-UNKNOWN_WAV_SIZES = frozenset({0, 0xFFFFFFFF})  # data sizes streaming writers leave when they never seek back
 PAUSE_WINDOW_SECONDS = 0.2  # a cut goes in the middle of the quietest stretch this long (pauses, not stop closures)
 PAUSE_PAD_SECONDS = 0.2  # audio past a cut given to the chunk before it: covers the conv receptive field
 PAUSE_MIN_FRACTION = 1 / 3  # a pause cut comes no earlier than this share of --chunk-seconds into a chunk
 PAUSE_SILENCE_RATIO = 10 ** -2.5  # -25 dB under the median frame: silence, so the cut is a word boundary
-
-
-# ------------------------------------------------------------------------------------------ reading
-def stream_audio(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
-    """Decode a file incrementally into mono float32 blocks at 16 kHz.
-
-    The concatenated blocks equal `asr.audio.load_audio(path)` for files libsndfile reads (same
-    channel average, same soxr resampler run as a stream), but at most one block is in memory.
-
-    Args:
-        path: An audio file; libsndfile formats are read in-process, others through ffmpeg.
-        block_seconds: Seconds of source audio per yielded block (the last one may be shorter).
-
-    Yields:
-        np.float32 arrays of shape [num_samples] (possibly empty while the resampler fills up).
-
-    Raises:
-        AudioError: Missing, empty, undecodable, truncated (fewer samples than a WAV/FLAC header
-            declares), NaN/Inf samples, or no samples at all.
-    """
-    path = Path(path)
-    name = repr(str(path))
-    if not path.is_file():
-        raise AudioError(f"Audio file {name} does not exist; check the path.", reason="missing", source=name)
-    if path.stat().st_size == 0:
-        raise AudioError(f"Audio file {name} is empty (0 bytes); re-create or remove it.", reason="empty",
-                         source=name)
-    try:
-        handle = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
-    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as sf_error:
-        blocks = _ffmpeg_blocks(path, name, block_seconds, sf_error)
-    else:
-        blocks = _soundfile_blocks(handle, path, name, block_seconds)
-    total = 0
-    for block in blocks:
-        if not np.isfinite(block).all():
-            raise AudioError(f"Audio file {name} contains NaN or infinite samples; re-export it or remove it.",
-                             reason="non_finite", source=name)
-        total += len(block)
-        yield block
-    if total == 0:
-        raise AudioError(f"Audio file {name} contains no samples; remove it or re-export it.", reason="no_samples",
-                         source=name)
-
-
-def _soundfile_blocks(handle: sf.SoundFile, path: Path, name: str, block_seconds: float) -> Iterator[np.ndarray]:
-    """Blocks from an open libsndfile handle, down-mixed and resampled; checks the header's length."""
-    with handle:
-        rate, declared = handle.samplerate, _declared_frames(handle, path)
-        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ") \
-            if rate != SAMPLE_RATE else None
-        block_frames = max(1, int(block_seconds * rate))
-        read = 0
-        while True:
-            try:
-                samples = handle.read(block_frames, dtype="float32", always_2d=True)
-            except (sf.SoundFileError, RuntimeError) as e:
-                raise _undecodable(name, read, declared, f"libsndfile: {_one_line(e)}") from e
-            if len(samples) == 0:
-                break
-            read += len(samples)
-            mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-            yield resampler.resample_chunk(mono, last=False) if resampler else np.ascontiguousarray(mono)
-        if declared is not None and read < declared:
-            raise _undecodable(name, read, declared, "the file ends early")
-        if resampler is not None:
-            yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-
-
-def _declared_frames(handle: sf.SoundFile, path: Path) -> int | None:
-    """Sample frames the header promises, when that number is exact (WAV data size, FLAC STREAMINFO)."""
-    if handle.format in WAV_FORMATS:
-        # libsndfile silently shrinks a WAV's frame count to what the file holds, so read the header.
-        return _wav_declared_frames(path)
-    if handle.format in EXACT_LENGTH_FORMATS and handle.frames > 0:
-        return int(handle.frames)
-    return None
-
-
-def _wav_declared_frames(path: Path) -> int | None:
-    """Frames a RIFF/WAVE header's `data` chunk declares; None if unknown (streamed WAVs write 0 or -1)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        block_align = None
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return None
-            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if chunk_id == b"fmt ":
-                fmt = f.read(size)
-                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
-                f.seek(size % 2, os.SEEK_CUR)
-            elif chunk_id == b"data":
-                if not block_align or size in UNKNOWN_WAV_SIZES:
-                    return None
-                return size // block_align
-            else:
-                f.seek(size + size % 2, os.SEEK_CUR)  # RIFF chunks are padded to even sizes
-
-
-def _ffmpeg_blocks(path: Path, name: str, block_seconds: float, sf_error: BaseException) -> Iterator[np.ndarray]:
-    """Blocks from an ffmpeg pipe (mono float32 at 16 kHz), for formats libsndfile cannot open."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; install ffmpeg for more formats")
-    # Same down-mix as asr.audio: rematrix_maxval=1 makes ffmpeg's stereo -> mono a plain average.
-    command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), "-vn",
-               "-af", "aresample=rematrix_maxval=1", "-ac", "1", "-ar", str(SAMPLE_RATE),
-               "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
-    block_bytes = 4 * max(1, int(block_seconds * SAMPLE_RATE))
-    # stderr goes to a file: a pipe nobody reads could fill up and stall ffmpeg.
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
-        try:
-            pending = b""
-            while True:
-                data = process.stdout.read(block_bytes)
-                if not data:
-                    break
-                data, usable = pending + data, (len(pending) + len(data)) // 4 * 4
-                data, pending = data[:usable], data[usable:]
-                yield np.frombuffer(data, dtype="<f4").astype(np.float32)
-            returncode = process.wait()
-        finally:
-            if process.poll() is None:  # the consumer stopped early: do not leave ffmpeg running
-                process.kill()
-                process.wait()
-            process.stdout.close()
-        if returncode != 0:
-            stderr.seek(0)
-            detail = _one_line(stderr.read().decode(errors="replace") or f"exit code {returncode}")
-            raise _unreadable(name, f"libsndfile: {_one_line(sf_error)}; ffmpeg: {detail}")
-
-
-def _undecodable(name: str, read: int, declared: int | None, detail: str) -> AudioError:
-    """The error for a file that stopped decoding part-way, naming a truncation when the header shows one."""
-    if declared is not None and read < declared:
-        return AudioError(f"Audio file {name} is truncated: its header declares {declared} samples but only {read} "
-                          f"could be decoded ({detail}); re-copy or re-export it.", reason="unreadable", source=name)
-    return _unreadable(name, detail)
 
 
 # ----------------------------------------------------------------------------------------- chunking

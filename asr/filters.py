@@ -20,22 +20,19 @@ summarised in the log. Checks, in order:
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import os
-import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-import soundfile as sf
 
-from asr.audio import AudioError, audio_duration, load_audio
+from asr.audio import AudioError, audio_duration, load_audio, truncation
 from asr.constants import SAMPLE_RATE
 from asr.files import write_text_atomic
 from asr.sources import Utterance
@@ -50,8 +47,6 @@ DROP_REASONS = (
 )
 PARALLEL_MIN_ITEMS = 64  # below this, starting worker processes costs more than it saves
 MAX_WORKERS = 8  # decoding is I/O- and memory-bound beyond this
-_TRUNCATION_TOLERANCE = 0.01  # decoded length may fall this fraction short of the header's (codec rounding)
-_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # data sizes written by streaming encoders that do not know the length
 
 
 @dataclass
@@ -147,9 +142,9 @@ def check_and_decode(
     try:
         if cfg.verify_audio:
             samples = load_audio(utt.audio)
-            truncation = _truncation(utt.audio, len(samples))
-            if truncation:
-                return Drop(utt.id, audio_ref, "unreadable_audio", truncation), None
+            reason = truncation(utt.audio, len(samples))
+            if reason:
+                return Drop(utt.id, audio_ref, "unreadable_audio", reason), None
             duration = len(samples) / SAMPLE_RATE
         else:
             duration = utt.duration if utt.duration is not None else audio_duration(utt.audio)
@@ -239,46 +234,6 @@ def write_report(drops: Sequence[Drop], path: str | Path, total: int) -> dict[st
 def summarize(counts: dict[str, int]) -> str:
     """`3 too_short, 1 missing_audio`: drop counts, most frequent first."""
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def _truncation(audio: str | bytes, num_samples: int) -> str | None:
-    """Why a file that decoded is shorter than its header says, or None.
-
-    libsndfile decodes the readable part of a cut-off wav or flac without an error, which would
-    pair a transcript with part of its audio.
-    """
-    with _open_binary(audio) as f:
-        head = f.read(12)
-        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-            return _wav_truncation(f)
-    if head[:4] != b"fLaC":
-        return None  # other codecs' headers give estimates, not exact lengths
-    info = sf.info(io.BytesIO(audio) if isinstance(audio, bytes) else str(audio))
-    expected = info.frames * SAMPLE_RATE / info.samplerate if info.samplerate else 0
-    if expected and num_samples < expected * (1 - _TRUNCATION_TOLERANCE):
-        return f"truncated: decoded {num_samples} samples but the header says {round(expected)}"
-    return None
-
-
-def _wav_truncation(f: BinaryIO) -> str | None:
-    """Whether a RIFF/WAVE file's data chunk is shorter than its declared size (`f` just past the header)."""
-    total = f.seek(0, io.SEEK_END)
-    offset = 12
-    while offset + 8 <= total:
-        f.seek(offset)
-        chunk_id, size = struct.unpack("<4sI", f.read(8))
-        if chunk_id == b"data":
-            available = total - offset - 8
-            if size not in _WAV_UNKNOWN_SIZES and size > available:
-                return f"truncated: the data chunk declares {size} bytes but the file holds {available}"
-            return None
-        offset += 8 + size + (size & 1)  # chunks are padded to an even size
-    return None
-
-
-def _open_binary(audio: str | bytes) -> BinaryIO:
-    """A binary file object over a path or in-memory bytes."""
-    return io.BytesIO(audio) if isinstance(audio, bytes) else open(audio, "rb")
 
 
 def _progress(items: Iterable[Any], enabled: bool, total: int) -> Iterable[Any]:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_duration
+from asr.audio import AUDIO_EXTENSIONS, BLOCK_SECONDS, AudioError, audio_duration, stream_audio
 from asr.beam import CTCDecoder, Hypothesis
-from asr.chunking import BLOCK_SECONDS, ChunkSpec, chunked_log_probs, stream_audio
+from asr.chunking import ChunkSpec, chunked_log_probs
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.decoders import DECODERS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from asr.align import DEFAULT_MIN_SCORE, SPLITS, AlignOptions, Segment, align_recording, cut_segments, split_text
 from asr.audio import AudioError
-from asr.chunking import stream_audio
+from asr.audio import stream_audio
 from asr.constants import EXIT_USAGE
 from asr.inference import load_model
 

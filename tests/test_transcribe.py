@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from asr.audio import AudioError, load_audio
-from asr.chunking import Chunk, ChunkSpec, Stitcher, chunked_log_probs, iter_chunks, stream_audio
+from asr.audio import AudioError, load_audio, stream_audio
+from asr.chunking import Chunk, ChunkSpec, Stitcher, chunked_log_probs, iter_chunks
 from asr.model import conv_output_frames
 from asr.outputs import append_line, cues, open_append, render, repair_jsonl
 from asr.transcribe import (
