@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,21 @@ class DecoderSettings:
 
     pyctcdecode: PyCTCDecodeOptions = field(default_factory=PyCTCDecodeOptions)
     flashlight: FlashlightOptions = field(default_factory=FlashlightOptions)
+
+    def with_overrides(self, **values: Any) -> DecoderSettings:
+        """These settings with each given option replaced in the decoder that has it; None values are skipped.
+
+        Raises:
+            TypeError: An option neither decoder has.
+        """
+        given = {k: v for k, v in values.items() if v is not None}
+        py_names = {f.name for f in fields(PyCTCDecodeOptions)}
+        fl_names = {f.name for f in fields(FlashlightOptions)}
+        unknown = set(given) - py_names - fl_names
+        if unknown:
+            raise TypeError(f"no decoder has the option(s) {sorted(unknown)}")
+        return DecoderSettings(replace(self.pyctcdecode, **{k: v for k, v in given.items() if k in py_names}),
+                               replace(self.flashlight, **{k: v for k, v in given.items() if k in fl_names}))
 
 
 def load_decoder_settings(lm_dir: str | os.PathLike | None) -> DecoderSettings:

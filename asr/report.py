@@ -1,5 +1,6 @@
 """The evaluation report: one row per decoder, decoder agreement, padding check, and the files written.
 
+    compare_decoders(acoustic, utterances, decoders, vocab, lm, settings, ...) -> (EvalReport, rows)  (all below)
     score_run(run, references, audio_seconds, acoustic_seconds) -> DecoderResult   (a table row)
     build_report(acoustic, runs, ..., references=reference_runs, groups=...) -> EvalReport      (the table)
     write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), drops, out_dir)
@@ -29,12 +30,15 @@ from typing import Any
 import numpy as np
 
 from asr.breakdown import Breakdown, breakdowns, plot_breakdowns, utterance_groups
-from asr.decoders import BEAM_DECODERS, DESCRIPTIONS, load_lm_info
-from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck
+from asr.decoders import BEAM_DECODERS, DESCRIPTIONS, DecoderSettings, load_lm_info
+from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck, decode_all
 from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop
 from asr.metrics import ErrorRates, error_rates, utterance_errors, word_edits
+from asr.reference import transcribe_reference
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED, BootstrapResult, paired_bootstrap
+from asr.sources import Utterance
+from asr.text import TextNormalizer
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +232,39 @@ def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: 
                       max_batch_seconds=acoustic.max_batch_seconds, max_padding=acoustic.max_padding,
                       results=results, agreements=agreements,
                       padding=padding, bootstrap=bootstrap, breakdowns=tables)
+
+
+def compare_decoders(acoustic: AcousticOutput, utterances: Mapping[str, Utterance], decoders: Sequence[str],
+                     vocab: Mapping[str, int], lm: Path | None, settings: DecoderSettings, *, model: str, data: str,
+                     references: Sequence[str] = (), normalizer: TextNormalizer | None = None,
+                     padding: PaddingCheck | None = None, resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = DEFAULT_SEED) -> tuple[EvalReport, list[dict[str, Any]]]:
+    """Decode `acoustic` with each decoder, run each reference recogniser on the same audio, and build the table.
+
+    Args:
+        acoustic: The kept utterances' log-probs, references and durations.
+        utterances: Every utterance of the source by id (audio for the references, speaker and metadata
+            for the breakdowns).
+        decoders: Names from asr.decoders.DECODERS, in table order.
+        vocab, lm, settings: What `asr.decoders.build_decoder` needs (lm None: greedy only).
+        model, data: As the header names them.
+        references: Names from asr.reference.REFERENCES.
+        normalizer: The model's text normaliser, applied to the references' transcripts.
+        padding: The padding check, if run.
+        resamples, seed: The paired bootstrap's.
+
+    Returns:
+        (the report, its per-utterance rows for `write_results`).
+    """
+    runs = [decode_all(name, vocab, acoustic.log_probs, lm, settings) for name in decoders]
+    reference_runs = [transcribe_reference(name, [utterances[i].audio for i in acoustic.ids], normalizer=normalizer)
+                      for name in references]
+    groups = utterance_groups([utterances[i].speaker for i in acoustic.ids], acoustic.durations,
+                              [utterances[i].metadata for i in acoustic.ids])
+    report = build_report(acoustic, runs, model=model, data=data,
+                          lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in decoders) else None,
+                          padding=padding, references=reference_runs, groups=groups, resamples=resamples, seed=seed)
+    return report, utterance_rows(acoustic, [*runs, *reference_runs])
 
 
 def utterance_rows(acoustic: AcousticOutput, runs: Sequence[DecodeRun]) -> list[dict[str, Any]]:

@@ -39,14 +39,12 @@ covers the rest). Utterances left out by the duration filters are not failures.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 
 from asr import launch
-from asr.breakdown import utterance_groups
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.decoders import BEAM_DECODERS, DECODERS, DecoderSettings, check_lm_fits, find_lm, load_decoder_settings
 from asr.evaluation import (
@@ -59,12 +57,11 @@ from asr.evaluation import (
     AcousticOutput,
     check_padding,
     compute_acoustic,
-    decode_all,
     eval_filters,
 )
 from asr.model_card import CardResult, write_model_card
-from asr.reference import REFERENCES, check_reference, transcribe_reference
-from asr.report import build_report, utterance_rows, write_results
+from asr.reference import REFERENCES, check_reference
+from asr.report import compare_decoders, write_results
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
 from asr.sources import SourceConfig, Utterance, load_source
 from asr.text import TextNormalizer, load_vocab
@@ -150,27 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 FAILED_AUDIO = ("missing_audio", "unreadable_audio")  # drop reasons that mean a file failed (exit 3), not a filter
 
 
-def resolve_lm(args: argparse.Namespace) -> Path | None:
-    """The LM directory for the beam decoders.
-
-    Raises:
-        ValueError: one is needed and missing.
-    """
-    return find_lm(args.model, args.lm, needed=any(d in BEAM_DECODERS for d in args.decoder) or args.tune)
-
-
 def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettings:
     """The LM directory's stored settings with the command line's overrides."""
-    stored = load_decoder_settings(lm)
-    py = {"alpha": args.alpha, "beta": args.beta, "beam_width": args.beam_width,
-          "beam_prune_logp": args.beam_prune_logp, "token_min_logp": args.token_min_logp,
-          "hotwords": args.hotwords, "hotword_weight": args.hotword_weight}
-    fl = {"lm_weight": args.lm_weight, "word_score": args.word_score, "beam_size": args.beam_size,
-          "beam_threshold": args.beam_threshold, "lexicon_free": args.lexicon_free or None}
-    return DecoderSettings(
-        dataclasses.replace(stored.pyctcdecode, num_processes=args.workers,
-                            **{k: v for k, v in py.items() if v is not None}),
-        dataclasses.replace(stored.flashlight, **{k: v for k, v in fl.items() if v is not None}))
+    flags = ("alpha", "beta", "beam_width", "beam_prune_logp", "token_min_logp", "hotwords", "hotword_weight",
+             "lm_weight", "word_score", "beam_size", "beam_threshold")
+    return load_decoder_settings(lm).with_overrides(num_processes=args.workers, lexicon_free=args.lexicon_free or None,
+                                                    **{name: getattr(args, name) for name in flags})
 
 
 def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
@@ -206,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_args(argv)
     try:  # before the acoustic model runs, not after
-        lm = resolve_lm(args)
-        if lm is not None and (args.tune or any(d in BEAM_DECODERS for d in args.decoder)):
+        searches = args.tune or any(d in BEAM_DECODERS for d in args.decoder)
+        lm = find_lm(args.model, args.lm, needed=searches)
+        if lm is not None and searches:
             check_lm_fits(lm, load_vocab(args.model))  # an LM for another alphabet would decode silently worse
         for name in args.reference:
             check_reference(name)
@@ -246,7 +229,6 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
         run_tuning(args, lm, tune_acoustic or acoustic, args.tune_data or args.data)
     settings = decoder_settings(args, lm)  # after tuning, the LM directory holds the tuned values
     vocab = load_vocab(args.model)
-    runs = [decode_all(name, vocab, acoustic.log_probs, lm, settings) for name in args.decoder]
     padding = None
     if args.check_padding:
         from asr.inference import load_model
@@ -254,18 +236,11 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
         sample = None if args.check_padding < 0 else args.check_padding
         padding = check_padding(load_model(args.model), acoustic, {i: u.audio for i, u in utterances.items()},
                                 sample)
-    reference_runs = []
-    if args.reference:
-        normalizer = TextNormalizer.load(args.model)  # the one the reference texts went through: both sides alike
-        reference_runs = [transcribe_reference(name, [utterances[i].audio for i in acoustic.ids], normalizer=normalizer)
-                          for name in args.reference]
-    report = build_report(acoustic, runs, model=str(args.model), data=args.data,
-                          lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in args.decoder) else None,
-                          padding=padding, references=reference_runs,
-                          groups=utterance_groups([utterances[i].speaker for i in acoustic.ids], acoustic.durations,
-                                                  [utterances[i].metadata for i in acoustic.ids]),
-                          resamples=args.bootstrap, seed=args.bootstrap_seed)
-    write_results(report, utterance_rows(acoustic, [*runs, *reference_runs]), acoustic.drops, args.output)
+    report, rows = compare_decoders(
+        acoustic, utterances, args.decoder, vocab, lm, settings, model=str(args.model), data=args.data,
+        references=args.reference, normalizer=TextNormalizer.load(args.model) if args.reference else None,
+        padding=padding, resamples=args.bootstrap, seed=args.bootstrap_seed)
+    write_results(report, rows, acoustic.drops, args.output)
     if args.tune and lm is not None and lm.resolve() == args.model.resolve():  # the LM is part of the model
         card = write_model_card(args.model, [CardResult(r.decoder, args.data, r.wer, r.cer, r.utterances, args.split,
                                                         r.settings) for r in report.results if not r.reference])

@@ -50,55 +50,31 @@ if __name__ == "__main__":  # first, before torch: re-run this command under jem
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import transformers
-from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
+from accelerate.utils import broadcast_object_list
 
 from asr import launch
 from asr.allocator import active_allocator
-from asr.decoders import DECODERS, LM_SUBDIR
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.files import write_text_atomic
+from asr.decoders import DECODERS, LM_SUBDIR
 from asr.inference import BACKENDS, load_acoustic_model
-from asr.outputs import (
-    ERRORS_FILE,
-    NEMO_MANIFEST_FILE,
-    SUMMARY_FILE,
-    TRANSCRIPTS_FILE,
-    OutputBusy,
-    OutputDir,
-    ResultSink,
-    write_nemo_manifest,
-)
+from asr.outputs import ERRORS_FILE, NEMO_MANIFEST_FILE, TRANSCRIPTS_FILE, OutputBusy, OutputDir
 from asr.recognizer import make_decoder
-from asr.transcribe import (
-    FORMATS,
-    SIDE_FORMATS,
-    Failure,
-    TranscribeOptions,
-    Transcriber,
-    assign_by_cost,
-    find_audio,
-    plan_work,
-    probe_durations,
-    side_file_bases,
-)
+from asr.transcribe import FORMATS, SIDE_FORMATS, TranscribeOptions, Transcriber, find_audio
+from asr.transcribe_run import StaleOutput, run_transcription
 
 logger = logging.getLogger("transcribe")
 
 # A rank that finishes early waits for the others at a barrier; long shards must not time it out.
 BARRIER_TIMEOUT = datetime.timedelta(hours=48)
 STDOUT = Path("-")  # --output - : transcripts to stdout
-PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,7 +145,7 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")), timeout=BARRIER_TIMEOUT)
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    rank, is_main = accelerator.process_index, accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
     transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per process is noise here
@@ -205,89 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     except OutputBusy as e:
         logger.error("%s", e)
         return EXIT_USAGE
-    done = out.done()
-    current = (transcriber.model_name, options.decoder, transcriber.lm)
-    stale = next((t for t in done.values() if (t.model, t.decoder, t.lm) != current), None)
-    if stale is not None:
-        logger.error("%s already holds transcripts made with model %s, decoder %s, LM %s; use another --output or "
-                     "delete it to start over.", args.output, stale.model, stale.decoder, stale.lm)
+    try:
+        summary = run_transcription(accelerator, transcriber, items, out, options)
+    except StaleOutput as e:
+        logger.error("%s", e)
         out.unlock()
         return EXIT_USAGE
-    pending = [item for item in items if item.key not in done]
-    if is_main:
-        logger.info("%d audio files, %d already transcribed, %d to do on %d process(es)", len(items),
-                    len(items) - len(pending), len(pending), world)
-
-    # Headers are read once, each rank a stripe; everyone then makes the same plan.
-    probed = probe_durations(pending[rank::world])
-    results = gather_object(list(zip([item.index for item in pending[rank::world]], probed)))
-    durations = {index: value for index, value in results if not isinstance(value, Failure)}
-    readable = [item for item in pending if item.index in durations]
-    units = plan_work([durations[item.index] for item in readable], options)
-    mine = [unit for unit, owner in zip(units, assign_by_cost([u.seconds for u in units], world)) if owner == rank]
-    bases = dict(zip((item.index for item in items), side_file_bases(items, out.root, options.in_place)))
-    sink = ResultSink(out, bases, options.formats)
-    if is_main:
-        restored = sum(sink.write_missing(item, done[item.key]) for item in items if item.key in done)
-        if restored:
-            logger.info("%d side file(s) of files transcribed before written from their transcripts", restored)
-
-    by_index = {item.index: item for item in pending}
-    files = audio_seconds = failed = 0
-    for index, value in zip([item.index for item in pending[rank::world]], probed):
-        if isinstance(value, Failure):
-            sink.write(by_index[index], value)
-            failed += 1
-            logger.warning("%s: %s", value.path, value.error)
-    start = time.perf_counter()
-    # Weighted by audio seconds (from the headers), moved after every forward pass: right ETA for one long file.
-    planned = [sum(durations[readable[i].index] for i in unit.items) for unit in mine]
-    progress = tqdm(total=sum(planned), disable=not is_main, dynamic_ncols=True, bar_format=PROGRESS_FORMAT,
-                    desc="transcribe" if world == 1 else f"transcribe (rank 0 of {world})")
-    unit_left = [0.0]  # planned seconds of the current unit not shown yet
-
-    def advance(seconds: float) -> None:
-        step = min(seconds, unit_left[0])  # a header may understate the length (VBR mp3)
-        if step > 0:
-            unit_left[0] -= step
-            progress.update(step)
-
-    for unit, unit_seconds in zip(mine, planned):
-        unit_left[0] = unit_seconds
-        for item, result in transcriber.transcribe([readable[i] for i in unit.items], unit.chunked, advance):
-            sink.write(item, result)
-            if isinstance(result, Failure):
-                failed += 1
-                logger.warning("%s: %s", item.path, result.error)
-            else:
-                files += 1
-                audio_seconds += result.duration
-            rtf = (time.perf_counter() - start) / audio_seconds if audio_seconds else 0.0
-            progress.set_postfix(files=files, rtf=f"{rtf:.3f}", failed=failed)
-        advance(unit_left[0])  # the unit is done, whatever failed or was shorter than its header said
-    progress.close()
-    sink.close()
-    stats = gather_object([{"files": files, "failed": failed, "audio_seconds": audio_seconds,
-                            "seconds": time.perf_counter() - start}])
-    accelerator.wait_for_everyone()
-    if is_main:
-        transcripts, failures = out.merge(items)
-        run_audio = sum(s["audio_seconds"] for s in stats)
-        wall = max(s["seconds"] for s in stats)
-        summary = {"files": len(items), "transcribed": len(transcripts), "failed": len(failures),
-                   "this_run": {"files": sum(s["files"] for s in stats), "audio_hours": run_audio / 3600,
-                                "seconds": wall, "rtf": wall / run_audio if run_audio else None,
-                                "processes": world}}
-        write_text_atomic(out.root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        if "nemo" in options.formats:
-            write_nemo_manifest(out.root / NEMO_MANIFEST_FILE, transcripts, items)
+    if summary is not None:
         if to_stdout:
             sys.stdout.buffer.write((out.root / TRANSCRIPTS_FILE).read_bytes())
             sys.stdout.flush()
+        run = summary["this_run"]
         logger.info("done: %d of %d files transcribed (%d this run, %.3f h of audio in %.1f s, RTF %.3f), %d failed%s",
-                    len(transcripts), len(items), summary["this_run"]["files"], run_audio / 3600, wall,
-                    summary["this_run"]["rtf"] or 0.0, len(failures),
-                    f" (see {out.root / ERRORS_FILE})" if failures and not to_stdout else "")
+                    summary["transcribed"], summary["files"], run["files"], run["audio_hours"], run["seconds"],
+                    run["rtf"] or 0.0, summary["failed"],
+                    f" (see {out.root / ERRORS_FILE})" if summary["failed"] and not to_stdout else "")
     accelerator.wait_for_everyone()
     errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
     out.unlock()
