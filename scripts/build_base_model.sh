@@ -7,16 +7,16 @@
 #      conformer on log-mel features), stopped at step 1,500 of its 6,000-step cosine schedule,
 #   3. stage 2, the same run resumed exactly with augmentation on and the schedule shortened to 3,000 steps
 #      (configs/train/base_natural.yaml),
-#   4. stages 3 and 4, two warm restarts, each from the previous stage's best model: a new cosine schedule
+#   4. stages 3 to 5, three warm restarts, each from the previous stage's best model: a new cosine schedule
 #      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
-#      folder (BASE_RESTARTS sets how many; the shipped base had 2),
+#      folder (BASE_RESTARTS sets how many; the shipped base had 3),
 #   5. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
 #      assets/base_model.
-# Every stage is resumable: re-running the script continues where it stopped (~6 h on 2 idle cores).
+# Every stage is resumable: re-running the script continues where it stopped (~7 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
-# BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (2),
+# BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
 # BASE_OUT (assets/base_model), BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
@@ -29,7 +29,7 @@ NATURAL=${BASE_NATURAL:-data/natural}
 RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
-RESTARTS=${BASE_RESTARTS:-2}
+RESTARTS=${BASE_RESTARTS:-3}
 TOTAL=$((RESTARTS + 4))  # corpora, stages 1 and 2, the warm restarts, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'

@@ -90,12 +90,14 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
     assert steps3 == [1, 2, 3] and f"name_or_path: {run / 'model'}" in (run3 / "train_config.yaml").read_text()
-    run4 = tmp_path / "run_stage4"  # the second warm restart starts from stage 3's model; it is the one published
-    steps4 = [r["step"] for r in map(json.loads, (run4 / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]
-    assert steps4 == [1, 2, 3] and f"name_or_path: {run3 / 'model'}" in (run4 / "train_config.yaml").read_text()
-    assert not (tmp_path / "run_stage5").exists()
-    assert f"publishing {run4 / 'model'} -> {out}" in proc.stdout
+    # the later warm restarts each start from the previous stage's model; the third (stage 5) is the one published
+    for stage in (4, 5):
+        previous, current = tmp_path / f"run_stage{stage - 1}", tmp_path / f"run_stage{stage}"
+        steps = [r["step"] for r in map(json.loads, (current / "metrics.jsonl").read_text().splitlines())
+                 if r["kind"] == "train"]
+        assert steps == [1, 2, 3] and f"name_or_path: {previous / 'model'}" in (current / "train_config.yaml").read_text()
+    assert not (tmp_path / "run_stage6").exists()
+    assert f"publishing {tmp_path / 'run_stage5' / 'model'} -> {out}" in proc.stdout
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
