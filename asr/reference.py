@@ -115,6 +115,9 @@ def _recognise(state: Mapping[str, Any], index: int) -> str:
         samples = load_audio(samples)
     pcm = (np.clip(samples, -1.0, 1.0) * INT16_FULL_SCALE).astype(np.int16)
     decoder = state["decoder"]
+    # Its noise removal carries an estimate from one utterance to the next; reset it, so that a transcript does
+    # not depend on which utterances this worker happened to hear before (the pool hands them out by timing).
+    decoder.reinit_feat()
     decoder.start_utt()
     decoder.process_raw(pcm.tobytes(), full_utt=True)  # full_utt: the whole utterance at once, no live endpointing
     decoder.end_utt()
