@@ -285,6 +285,7 @@ def load_training_state(accelerator, folder: Path, model, optimizer, scheduler, 
                            folder, ", ".join(unread))
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         _load_deepspeed(model, folder)
+        _keep_scheduler_on_live_groups(scheduler, model)
     else:
         _load_model(accelerator.unwrap_model(model), folder / MODEL_FILE)
         _load_state_dict(optimizer, _torch_load(folder / OPTIMIZER_FILE), folder / OPTIMIZER_FILE)
@@ -363,10 +364,6 @@ def _first_line(e: BaseException) -> str:
 
 def _load_deepspeed(engine, folder: Path) -> None:
     """DeepSpeed's model and optimizer shards, read through `_torch_load` instead of DeepSpeed's unsafe loader."""
-    if engine.zero_offload_optimizer() is not None and engine.zero_offload_optimizer().device != "none":
-        logger.warning("resuming a DeepSpeed run whose optimizer is offloaded: this resume is not bit-exact (the "
-                       "losses differ from the first step after it; tests/test_distributed.py, zero2_offload); "
-                       "an uninterrupted run or ZeRO without offload resumes exactly")
     if engine.load_universal_checkpoint():
         raise CheckpointError("DeepSpeed's checkpoint.load_universal reads files with torch.load(weights_only=False), "
                               "which can run code from a checkpoint; remove it from the DeepSpeed config to resume")
@@ -377,6 +374,47 @@ def _load_deepspeed(engine, folder: Path) -> None:
         load_path, _ = engine.load_checkpoint(str(folder), DEEPSPEED_TAG)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed found no model states in {folder / DEEPSPEED_TAG}")
+    _replay_cpu_adam_steps(engine.optimizer)
+
+
+def _keep_scheduler_on_live_groups(scheduler, engine) -> None:
+    """Points the LR scheduler at the param groups the DeepSpeed engine's optimizer reads after a load.
+
+    With the optimizer offloaded, Accelerate swaps our AdamW for a DeepSpeedCPUAdam built on the same
+    param-group dicts, while the scheduler keeps stepping the AdamW. Loading the checkpoint replaces the
+    CPUAdam's dicts with new ones (torch's `load_state_dict`), so the scheduler went on writing learning
+    rates nobody read: after a resume the LR stayed at its value at the checkpoint. Without offload, the
+    engine's optimizer is our AdamW itself and this does nothing.
+    """
+    live = getattr(engine.optimizer, "optimizer", None)
+    stepped = getattr(getattr(scheduler, "scheduler", scheduler), "optimizer", None)
+    if live is not None and stepped is not None and stepped is not live and stepped.param_groups is not live.param_groups:
+        stepped.param_groups = live.param_groups
+
+
+def _replay_cpu_adam_steps(zero_optimizer) -> None:
+    """Brings an offloaded optimizer's (DeepSpeedCPUAdam) C++ step counter to where the saved run left it.
+
+    Its C++ side keeps beta1^t and beta2^t for the bias correction, multiplied by beta once a step; a new
+    process starts at t = 0 and, handed the restored step t, computes beta^t with one `pow`, which differs
+    from the product in the last float bit. Adam turns that bit into weight differences of 1e-4 within two
+    steps (parameters whose gradients are ~0), so the resume was not exact. Replaying the steps on a
+    throwaway tensor at learning rate 0 repeats the product the uninterrupted run made.
+    """
+    from deepspeed.ops.adam import DeepSpeedCPUAdam  # only DeepSpeed runs get here
+
+    adam = getattr(zero_optimizer, "optimizer", None)
+    if not isinstance(adam, DeepSpeedCPUAdam):
+        return
+    steps = {int(state["step"]) for state in adam.state.values() if "step" in state}
+    if not steps:
+        return
+    group = adam.param_groups[0]
+    beta1, beta2 = group["betas"]
+    params, grads, exp_avg, exp_avg_sq = (torch.zeros(16) for _ in range(4))
+    for step in range(1, max(steps) + 1):
+        adam.ds_opt_adam.adam_update(adam.opt_id, step, 0.0, beta1, beta2, group["eps"], 0.0,
+                                     group.get("bias_correction", True), params, grads, exp_avg, exp_avg_sq)
 
 
 @contextlib.contextmanager
