@@ -52,6 +52,7 @@ import numpy as np
 
 from asr.audio import AudioError, load_audio
 from asr.beam import GreedyCTC
+from asr.confidence import CONFIDENCE_FILE, fit_calibration, labelled_words, save_calibrations, word_features
 from asr.decoders import DECODER_FILE, DecoderSettings, build_decoder, describe_settings
 from asr.constants import SAMPLE_RATE
 from asr.files import atomic_path
@@ -121,8 +122,8 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     for path in sorted(Path(model_dir).iterdir()):
         if not path.is_file() or path.suffix not in _MODEL_FILE_SUFFIXES or path.name == DECODER_FILE:
             continue
-        if path.name in ("lm_info.json", "alphabet.json", "metrics.json"):
-            continue  # written beside the model by build_lm/training reports; they do not change log-probs
+        if path.name in ("lm_info.json", "alphabet.json", "metrics.json", CONFIDENCE_FILE):
+            continue  # written beside the model by build_lm/training reports/--calibrate; they do not change log-probs
         digest.update(path.name.encode())
         with open(path, "rb") as f:
             while chunk := f.read(_HASH_CHUNK):
@@ -487,6 +488,9 @@ class DecodeRun:
     load_seconds: float  # building the decoder (loading the LM, the lexicon trie)
     processes: int
     settings: str
+    # per utterance, each hypothesis word's confidence features [words, 3] (asr.confidence.word_features); None
+    # for reference recognisers, which give no frame posteriors
+    word_features: list[np.ndarray] | None = None
 
 
 def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarray],
@@ -504,8 +508,33 @@ def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarr
     started = time.perf_counter()
     decoder = build_decoder(name, vocab, lm_dir, settings)
     loaded = time.perf_counter()
-    texts = [h.text for h in decoder.decode_batch(list(log_probs))]
+    hypotheses = decoder.decode_batch(list(log_probs))
     done = time.perf_counter()
+    texts = [h.text for h in hypotheses]
+    features = [word_features(lp, h) for lp, h in zip(log_probs, hypotheses)]  # outside the timed search
     processes = max(1, settings.pyctcdecode.num_processes) if name == "beam" else 1
     logger.info("%s: %d utterances in %.2f s (+%.2f s loading)", name, len(texts), done - loaded, loaded - started)
-    return DecodeRun(name, texts, done - loaded, loaded - started, processes, describe_settings(name, settings))
+    return DecodeRun(name, texts, done - loaded, loaded - started, processes, describe_settings(name, settings),
+                     features)
+
+
+def calibrate_decoders(model_dir: str | os.PathLike, decoders: Sequence[str], vocab: Mapping[str, int],
+                       acoustic: AcousticOutput, lm_dir: str | os.PathLike | None = None,
+                       settings: DecoderSettings | None = None, data: str | None = None) -> Path:
+    """Fits each decoder's word-confidence calibration on a dev set and stores them beside the model.
+
+    Each decoder decodes the dev set's log-probs with the settings it will be used with (after tuning);
+    its words, right or wrong by alignment with the references, fit a logistic regression on their features
+    (`asr.confidence.fit_calibration`), written to the model's confidence.json with the data it came from.
+
+    Returns:
+        The path of confidence.json.
+    """
+    calibrations = {}
+    for name in decoders:
+        run = decode_all(name, vocab, acoustic.log_probs, lm_dir, settings)
+        rows, labels = labelled_words(acoustic.references, run.texts, run.word_features)
+        if len(labels):
+            calibrations[name] = fit_calibration(rows, labels)
+            logger.info("%s: word confidence calibrated on %d words", name, len(labels))
+    return save_calibrations(model_dir, calibrations, extra={"data": data, "lm": str(lm_dir) if lm_dir else None})

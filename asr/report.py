@@ -30,8 +30,16 @@ from typing import Any
 import numpy as np
 
 from asr.breakdown import Breakdown, breakdowns, plot_breakdowns, utterance_groups
+from asr.confidence import (
+    ECE_BINS,
+    REVIEW_FRACTION,
+    Calibration,
+    DecoderConfidence,
+    decoder_confidence,
+    plot_reliability,
+)
 from asr.decoders import BEAM_DECODERS, DESCRIPTIONS, DecoderSettings, load_lm_info
-from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck, decode_all
+from asr.evaluation import AcousticOutput, DecodeRun, PaddingCheck, check_padding, decode_all
 from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop
 from asr.metrics import ErrorRates, error_rates, utterance_errors, word_edits
@@ -124,6 +132,7 @@ class EvalReport:
     padding: PaddingCheck | None = None
     bootstrap: BootstrapResult | None = None  # None: --bootstrap 0
     breakdowns: list[Breakdown] = field(default_factory=list)
+    confidence: list[DecoderConfidence] = field(default_factory=list)  # per decoder: ECE, errors caught
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -169,7 +178,24 @@ class EvalReport:
         labels = [r.decoder for r in self.results]
         for table in self.breakdowns:
             lines += ["", *table.to_markdown(labels)]
+        if self.confidence:
+            lines += ["", *self._confidence_markdown()]
         return "\n".join(lines) + "\n"
+
+    def _confidence_markdown(self) -> list[str]:
+        """Word confidence: how well each decoder's scores predict its word errors (raw and calibrated)."""
+        lines = ["### Word confidence (each hypothesis word right or wrong by alignment with its reference)", "",
+                 f"| decoder | words | right | mean confidence | ECE | errors in the lowest {100 * REVIEW_FRACTION:g}% |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for c in self.confidence:
+            for kind, q in (("raw", c.raw), ("calibrated", c.calibrated)):
+                if q is not None:
+                    lines.append(f"| {c.decoder} ({kind}) | {q.words} | {100 * q.accuracy:.1f}% | "
+                                 f"{q.mean_confidence:.3f} | {q.ece:.3f} | {100 * q.errors_caught_at_10pct:.1f}% |")
+        lines += ["", "raw = geometric mean of the frames' top posterior in the word's span; calibrated = logistic "
+                  "regression on the word's mean and lowest frame posterior and its length, fitted on a dev set (`eval.py --calibrate`, confidence.json beside the model). ECE: "
+                  f"expected calibration error over {ECE_BINS} bins; reliability.png draws them."]
+        return lines
 
     def _significance_markdown(self, b: BootstrapResult) -> list[str]:
         """The intervals of every row and every difference, and what they mean."""
@@ -197,7 +223,8 @@ class EvalReport:
 def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: str, data: str,
                  lm: str | None = None, padding: PaddingCheck | None = None,
                  references: Sequence[DecodeRun] = (), groups: Mapping[str, Sequence[str]] | None = None,
-                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> EvalReport:
+                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                 calibrations: Mapping[str, Calibration] | None = None) -> EvalReport:
     """The comparison table of several decoders run on the same log-probs, then reference recognisers' rows.
 
     Args:
@@ -212,6 +239,8 @@ def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: 
             breakdowns; None breaks down by duration only.
         resamples: Bootstrap resamples for the intervals; 0 skips them (the breakdowns keep point WERs).
         seed: Seed of the bootstrap draws.
+        calibrations: Decoder -> its stored confidence calibration (`asr.confidence.load_calibrations`);
+            decoders without one get raw confidence scores only.
     """
     results = [score_run(r, acoustic.references, acoustic.audio_seconds, acoustic.seconds) for r in runs]
     results += [score_run(r, acoustic.references, acoustic.audio_seconds, 0.0, reference=True) for r in references]
@@ -226,19 +255,24 @@ def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: 
     if groups is None:
         groups = utterance_groups([None] * len(acoustic.ids), acoustic.durations)
     tables = breakdowns(groups, errors, resamples, seed)
+    calibrations = calibrations or {}
+    confidence = [c for r in runs if r.word_features is not None
+                  for c in [decoder_confidence(r.decoder, acoustic.references, r.texts, r.word_features,
+                                               calibrations.get(r.decoder))] if c is not None]
     return EvalReport(model=model, data=data, lm=lm, utterances=len(acoustic.ids), dropped=len(acoustic.drops),
                       audio_seconds=acoustic.audio_seconds, acoustic_seconds=acoustic.seconds,
                       acoustic_processes=acoustic.num_processes, acoustic_cached=acoustic.from_cache,
                       max_batch_seconds=acoustic.max_batch_seconds, max_padding=acoustic.max_padding,
                       results=results, agreements=agreements,
-                      padding=padding, bootstrap=bootstrap, breakdowns=tables)
+                      padding=padding, bootstrap=bootstrap, breakdowns=tables, confidence=confidence)
 
 
 def compare_decoders(acoustic: AcousticOutput, utterances: Mapping[str, Utterance], decoders: Sequence[str],
                      vocab: Mapping[str, int], lm: Path | None, settings: DecoderSettings, *, model: str, data: str,
                      references: Sequence[str] = (), normalizer: TextNormalizer | None = None,
-                     padding: PaddingCheck | None = None, resamples: int = DEFAULT_RESAMPLES,
-                     seed: int = DEFAULT_SEED) -> tuple[EvalReport, list[dict[str, Any]]]:
+                     padding_sample: int = 0, resamples: int = DEFAULT_RESAMPLES,
+                     seed: int = DEFAULT_SEED, calibrations: Mapping[str, Calibration] | None = None,
+                     ) -> tuple[EvalReport, list[dict[str, Any]]]:
     """Decode `acoustic` with each decoder, run each reference recogniser on the same audio, and build the table.
 
     Args:
@@ -250,20 +284,29 @@ def compare_decoders(acoustic: AcousticOutput, utterances: Mapping[str, Utteranc
         model, data: As the header names them.
         references: Names from asr.reference.REFERENCES.
         normalizer: The model's text normaliser, applied to the references' transcripts.
-        padding: The padding check, if run.
+        padding_sample: Utterances to rerun one by one against their batched log-probs (the padding
+            check, `asr.evaluation.check_padding`); 0 skips it, -1 checks all. Needs `model` to be its directory.
         resamples, seed: The paired bootstrap's.
+        calibrations: Stored word-confidence calibrations by decoder (`asr.confidence.load_calibrations`).
 
     Returns:
         (the report, its per-utterance rows for `write_results`).
     """
     runs = [decode_all(name, vocab, acoustic.log_probs, lm, settings) for name in decoders]
+    padding = None
+    if padding_sample:
+        from asr.inference import load_model  # loads the model again: only for this check
+
+        padding = check_padding(load_model(model), acoustic, {i: u.audio for i, u in utterances.items()},
+                                None if padding_sample < 0 else padding_sample)
     reference_runs = [transcribe_reference(name, [utterances[i].audio for i in acoustic.ids], normalizer=normalizer)
                       for name in references]
     groups = utterance_groups([utterances[i].speaker for i in acoustic.ids], acoustic.durations,
                               [utterances[i].metadata for i in acoustic.ids])
     report = build_report(acoustic, runs, model=model, data=data,
                           lm=str(lm) if lm is not None and any(d in BEAM_DECODERS for d in decoders) else None,
-                          padding=padding, references=reference_runs, groups=groups, resamples=resamples, seed=seed)
+                          padding=padding, references=reference_runs, groups=groups, resamples=resamples, seed=seed,
+                          calibrations=calibrations)
     return report, utterance_rows(acoustic, [*runs, *reference_runs])
 
 
@@ -281,9 +324,10 @@ def utterance_rows(acoustic: AcousticOutput, runs: Sequence[DecodeRun]) -> list[
 
 def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: Sequence[Drop],
                   out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write results.{md,json,csv}, utterances.{jsonl,csv}, comparison.png, breakdown.png and dropped.jsonl.
+    """Write results.{md,json,csv}, utterances.{jsonl,csv}, comparison.png, breakdown.png, reliability.png and
+    dropped.jsonl.
 
-    breakdown.png is written only when the report has breakdowns.
+    breakdown.png is written only when the report has breakdowns, reliability.png when it has word confidences.
 
     Returns:
         File name -> path of each file written.
@@ -305,6 +349,13 @@ def write_results(report: EvalReport, rows: Sequence[Mapping[str, Any]], drops: 
         paths["breakdown.png"] = plot_breakdowns(report.breakdowns, out / "breakdown.png", title=title)
     else:  # an earlier run's plot would describe other results
         (out / "breakdown.png").unlink(missing_ok=True)
+    if report.confidence:
+        curves = {f"{c.decoder} ({kind})": q for c in report.confidence
+                  for kind, q in (("raw", c.raw), ("calibrated", c.calibrated)) if q is not None}
+        paths["reliability.png"] = plot_reliability(curves, out / "reliability.png",
+                                                    title=f"{run_name(report.model)}: word confidence, {title}")
+    else:
+        (out / "reliability.png").unlink(missing_ok=True)
     return paths
 
 

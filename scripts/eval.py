@@ -21,11 +21,15 @@ Every row's WER and CER, and the difference between every two rows, get a paired
 confidence interval (--bootstrap resamples of the utterances, seeded by --bootstrap-seed; 0 skips
 them); a difference is significant when its interval excludes 0. WER is also broken down by speaker,
 duration bucket and each category-like manifest column (string or boolean values, 2-12 of them),
-each group with its own interval.
+each group with its own interval. Every decoder's words get a confidence (the frames' posteriors in
+the word's span); the table says how well it predicts errors (ECE, errors among the least confident
+10% of words), calibrated when the model holds confidence.json (written by --calibrate, fitted on
+--tune-data after any tuning).
 
-Writes to --output: results.md (the table, intervals, differences, breakdowns), results.json,
+Writes to --output: results.md (the table, intervals, differences, breakdowns, confidence), results.json,
 results.csv, utterances.jsonl/.csv (id, reference, every decoder's hypothesis and word errors),
-comparison.png, breakdown.png (WER per group and decoder), dropped.jsonl (items left out and why),
+comparison.png, breakdown.png (WER per group and decoder), reliability.png (confidence against
+accuracy per decoder), dropped.jsonl (items left out and why),
 and with --tune: tuning.md/.json, tuning_grid.png (WER heatmaps over alpha x beta) and
 tuning_pareto.png (WER against speed of every setting tried). The table goes to stdout, logs to
 stderr. With --tune and the LM in the model directory, the model card (README.md) is rewritten
@@ -45,6 +49,7 @@ import sys
 from pathlib import Path
 
 from asr import launch
+from asr.confidence import load_calibrations
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.decoders import BEAM_DECODERS, DECODERS, DecoderSettings, check_lm_fits, find_lm, load_decoder_settings
 from asr.evaluation import (
@@ -55,7 +60,7 @@ from asr.evaluation import (
     EVAL_MAX_DURATION,
     EVAL_MIN_DURATION,
     AcousticOutput,
-    check_padding,
+    calibrate_decoders,
     compute_acoustic,
     eval_filters,
 )
@@ -127,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--beam-widths", type=int, nargs="+", default=list(grid.beam_widths),
                    help="also search beam widths (default: keep the current one)")
     g.add_argument("--nbest", type=int, default=DEFAULT_NBEST, help="n-best size for the oracle WER; 0 skips it")
+    g.add_argument("--calibrate", action="store_true", help="fit each decoder's word-confidence calibration on "
+                   "--tune-data (after tuning) and store it beside the model (confidence.json)")
     args = p.parse_args(argv)
     args.decoder = list(DECODERS) if "all" in args.decoder else [d for d in DECODERS if d in args.decoder]
     args.reference = list(dict.fromkeys(n.strip() for n in args.reference.split(",") if n.strip()))
@@ -139,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--bootstrap is {args.bootstrap}; use a number of resamples such as 1000, or 0 to skip the intervals")
     searched = [f"--{k.replace('_', '-')}" for k in ("alpha", "beta", "lm_weight", "word_score")
                 if getattr(args, k) is not None]
+    if args.calibrate and not args.tune_data:
+        p.error("--calibrate fits on a dev set: give it with --tune-data (the evaluated set would grade itself)")
     if args.tune and searched:
         p.error(f"{', '.join(searched)} are what --tune searches; give the grid with --alphas/--betas instead")
     return args
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             check_lm_fits(lm, load_vocab(args.model))  # an LM for another alphabet would decode silently worse
         for name in args.reference:
             check_reference(name)
+        load_calibrations(args.model)  # a damaged confidence.json is an input error, before any work
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -213,7 +223,7 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
     # first (a long tuning would otherwise leave the other processes waiting at a collective).
     tune_acoustic = None
     try:  # the inputs: a source that cannot be read, or holds no usable utterance, is a one-line error
-        if args.tune and args.tune_data:
+        if (args.tune or args.calibrate) and args.tune_data:
             tune_acoustic, _ = acoustic_for(args, args.tune_data, args.tune_split, accelerator)
         acoustic, utterances = acoustic_for(args, args.data, args.split, accelerator)
     except ValueError as e:
@@ -229,17 +239,13 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
         run_tuning(args, lm, tune_acoustic or acoustic, args.tune_data or args.data)
     settings = decoder_settings(args, lm)  # after tuning, the LM directory holds the tuned values
     vocab = load_vocab(args.model)
-    padding = None
-    if args.check_padding:
-        from asr.inference import load_model
-
-        sample = None if args.check_padding < 0 else args.check_padding
-        padding = check_padding(load_model(args.model), acoustic, {i: u.audio for i, u in utterances.items()},
-                                sample)
+    if args.calibrate:
+        calibrate_decoders(args.model, args.decoder, vocab, tune_acoustic, lm, settings, data=args.tune_data)
     report, rows = compare_decoders(
         acoustic, utterances, args.decoder, vocab, lm, settings, model=str(args.model), data=args.data,
         references=args.reference, normalizer=TextNormalizer.load(args.model) if args.reference else None,
-        padding=padding, resamples=args.bootstrap, seed=args.bootstrap_seed)
+        padding_sample=args.check_padding, resamples=args.bootstrap, seed=args.bootstrap_seed,
+        calibrations=load_calibrations(args.model))
     write_results(report, rows, acoustic.drops, args.output)
     if args.tune and lm is not None and lm.resolve() == args.model.resolve():  # the LM is part of the model
         card = write_model_card(args.model, [CardResult(r.decoder, args.data, r.wer, r.cer, r.utterances, args.split,

@@ -1,4 +1,5 @@
-"""Word confidence (asr.confidence): raw scores from frame posteriors, Platt calibration, ECE and errors caught."""
+"""Word confidence (asr.confidence): raw scores and features from frame posteriors, logistic calibration, ECE and
+errors caught."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from asr.beam import GreedyCTC, Hypothesis, WordSpan
 from asr.confidence import (
+    FEATURES,
     Calibration,
     confidence_quality,
     fit_calibration,
@@ -17,6 +19,7 @@ from asr.confidence import (
     save_calibrations,
     word_confidences,
     word_correctness,
+    word_features,
 )
 
 
@@ -29,6 +32,9 @@ def test_raw_confidence_is_the_geometric_mean_of_the_top_posterior_in_the_span()
     assert sure == pytest.approx(0.7) and unsure == pytest.approx(0.25)
     mixed = word_confidences(np.log(probs), Hypothesis("x", (WordSpan("x", 2, 4),), 0.0))[0]
     assert mixed == pytest.approx(np.sqrt(0.7 * 0.25))
+    features = word_features(np.log(probs), Hypothesis("xyz", (WordSpan("xyz", 2, 4),), 0.0))
+    assert features.shape == (1, len(FEATURES))
+    assert features[0] == pytest.approx([np.log(np.sqrt(0.7 * 0.25)), np.log(0.25), 3])  # mean, min, characters
 
 
 def test_word_correctness_follows_the_alignment():
@@ -38,16 +44,35 @@ def test_word_correctness_follows_the_alignment():
     assert word_correctness("", "noise") == [False] and word_correctness("the cat", "") == []
 
 
-def test_platt_fit_recovers_a_known_curve_and_lowers_ece():
+def test_logistic_fit_recovers_known_weights_and_lowers_ece():
     rng = np.random.default_rng(0)
-    raw = rng.uniform(0.05, 0.999, 20_000)
-    truth = Calibration(0.6, -0.4)  # raw scores overconfident: the real probability is lower
-    correct = rng.random(raw.size) < truth(raw)
-    fitted = fit_calibration(raw, correct)
-    assert fitted.a == pytest.approx(0.6, abs=0.05) and fitted.b == pytest.approx(-0.4, abs=0.05)
-    before, after = confidence_quality(raw, correct), confidence_quality(fitted(raw), correct)
+    n = 20_000
+    mean = rng.uniform(-3.0, 0.0, n)
+    features = np.stack([mean, mean - rng.uniform(0.0, 3.0, n), rng.integers(1, 12, n)], axis=1)
+    truth = Calibration((1.5, 0.5, -0.1), 0.8)
+    correct = rng.random(n) < truth(features)
+    fitted = fit_calibration(features, correct)
+    assert fitted.weights == pytest.approx(truth.weights, abs=0.1) and fitted.bias == pytest.approx(0.8, abs=0.15)
+    raw = np.exp(features[:, 0])
+    before, after = confidence_quality(raw, correct), confidence_quality(fitted(features), correct)
     assert before.ece > 0.1 and after.ece < 0.02
-    assert fitted.words == raw.size
+    assert fitted.words == n
+
+
+def test_fit_does_not_diverge_when_many_words_are_certain():
+    """Greedy words whose frames are all certain pile up at log-posterior 0; an undamped Newton fit of the demo's
+    dev set ran off to a slope of 2e6 (every calibrated confidence 1.0)."""
+    rng = np.random.default_rng(1)
+    certain = np.zeros((3000, 3))
+    certain[:, 2] = 4
+    unsure = np.stack([rng.uniform(-2, -0.01, 2000), rng.uniform(-6, -2, 2000), rng.integers(1, 9, 2000)], axis=1)
+    features = np.concatenate([certain, unsure])
+    correct = np.concatenate([rng.random(3000) < 0.6, rng.random(2000) < 0.3])
+    fitted = fit_calibration(features, correct)
+    p = fitted(features)
+    assert p.mean() == pytest.approx(correct.mean(), abs=0.01)  # a logistic fit with an intercept matches the rate
+    assert p[:3000].mean() > p[3000:].mean() + 0.2 and 0.05 < p.min() and p.max() < 0.95
+    assert max(abs(w) for w in fitted.weights) < 100
 
 
 def test_ece_bins_and_errors_caught_by_hand():
@@ -62,10 +87,11 @@ def test_ece_bins_and_errors_caught_by_hand():
 
 
 def test_calibrations_are_stored_beside_the_model(tmp_path):
-    save_calibrations(tmp_path, {"greedy": Calibration(0.5, 0.1, 10)})
-    save_calibrations(tmp_path, {"beam": Calibration(0.7, -0.2, 12)}, extra={"data": "dev.jsonl"})
+    greedy, beam = Calibration((0.5, 0.1, -0.2), 0.1, 10), Calibration((0.7, 0.2, 0.0), -0.2, 12)
+    save_calibrations(tmp_path, {"greedy": greedy})
+    save_calibrations(tmp_path, {"beam": beam}, extra={"data": "dev.jsonl"})
     loaded = load_calibrations(tmp_path)
-    assert loaded == {"greedy": Calibration(0.5, 0.1, 10), "beam": Calibration(0.7, -0.2, 12)}
+    assert loaded == {"greedy": greedy, "beam": beam}
     assert json.loads((tmp_path / "confidence.json").read_text())["data"] == "dev.jsonl"
     assert load_calibrations(tmp_path / "elsewhere") == {}
     (tmp_path / "confidence.json").write_text("[1, 2]")
@@ -84,18 +110,21 @@ def test_calibrated_greedy_confidence_of_the_shipped_base_on_real_speech(synth_c
     loaded = load_model("assets/base_model")
     greedy = GreedyCTC(loaded.vocab)
     audios = [load_audio(synth_corpus / r["audio_filepath"]) for r in rows]
-    raw, right = [], []
+    features, right = [], []
     for i, log_probs in iter_log_probs(loaded, audios):
         hyp = greedy.decode(log_probs)
-        raw.append(word_confidences(log_probs, hyp))
+        features.append(word_features(log_probs, hyp))
         right.append(word_correctness(loaded.normalizer(rows[i]["text"]), hyp.text))
     half = len(rows) // 2
-    fit_raw, fit_right = sum(raw[:half], []), sum(right[:half], [])
-    test_raw, test_right = np.array(sum(raw[half:], [])), np.array(sum(right[half:], []))
+    fit_features, fit_right = np.concatenate(features[:half]), sum(right[:half], [])
+    test_features, test_right = np.concatenate(features[half:]), np.array(sum(right[half:], []))
+    test_raw = np.exp(test_features[:, 0])
     assert 0.2 < test_right.mean() < 0.95  # a model that makes errors, so there is something to predict
-    assert test_raw[test_right].mean() > test_raw[~test_right].mean() + 0.05  # right words are more confident
-    calibration = fit_calibration(fit_raw, fit_right)
-    before, after = confidence_quality(test_raw, test_right), confidence_quality(calibration(test_raw), test_right)
+    assert test_raw[test_right].mean() > test_raw[~test_right].mean()  # right words are more confident
+    # reviewing the least confident 10% of words finds more than the 10% of errors a random 10% would
+    assert confidence_quality(test_raw, test_right).errors_caught_at_10pct > 0.10
+    calibration = fit_calibration(fit_features, fit_right)
+    before, after = confidence_quality(test_raw, test_right), confidence_quality(calibration(test_features), test_right)
     assert after.ece <= before.ece + 0.02
     png = plot_reliability({"greedy raw": before, "greedy calibrated": after}, tmp_path / "reliability.png")
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -24,11 +24,13 @@ import pytest
 
 from asr.beam import FlashlightOptions, PyCTCDecodeOptions
 from asr.corpus import load_sentences
-from asr.decoders import ATTRS_FILE, DECODER_FILE, LM_SUBDIR, DecoderSettings, load_decoder_settings
+from asr.confidence import CONFIDENCE_FILE, load_calibrations
+from asr.decoders import ATTRS_FILE, DECODER_FILE, DECODERS, LM_SUBDIR, DecoderSettings, load_decoder_settings
 from asr.evaluation import (
     AcousticOutput,
     DecodeRun,
     acoustic_cache_key,
+    calibrate_decoders,
     check_padding,
     compute_acoustic,
     decode_all,
@@ -212,6 +214,34 @@ def test_table_and_per_utterance_files(acoustic, runs, tmp_path):
     assert header[:3] == ["id", "duration", "reference"] and {"greedy", "beam", "flashlight"} <= set(header)
     assert json.loads(paths["dropped.jsonl"].read_text())["reason"] == "unreadable_audio"
     assert paths["comparison.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrated_word_confidence_per_decoder_in_the_report(acoustic, vocab, lm_dir, tmp_path):
+    """--calibrate's work: each decoder's words fit a calibration stored beside the model; the report then grades
+    raw and calibrated confidence (ECE, errors caught) and draws reliability.png."""
+    model = tmp_path / "model"
+    model.mkdir()
+    path = calibrate_decoders(model, list(DECODERS), vocab, acoustic, lm_dir, data="dev.jsonl")
+    stored = json.loads(path.read_text())
+    assert path == model / CONFIDENCE_FILE and set(stored["decoders"]) == set(DECODERS)
+    assert stored["data"] == "dev.jsonl" and stored["decoders"]["beam"]["words"] > 0
+    calibrations = load_calibrations(model)
+    runs = [decode_all(name, vocab, acoustic.log_probs, lm_dir) for name in DECODERS]
+    report = build_report(acoustic, runs, model=str(model), data="handmade", lm=str(lm_dir),
+                          calibrations=calibrations)
+    assert [c.decoder for c in report.confidence] == list(DECODERS)
+    for c, run in zip(report.confidence, runs):
+        words = sum(len(t.split()) for t in run.texts)
+        assert c.raw.words == c.calibrated.words == words == sum(len(f) for f in run.word_features)
+        # the fit's intercept makes the mean calibrated confidence the share of right words on the fitting set
+        assert c.calibrated.mean_confidence == pytest.approx(c.calibrated.accuracy, abs=0.02)
+        assert c.calibrated.ece <= c.raw.ece
+    paths = write_results(report, utterance_rows(acoustic, runs), acoustic.drops, tmp_path / "out")
+    markdown = paths["results.md"].read_text()
+    assert "### Word confidence" in markdown and "| beam (calibrated) |" in markdown and "| greedy (raw) |" in markdown
+    assert paths["reliability.png"].read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(paths["results.json"].read_text())["confidence"]
+    assert [c["decoder"] for c in saved] == list(DECODERS) and saved[0]["calibrated"]["ece"] >= 0
 
 
 def test_comparison_plot_names_each_decoder_its_lm_and_speed(acoustic, runs, lm_dir):
@@ -423,12 +453,16 @@ def test_script_end_to_end_on_an_untrained_model(eval_script, group_norm_model, 
     common = ["--model", str(model), "--data", str(manifest), "--cache-dir", str(cache), "--beam-width", "8",
               "--beam-size", "8"]
     assert eval_script.main([*common, "--output", str(out), "--check-padding", "2", "--tune", "--alphas", "0.5", "1",
-                             "--betas", "0", "--nbest", "2"]) == 3  # the broken and the missing file
+                             "--betas", "0", "--nbest", "2", "--calibrate", "--tune-data", str(manifest)]) == 3
+    # (3: the broken and the missing file)
+    assert set(json.loads((model / CONFIDENCE_FILE).read_text())["decoders"]) == {"greedy", "beam", "flashlight"}
+    assert "| flashlight (calibrated) |" in (out / "results.md").read_text() and (out / "reliability.png").exists()
     printed = capsys.readouterr().out
     assert "| greedy |" in printed and "| beam |" in printed and "| flashlight |" in printed
     results = json.loads((out / "results.json").read_text())
     assert [r["decoder"] for r in results["results"]] == ["greedy", "beam", "flashlight"]
-    assert results["utterances"] == 4 and results["dropped"] == 2 and not results["acoustic_cached"]
+    # the dev pass (--tune-data, here the same manifest) ran the model; the evaluated set's pass read its cache
+    assert results["utterances"] == 4 and results["dropped"] == 2 and results["acoustic_cached"]
     assert results["padding"]["utterances"] == 2 and "explanation" in results["padding"]
     assert (model / DECODER_FILE).exists() and (out / "tuning.md").exists()
     for name in ("results.md", "results.csv", "utterances.jsonl", "utterances.csv", "comparison.png"):
