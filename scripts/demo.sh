@@ -81,9 +81,9 @@ say "3/6 KenLM 4-gram from $CORPUS/lm.txt, beside the model"
 $PY scripts/build_lm.py --model "$OUT/model" --text "$CORPUS/lm.txt" --order 4 --heldout-fraction 0.02
 
 if [ -f scripts/eval.py ]; then
-  say "4/6 greedy vs beam+LM on the test set (LM weight and word bonus tuned on the dev set first), pocketsphinx beside them"
+  say "4/6 greedy vs beam+LM on the test set (LM weight, word bonus and word confidence tuned on the dev set first), pocketsphinx beside them"
   $PY scripts/eval.py --model "$OUT/model" --data "$CORPUS/test.jsonl" --decoder all --output "$OUT/eval" \
-    --tune --tune-data "$CORPUS/dev.jsonl" --workers 2 --reference pocketsphinx
+    --tune --calibrate --tune-data "$CORPUS/dev.jsonl" --workers 2 --reference pocketsphinx
 fi
 
 say "5/6 natural voice: Piper reading the test sentences ($NATURAL), greedy vs beam+LM vs pocketsphinx"
