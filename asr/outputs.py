@@ -329,7 +329,7 @@ def _line_sized(words: Sequence[WordTime]) -> Iterator[WordTime]:
         step = (w.end - w.start) / len(pieces)
         for k, piece in enumerate(pieces):
             yield w if len(pieces) == 1 else WordTime(piece, round(w.start + k * step, 3),
-                                                      round(w.start + (k + 1) * step, 3))
+                                                      round(w.start + (k + 1) * step, 3), w.confidence)
 
 
 def _timestamp(seconds: float, separator: str) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import soxr
 
 from asr.beam import CTCDecoder
+from asr.confidence import load_calibrations
 from asr.constants import SAMPLE_RATE
 from asr.decoders import BEAM_DECODERS, DECODERS, build_decoder, has_lm, load_decoder_settings
 from asr.inference import AcousticModel, load_acoustic_model
@@ -128,7 +129,8 @@ class Recognizer:
             lm = self.lm if decoder in BEAM_DECODERS else None
             options = dataclasses.replace(self.options, decoder=decoder, formats=())
             self._transcribers[decoder] = Transcriber(self.model, make_decoder(decoder, lm, self.model.vocab),
-                                                      options, lm=str(lm) if lm else None)
+                                                      options, lm=str(lm) if lm else None,
+                                                      calibration=load_calibrations(self.model.path).get(decoder))
         return self._transcribers[decoder]
 
     @staticmethod

@@ -30,6 +30,7 @@ import numpy as np
 from asr.audio import AUDIO_EXTENSIONS, BLOCK_SECONDS, AudioError, audio_duration, stream_audio
 from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs
+from asr.confidence import FEATURES, Calibration, raw_confidence, word_features
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.decoders import DECODERS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
@@ -254,6 +255,7 @@ class WordTime:
     word: str
     start: float
     end: float
+    confidence: float | None = None  # probability the word is right (calibrated) or the raw score; asr.confidence
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,7 @@ class Transcript:
     decoder: str
     model: str
     lm: str | None = None
+    confidence: str | None = None  # what the words' confidences are: "calibrated", "raw" or None (none given)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -275,17 +278,20 @@ class Transcript:
         return self.input, self.path
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; words as {word, start, end}."""
+        """JSON-ready dict; words as {word, start, end[, confidence]}."""
+        words = [{"word": w.word, "start": w.start, "end": w.end,
+                  **({"confidence": w.confidence} if w.confidence is not None else {})} for w in self.words]
         return {"path": self.path, "input": self.input, "duration": self.duration, "text": self.text,
-                "words": [{"word": w.word, "start": w.start, "end": w.end} for w in self.words],
-                "decoder": self.decoder, "model": self.model, "lm": self.lm}
+                "words": words, "decoder": self.decoder, "model": self.model, "lm": self.lm,
+                "confidence": self.confidence}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transcript:
         """Inverse of `to_dict`."""
-        words = tuple(WordTime(w["word"], float(w["start"]), float(w["end"])) for w in data["words"])
+        words = tuple(WordTime(w["word"], float(w["start"]), float(w["end"]), w.get("confidence"))
+                      for w in data["words"])
         return cls(data["input"], data["path"], float(data["duration"]), data["text"], words, data["decoder"],
-                   data["model"], data.get("lm"))
+                   data["model"], data.get("lm"), data.get("confidence"))
 
 
 @dataclass(frozen=True)
@@ -319,12 +325,19 @@ class Failure:
 
 
 def hypothesis_to_transcript(item: AudioItem, hypothesis: Hypothesis, num_samples: int, seconds_per_frame: float,
-                             decoder: str, model: str, lm: str | None) -> Transcript:
-    """Frame spans -> seconds (the model's real frame period), clipped to the file's duration."""
+                             decoder: str, model: str, lm: str | None,
+                             confidences: Sequence[float] | None = None, confidence: str | None = None) -> Transcript:
+    """Frame spans -> seconds (the model's real frame period), clipped to the file's duration.
+
+    `confidences` (one per word) and what they are (`confidence`: "calibrated" or "raw") go with the words.
+    """
     duration = num_samples / SAMPLE_RATE
+    scores = [round(float(c), 4) for c in confidences] if confidences is not None else [None] * len(hypothesis.words)
     words = tuple(WordTime(w.word, round(min(w.start * seconds_per_frame, duration), 3),
-                           round(min(w.end * seconds_per_frame, duration), 3)) for w in hypothesis.words)
-    return Transcript(item.input, item.path, round(duration, 3), hypothesis.text, words, decoder, model, lm)
+                           round(min(w.end * seconds_per_frame, duration), 3), c)
+                  for w, c in zip(hypothesis.words, scores))
+    return Transcript(item.input, item.path, round(duration, 3), hypothesis.text, words, decoder, model, lm,
+                      confidence if confidences is not None else None)
 
 
 # ------------------------------------------------------------------------------------------- plans
@@ -399,11 +412,14 @@ class Transcriber:
         decoder: GreedyCTC, PyCTCDecodeBeam or FlashlightBeam over the model's vocabulary.
         options: Chunking and batching.
         lm: The LM directory the decoder uses, recorded with each transcript.
+        calibration: The decoder's word-confidence calibration (`asr.confidence.load_calibrations`); each
+            word gets its calibrated probability of being right, or without one its raw confidence.
     """
 
     def __init__(self, loaded: AcousticModel, decoder: CTCDecoder, options: TranscribeOptions,
-                 lm: str | None = None) -> None:
+                 lm: str | None = None, calibration: Calibration | None = None) -> None:
         self.loaded, self.decoder, self.options, self.lm = loaded, decoder, options, lm
+        self.calibration = calibration  # this decoder's word-confidence calibration (confidence.json); None: raw
         self.model_name = str(Path(loaded.path).resolve())
         self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
         self.min_samples = _min_samples(loaded)  # the shortest input giving one output frame (wav2vec2: 400, 25 ms)
@@ -484,8 +500,12 @@ class Transcriber:
     def _to_transcript(self, item: AudioItem, log_probs: np.ndarray, num_samples: int) -> Transcript:
         """Decode [T, V] log-probs into a Transcript with word times in seconds."""
         hypothesis = self.decoder.decode(log_probs) if len(log_probs) else Hypothesis("", (), 0.0)
+        features = word_features(log_probs, hypothesis) if hypothesis.words else np.zeros((0, len(FEATURES)))
+        calibrated = self.calibration is not None
+        scores = self.calibration(features) if calibrated else raw_confidence(features)
         return hypothesis_to_transcript(item, hypothesis, num_samples, self.loaded.seconds_per_frame,
-                                        self.options.decoder, self.model_name, self.lm)
+                                        self.options.decoder, self.model_name, self.lm, scores.tolist(),
+                                        "calibrated" if calibrated else "raw")
 
     @staticmethod
     def _guard(item: AudioItem, work) -> Transcript | Failure:

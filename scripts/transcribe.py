@@ -15,7 +15,9 @@ through FFmpeg when it is installed; hidden names skipped) and --manifest files 
 `audio_filepath`/`audio`/`path` column, or one path a line). Any sample rate or channel count.
 
 Outputs in --output: `transcripts.jsonl` (one line per file: path, input, duration, text, words
-[{word, start, end}] in seconds, decoder, model, lm), `errors.jsonl` (files that could not be read or
+[{word, start, end, confidence}] in seconds, decoder, model, lm, confidence: "calibrated" when the model
+directory holds this decoder's calibration from `eval.py --calibrate`, the probability the word is
+right; else "raw", the frames' geometric-mean top posterior), `errors.jsonl` (files that could not be read or
 are too short for one output frame of the model, 25 ms for wav2vec2, with the reason), `summary.json`,
 and with --formats a mirror of the input tree holding per-file .txt, .srt/.vtt (subtitle cues of at most
 2 lines of 42 characters), .ctm (NIST CTM: `<file-id> 1 <start> <duration> <word>` a line) and .tsv
@@ -62,6 +64,7 @@ from accelerate.utils import broadcast_object_list
 
 from asr import launch
 from asr.allocator import active_allocator
+from asr.confidence import load_calibrations
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.decoders import DECODERS, LM_SUBDIR
 from asr.inference import BACKENDS, load_acoustic_model
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                              "paths (hidden files are skipped).")
         loaded = load_acoustic_model(args.model, args.backend, accelerator.device)
         transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab), options,
-                                  lm=str(lm.resolve()) if lm else None)
+                                  lm=str(lm.resolve()) if lm else None,
+                                  calibration=load_calibrations(args.model).get(options.decoder))
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return EXIT_USAGE

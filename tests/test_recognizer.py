@@ -150,3 +150,29 @@ def test_tuning_shows_a_progress_bar_over_the_grid(model_with_lm, speech_dir, ca
     err = capsys.readouterr().err
     assert "tune: 100%" in err and "6/6" in err, err[-2000:]
     assert "beam 2-best: 100%" in err
+
+
+def test_words_carry_a_confidence_raw_or_calibrated_beside_the_model(model_with_lm, speech_dir, tmp_path):
+    """Issue 17: each word of a transcript has a confidence; with the decoder's calibration in the model directory
+    (eval.py --calibrate writes confidence.json) it is the calibrated probability, in the script and in Python."""
+    from asr import Recognizer
+    from asr.confidence import Calibration, save_calibrations
+
+    raw = script_texts(model_with_lm, speech_dir, tmp_path / "raw", "greedy")
+    words = [w for row in raw.values() for w in row["words"]]
+    assert words and all(row["confidence"] == "raw" for row in raw.values())
+    assert all(0 < w["confidence"] <= 1 for w in words) and len({w["confidence"] for w in words}) > 1
+    model = tmp_path / "model"
+    shutil.copytree(model_with_lm, model)
+    calibration = Calibration((2.0, 0.0, 0.0), 1.0, 10)  # reads only the mean log-posterior, i.e. log(raw)
+    save_calibrations(model, {"greedy": calibration})
+    calibrated = script_texts(model, speech_dir, tmp_path / "calibrated", "greedy")
+    for name, row in calibrated.items():
+        assert row["confidence"] == "calibrated" and row["text"] == raw[name]["text"]
+        for w, r in zip(row["words"], raw[name]["words"]):
+            expected = 1 / (1 + np.exp(-(2.0 * np.log(r["confidence"]) + 1.0)))
+            assert w["confidence"] == pytest.approx(expected, abs=2e-3)
+    file = sorted(speech_dir.glob("*.wav"))[0]
+    result = Recognizer.from_pretrained(model, **RECOGNIZER_CHUNKING).transcribe(file, decoder="greedy")
+    assert result.confidence == "calibrated"
+    assert [w.confidence for w in result.words] == [w["confidence"] for w in calibrated[file.name]["words"]]
