@@ -96,6 +96,23 @@ def write_model_card(model_dir: str | os.PathLike, evaluation: Sequence[CardResu
     return path
 
 
+def card_after_tuning(model_dir: str | os.PathLike, lm_dir: str | os.PathLike | None, data: str, split: str | None,
+                      results: Sequence[Any]) -> Path | None:
+    """Rewrites the card with an evaluation's rows after tuning, when the tuned LM is part of the model directory.
+
+    Args:
+        results: The evaluation's rows (`asr.report.DecoderResult`: decoder, wer, cer, utterances, settings,
+            reference); reference recognisers' rows are left out.
+
+    Returns:
+        The card's path, or None when the LM lives elsewhere or the directory is not ours (see write_model_card).
+    """
+    if lm_dir is None or Path(lm_dir).resolve() != Path(model_dir).resolve():
+        return None
+    rows = [CardResult(r.decoder, data, r.wer, r.cer, r.utterances, split, r.settings) for r in results if not r.reference]
+    return write_model_card(model_dir, rows)
+
+
 def render_model_card(model_dir: str | os.PathLike, evaluation: Sequence[CardResult] = ()) -> str:
     """The card's text (YAML front matter, then Markdown) for a model directory; see `write_model_card`."""
     directory = _read_directory(Path(model_dir))

@@ -64,7 +64,7 @@ from asr.evaluation import (
     compute_acoustic,
     eval_filters,
 )
-from asr.model_card import CardResult, write_model_card
+from asr.model_card import card_after_tuning
 from asr.reference import REFERENCES, check_reference
 from asr.report import compare_decoders, write_results
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -247,11 +247,8 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
         padding_sample=args.check_padding, resamples=args.bootstrap, seed=args.bootstrap_seed,
         calibrations=load_calibrations(args.model))
     write_results(report, rows, acoustic.drops, args.output)
-    if args.tune and lm is not None and lm.resolve() == args.model.resolve():  # the LM is part of the model
-        card = write_model_card(args.model, [CardResult(r.decoder, args.data, r.wer, r.cer, r.utterances, args.split,
-                                                        r.settings) for r in report.results if not r.reference])
-        if card is not None:
-            logger.info("model card rewritten with the tuned decoders and this table: %s", card)
+    if args.tune and (card := card_after_tuning(args.model, lm, args.data, args.split, report.results)):
+        logger.info("model card rewritten with the tuned decoders and this table: %s", card)
     print(report.to_markdown())
     print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png"
           + (", breakdown.png" if report.breakdowns else "") + ", dropped.jsonl")
