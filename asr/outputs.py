@@ -242,11 +242,14 @@ class ResultSink:
         out: The output directory (for this rank).
         side_bases: Item index -> side file path without suffix (see `side_file_bases`).
         formats: The formats of the run; the per-file ones among them (txt, srt, vtt, ctm, tsv) are written.
+        mark_below: Words whose confidence is below this are marked in txt/srt/vtt/tsv (see `render`).
     """
 
-    def __init__(self, out: OutputDir, side_bases: Mapping[int, Path], formats: Sequence[str]) -> None:
+    def __init__(self, out: OutputDir, side_bases: Mapping[int, Path], formats: Sequence[str],
+                 mark_below: float | None = None) -> None:
         self.side_bases = side_bases
         self.formats = tuple(f for f in formats if f in SIDE_FORMATS)
+        self.mark_below = mark_below
         self._transcripts = open_append(out.transcripts_path)
         self._failures = open_append(out.failures_path)
 
@@ -257,7 +260,7 @@ class ResultSink:
             return
         base = self.side_bases.get(item.index)
         for fmt in self.formats:
-            write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt))
+            write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(result, fmt, self.mark_below))
         append_line(self._transcripts, result.to_dict())
 
     def write_missing(self, item: AudioItem, transcript: Transcript) -> int:
@@ -267,7 +270,7 @@ class ResultSink:
         base = self.side_bases.get(item.index)
         missing = [fmt for fmt in self.formats if not base.with_name(f"{base.name}.{fmt}").exists()]
         for fmt in missing:
-            write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(transcript, fmt))
+            write_text_atomic(base.with_name(f"{base.name}.{fmt}"), render(transcript, fmt, self.mark_below))
         return len(missing)
 
     def close(self) -> None:
@@ -348,27 +351,41 @@ def ctm_file_id(path: str) -> str:
     return re.sub(r"\s", "_", stem) or "_"
 
 
-def render(transcript: Transcript, fmt: str) -> str:
+UNSURE_MARK = "(?)"  # appended to a word whose confidence is below --mark-below in txt/srt/vtt/tsv
+
+
+def mark_unsure(words: Sequence[WordTime], below: float | None) -> tuple[WordTime, ...]:
+    """The words, each with a confidence under `below` spelled with UNSURE_MARK after it (None: unchanged)."""
+    if below is None:
+        return tuple(words)
+    return tuple(WordTime(w.word + UNSURE_MARK, w.start, w.end, w.confidence)
+                 if w.confidence is not None and w.confidence < below else w for w in words)
+
+
+def render(transcript: Transcript, fmt: str, mark_below: float | None = None) -> str:
     """The text of one side file.
 
     Formats: "txt" (the transcript); "srt" and "vtt" (timed cues, see `cues`, of at most two lines of 42
-    characters); "ctm" (NIST CTM, a word a line: `<file-id> 1 <start> <duration> <word>`, seconds,
-    no confidence: the decoders give none); "tsv" (Whisper's layout: a `start<TAB>end<TAB>text` header, then
-    a cue a line, times in integer milliseconds).
+    characters); "ctm" (NIST CTM, a word a line: `<file-id> 1 <start> <duration> <word>`, seconds, and the
+    word's confidence as the optional sixth field when it has one); "tsv" (Whisper's layout: a
+    `start<TAB>end<TAB>text` header, then a cue a line, times in integer milliseconds). With `mark_below`,
+    txt/srt/vtt/tsv spell each word whose confidence is below it as "word(?)" (UNSURE_MARK).
     """
+    words = mark_unsure(transcript.words, mark_below)
     if fmt == "txt":
-        return transcript.text + "\n"
+        return (" ".join(w.word for w in words) if mark_below is not None else transcript.text) + "\n"
     if fmt == "ctm":
         file_id = ctm_file_id(transcript.path)
-        return "".join(f"{file_id} 1 {w.start:.3f} {max(0.0, w.end - w.start):.3f} {w.word}\n"
+        return "".join(f"{file_id} 1 {w.start:.3f} {max(0.0, w.end - w.start):.3f} {w.word}"
+                       + (f" {w.confidence:.4f}" if w.confidence is not None else "") + "\n"
                        for w in transcript.words)
     if fmt == "tsv":
-        rows = [f"{round(start * 1000)}\t{round(end * 1000)}\t{text}\n" for start, end, text in cues(transcript.words)]
+        rows = [f"{round(start * 1000)}\t{round(end * 1000)}\t{text}\n" for start, end, text in cues(words)]
         return "start\tend\ttext\n" + "".join(rows)
     if fmt not in ("srt", "vtt"):
         raise ValueError(f"Format {fmt!r} is unknown; use one of {', '.join(SIDE_FORMATS)}.")
     blocks = []
-    for number, (start, end, text) in enumerate(cues(transcript.words), 1):
+    for number, (start, end, text) in enumerate(cues(words), 1):
         lines = "\n".join(wrap_cue(text))
         if fmt == "srt":
             blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{lines}\n")

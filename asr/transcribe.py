@@ -68,6 +68,7 @@ class TranscribeOptions:
     max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
     formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
+    mark_below: float | None = None  # txt/srt/vtt/tsv: words whose confidence is below this get "(?)" after them
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -75,6 +76,8 @@ class TranscribeOptions:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(f"Output format(s) {unknown} are unknown; use a comma list of {', '.join(FORMATS)}.")
+        if self.mark_below is not None and not 0 < self.mark_below < 1:
+            raise ValueError(f"--mark-below is {self.mark_below}; use a confidence between 0 and 1, e.g. 0.5.")
         if self.max_batch_seconds <= 0:
             raise ValueError(f"--max-batch-seconds is {self.max_batch_seconds}; use a positive number of seconds.")
         if self.chunk_seconds < 0:

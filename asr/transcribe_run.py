@@ -81,7 +81,7 @@ def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[Aud
     units = plan_work([durations[item.index] for item in readable], options)
     mine = [unit for unit, owner in zip(units, assign_by_cost([u.seconds for u in units], world)) if owner == rank]
     bases = dict(zip((item.index for item in items), side_file_bases(items, out.root, options.in_place)))
-    sink = ResultSink(out, bases, options.formats)
+    sink = ResultSink(out, bases, options.formats, options.mark_below)
     if is_main:
         restored = sum(sink.write_missing(item, done[item.key]) for item in items if item.key in done)
         if restored:

@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
                    help="padded audio seconds per forward pass")
     p.add_argument("--in-place", action="store_true", help="write the per-file formats next to the audio files")
+    p.add_argument("--mark-below", type=float, default=None, metavar="P", help="in txt/srt/vtt/tsv, write words whose "
+                   "confidence is below P (0-1; calibrated with confidence.json) as word(?)")
     args = p.parse_args(argv)
     if not args.inputs and not args.manifest:
         p.error("give at least one INPUT_DIR or --manifest FILE")
@@ -125,7 +127,7 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
                                 overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
-                                formats=formats, in_place=args.in_place)
+                                formats=formats, in_place=args.in_place, mark_below=args.mark_below)
     if args.output == STDOUT:
         if "nemo" in formats:
             raise ValueError("--formats nemo writes a file into --output; give an output directory instead of -.")

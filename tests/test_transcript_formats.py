@@ -101,6 +101,17 @@ def test_ctm_and_tsv_layouts():
     assert render(empty, "ctm") == "" and render(empty, "tsv") == "start\tend\ttext\n"
 
 
+def test_words_below_a_confidence_are_marked_and_ctm_carries_the_confidence():
+    words = (WordTime("hello", 0.5, 0.9, 0.93), WordTime("thare", 1.0, 1.42, 0.31), WordTime("again", 3.0, 3.5, 0.5))
+    record = Transcript("/in", "a.wav", 4.0, "hello thare again", words, "greedy", "/m", None, "calibrated")
+    assert render(record, "txt", mark_below=0.5) == "hello thare(?) again\n"  # 0.5 is not below 0.5
+    assert render(record, "txt") == "hello thare again\n"  # no marks unless asked
+    assert render(record, "tsv", mark_below=0.6) == "start\tend\ttext\n500\t1420\thello thare(?)\n3000\t3500\tagain(?)\n"
+    assert "hello thare(?)" in render(record, "srt", mark_below=0.5) and "again(?)" not in render(record, "vtt", 0.5)
+    assert render(record, "ctm", mark_below=0.5).splitlines() == [
+        "a 1 0.500 0.400 hello 0.9300", "a 1 1.000 0.420 thare 0.3100", "a 1 3.000 0.500 again 0.5000"]
+
+
 @pytest.fixture(scope="module")
 def speech_dir(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two utterances of the model's corpus (one in a sub-folder) and one ~20 s file joining eight others."""
@@ -127,7 +138,8 @@ def test_cli_writes_ctm_tsv_subtitles_and_a_nemo_manifest(trained_model, speech_
         base = out / Path(record["path"]).with_suffix("")
         ctm = base.with_suffix(".ctm").read_text().splitlines()
         file_id = record["path"].removesuffix(".wav")
-        assert ctm == [f"{file_id} 1 {w['start']:.3f} {w['end'] - w['start']:.3f} {w['word']}" for w in record["words"]]
+        assert ctm == [f"{file_id} 1 {w['start']:.3f} {w['end'] - w['start']:.3f} {w['word']} {w['confidence']:.4f}"
+                       for w in record["words"]]  # CTM's sixth field: the word's confidence
         tsv = base.with_suffix(".tsv").read_text().splitlines()
         assert tsv[0] == "start\tend\ttext"
         assert " ".join(row.split("\t")[2] for row in tsv[1:]) == record["text"]
