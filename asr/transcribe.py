@@ -30,7 +30,7 @@ import numpy as np
 from asr.audio import AUDIO_EXTENSIONS, BLOCK_SECONDS, AudioError, audio_duration, stream_audio
 from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs
-from asr.confidence import FEATURES, Calibration, raw_confidence, word_features
+from asr.confidence import Calibration, raw_confidence, word_features
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.decoders import DECODERS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
@@ -503,7 +503,7 @@ class Transcriber:
     def _to_transcript(self, item: AudioItem, log_probs: np.ndarray, num_samples: int) -> Transcript:
         """Decode [T, V] log-probs into a Transcript with word times in seconds."""
         hypothesis = self.decoder.decode(log_probs) if len(log_probs) else Hypothesis("", (), 0.0)
-        features = word_features(log_probs, hypothesis) if hypothesis.words else np.zeros((0, len(FEATURES)))
+        features = word_features(log_probs, hypothesis)
         calibrated = self.calibration is not None
         scores = self.calibration(features) if calibrated else raw_confidence(features)
         return hypothesis_to_transcript(item, hypothesis, num_samples, self.loaded.seconds_per_frame,

@@ -29,6 +29,7 @@ from asr.onnx_model import ONNX_FILE, REPORT_FILE, load_onnx_model
 from asr.text import TextNormalizer, build_vocab, make_processor, save_processor
 from lm.build import LMBuildOptions, build_lm
 
+from compare import same_transcripts
 from trainrun import env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,12 +357,3 @@ def test_onnx_backend_with_a_beam_decoder_and_the_exported_lm_equals_torch(model
     torch_ = Recognizer.from_pretrained(model_dir, max_batch_seconds=8).transcribe(files, decoder)
     assert [(t.text, t.words) for t in onnx] == [(t.text, t.words) for t in torch_]
     assert [t.text for t in onnx] == [r["text"] for r in torch_rows]
-
-
-def same_transcripts(rows: list[dict], others: list[dict]) -> None:
-    """Two runs' transcripts agree: paths, texts and word times exactly; word confidences to float rounding (the
-    backends' log-probs agree to ~1e-5, not bit for bit)."""
-    timed = lambda rs: [(r["path"], r["text"], [(w["word"], w["start"], w["end"]) for w in r["words"]]) for r in rs]
-    assert timed(rows) == timed(others)
-    confidences = lambda rs: [w["confidence"] for r in rs for w in r["words"]]
-    assert np.allclose(confidences(rows), confidences(others), atol=1e-3)

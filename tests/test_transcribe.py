@@ -36,6 +36,7 @@ from asr.transcribe import (
     side_file_bases,
 )
 
+from compare import same_transcripts
 from trainrun import env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -848,12 +849,3 @@ def test_rerun_decodes_only_the_files_without_a_transcript(utterances, tiny_mode
     sides = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.suffix in (".txt", ".srt"))
     assert len(sides) == 12 and any((fresh / p).read_text().strip() for p in sides)
     assert [(out / p).read_text() for p in sides] == [(fresh / p).read_text() for p in sides]
-
-
-def same_transcripts(rows: list[dict], others: list[dict]) -> None:
-    """Two runs' transcripts agree: paths, texts and word times exactly; word confidences to float rounding (the
-    backends' log-probs agree to ~1e-5, not bit for bit)."""
-    timed = lambda rs: [(r["path"], r["text"], [(w["word"], w["start"], w["end"]) for w in r["words"]]) for r in rs]
-    assert timed(rows) == timed(others)
-    confidences = lambda rs: [w["confidence"] for r in rs for w in r["words"]]
-    assert np.allclose(confidences(rows), confidences(others), atol=1e-3)
