@@ -58,7 +58,7 @@ from asr.constants import SAMPLE_RATE
 from asr.files import atomic_path
 from asr.filters import Drop, FilterConfig, PreparedItem, apply_filters
 from asr.metrics import error_rates
-from asr.sources import Utterance
+from asr.sources import SourceConfig, Utterance, load_source
 from asr.text import TextNormalizer, load_model_text_config
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ DEFAULT_MAX_PADDING = 0.02
 EVAL_MIN_DURATION = 0.1  # s; shorter clips hold no word and (< 25 ms) are shorter than the conv receptive field
 EVAL_MAX_DURATION = 60.0  # s; attention memory grows with the square of the length: split longer recordings
 DEFAULT_PADDING_SAMPLE = 16  # utterances run one by one to measure the effect of padding
+FAILED_AUDIO = ("missing_audio", "unreadable_audio")  # drop reasons that mean a file failed, not a filter
 # Files of a model directory that change its log-probs or references; the LM and eval outputs do not.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing weights
@@ -362,6 +363,17 @@ def compute_acoustic(
         save_acoustic_cache(output, path)
         logger.info("log-probs cached in %s", path)
     return output
+
+
+def compute_source_acoustic(model_dir: str | os.PathLike, source: SourceConfig,
+                            **options: Any) -> tuple[AcousticOutput | None, dict[str, Utterance]]:
+    """A source's log-probs (`compute_acoustic` with `options`; None on non-main processes) and its utterances by id.
+
+    Raises:
+        ValueError: The source cannot be read or holds no usable utterance.
+    """
+    utterances = load_source(source)
+    return compute_acoustic(model_dir, utterances, **options), {u.id: u for u in utterances}
 
 
 def _broadcast(accelerator: Any, value: Any) -> Any:

@@ -320,6 +320,17 @@ def write_tuning(result: TuneResult, out_dir: str | os.PathLike) -> None:
     plot_grid(result, out_dir / "tuning_grid.png")
 
 
+def tune_and_save(log_probs: Sequence[np.ndarray], references: Sequence[str], vocab: Mapping[str, int],
+                  lm_dir: str | os.PathLike, out_dir: str | os.PathLike, *, model: str = "",
+                  **options: Any) -> TuneResult:
+    """`tune` (with `options`), then its best values into the LM directory (`save_tuned`) and the report into
+    `out_dir` (`write_tuning`)."""
+    result = tune(log_probs, references, vocab, lm_dir, **options)
+    save_tuned(lm_dir, result, extra={"model": model})
+    write_tuning(result, out_dir)
+    return result
+
+
 def _single_process(settings: DecoderSettings) -> DecoderSettings:
     """Settings for use inside a pool worker (no nested pool)."""
     return DecoderSettings(dataclasses.replace(settings.pyctcdecode, num_processes=0), settings.flashlight)

@@ -59,18 +59,19 @@ from asr.evaluation import (
     DEFAULT_PADDING_SAMPLE,
     EVAL_MAX_DURATION,
     EVAL_MIN_DURATION,
+    FAILED_AUDIO,
     AcousticOutput,
     calibrate_decoders,
-    compute_acoustic,
+    compute_source_acoustic,
     eval_filters,
 )
 from asr.model_card import card_after_tuning
 from asr.reference import REFERENCES, check_reference
 from asr.report import compare_decoders, write_results
 from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
-from asr.sources import SourceConfig, Utterance, load_source
+from asr.sources import SourceConfig, Utterance
 from asr.text import TextNormalizer, load_vocab
-from asr.tuning import DEFAULT_NBEST, TuneGrid, save_tuned, tune, write_tuning
+from asr.tuning import DEFAULT_NBEST, TuneGrid, tune_and_save
 
 logger = logging.getLogger("eval")
 
@@ -137,8 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.decoder = list(DECODERS) if "all" in args.decoder else [d for d in DECODERS if d in args.decoder]
     args.reference = list(dict.fromkeys(n.strip() for n in args.reference.split(",") if n.strip()))
-    unknown = [n for n in args.reference if n not in REFERENCES]
-    if unknown:
+    if unknown := [n for n in args.reference if n not in REFERENCES]:
         p.error(f"--reference {', '.join(unknown)} is unknown; use one of {', '.join(REFERENCES)}")
     if args.workers < 1:
         p.error(f"--workers is {args.workers}; use 1 or more")
@@ -153,9 +153,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-FAILED_AUDIO = ("missing_audio", "unreadable_audio")  # drop reasons that mean a file failed (exit 3), not a filter
-
-
 def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettings:
     """The LM directory's stored settings with the command line's overrides."""
     flags = ("alpha", "beta", "beam_width", "beam_prune_logp", "token_min_logp", "hotwords", "hotword_weight",
@@ -167,25 +164,21 @@ def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettin
 def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
                  accelerator) -> tuple[AcousticOutput | None, dict[str, Utterance]]:
     """A source's log-probs (cache or model; None on non-main processes) and its utterances by id."""
-    source = SourceConfig(kind=args.source_kind, path=data, split=split, text_column=args.text_column,
-                          audio_column=args.audio_column)
-    utterances = load_source(source)
-    output = compute_acoustic(
-        args.model, utterances, filters=eval_filters(args.min_duration, args.max_duration),
-        max_batch_seconds=args.max_batch_seconds, max_padding=args.max_padding,
-        cache_dir=None if args.no_cache else args.cache_dir, accelerator=accelerator, progress=True)
-    return output, {u.id: u for u in utterances}
+    return compute_source_acoustic(
+        args.model, SourceConfig(kind=args.source_kind, path=data, split=split, text_column=args.text_column,
+                                 audio_column=args.audio_column),
+        filters=eval_filters(args.min_duration, args.max_duration), max_batch_seconds=args.max_batch_seconds,
+        max_padding=args.max_padding, cache_dir=None if args.no_cache else args.cache_dir, accelerator=accelerator,
+        progress=True)
 
 
 def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, data: str) -> None:
     """Grid-search the beam decoders on `acoustic`, store the best values in the LM dir, write tuning.md/.json."""
-    grid = TuneGrid(tuple(args.alphas), tuple(args.betas), tuple(args.beam_widths))
-    decoders = [d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS)
-    result = tune(acoustic.log_probs, acoustic.references, load_vocab(args.model), lm, decoders=decoders, grid=grid,
-                  settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data,
-                  progress=True)
-    save_tuned(lm, result, extra={"model": str(args.model)})
-    write_tuning(result, args.output)
+    result = tune_and_save(
+        acoustic.log_probs, acoustic.references, load_vocab(args.model), lm, args.output, model=str(args.model),
+        decoders=[d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS),
+        grid=TuneGrid(tuple(args.alphas), tuple(args.betas), tuple(args.beam_widths)),
+        settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data, progress=True)
     print(result.to_markdown())
 
 
@@ -252,8 +245,7 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
     print(report.to_markdown())
     print(f"written to {args.output}: results.md/.json/.csv, utterances.jsonl/.csv, comparison.png"
           + (", breakdown.png" if report.breakdowns else "") + ", dropped.jsonl")
-    failed = [d for d in acoustic.drops if d.reason in FAILED_AUDIO]
-    if failed:
+    if failed := [d for d in acoustic.drops if d.reason in FAILED_AUDIO]:
         logger.warning("%d utterance(s) had missing or unreadable audio (see %s); exit code %d", len(failed),
                        args.output / "dropped.jsonl", EXIT_SOME_FAILED)
         return EXIT_SOME_FAILED
