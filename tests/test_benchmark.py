@@ -140,6 +140,10 @@ def test_bench_decode_pool_equals_baseline(tmp_path):
     table = bench.render(decode_set, rows, info)
     assert "ΔWER (pp)" in table and f"{100 * (flashlight.wer - baseline.wer):+.2f}" in table
     assert "| pyctcdecode beam 100, idle frames skipped, fork pool x2 | 2 |" in table
+    skipping = [r for r in rows if "idle frames <" in r.name]
+    assert len(skipping) == 3 * len(bench.IDLE_TOKEN_LOGPS)
+    assert all(len(r.texts) == 6 and r.ours and r.processes == 2 for r in skipping)  # WERs: see the real run
+    assert "| flashlight beam 32, 8 tokens/frame, idle frames < -8 skipped, fork pool x2 | 2 |" in table
 
 
 # -------------------------------------------------------------------------------------- transcribe
