@@ -38,10 +38,10 @@ class ModelConfig:
     mask_time_length: int = 10  # SpecAugment: frames per time mask
     mask_feature_prob: float = 0.0  # SpecAugment: fraction of channels starting a feature mask
     mask_feature_length: int = 10  # SpecAugment: channels per feature mask
-    hidden_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    attention_dropout: float = 0.1
-    feat_proj_dropout: float = 0.0
+    hidden_dropout: float = 0.1  # dropout on the transformer layers' outputs (Hugging Face's wav2vec2 default)
+    activation_dropout: float = 0.0  # dropout inside the feed-forward blocks
+    attention_dropout: float = 0.1  # dropout on the attention probabilities (Hugging Face's wav2vec2 default)
+    feat_proj_dropout: float = 0.0  # dropout on the projected conv features (Hugging Face's wav2vec2 default)
     final_dropout: float = 0.0  # dropout before the CTC head
     layerdrop: float = 0.0  # >0 skips whole layers at random: with DDP it needs find_unused_parameters (see train)
     ctc_zero_infinity: bool = True  # an infeasible alignment gives loss 0 and no gradient instead of inf

@@ -21,7 +21,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from asr.files import write_text_atomic
-from asr.outputs import NEMO_MANIFEST_FILE, SUMMARY_FILE, OutputDir, ResultSink, write_nemo_manifest
+from asr.defaults import NEMO_MANIFEST_FILE
+from asr.outputs import SUMMARY_FILE, OutputDir, ResultSink, write_nemo_manifest
 from asr.transcribe import (
     AudioItem,
     Failure,
