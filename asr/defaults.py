@@ -41,7 +41,7 @@ FORMATS = SIDE_FORMATS + RUN_FORMATS
 NEMO_MANIFEST_FILE = "nemo_manifest.jsonl"  # NeMo's manifest keys: transcribe_speech.py writes the same
 
 # ---------------------------------------------------------------------------------------- align.py
-ALIGN_SPLITS = ("lines", "sentences")  # one utterance per non-empty line, or free text cut after . ! ? and at blank lines
+ALIGN_SPLITS = ("lines", "sentences")  # one utterance per non-empty line, or free text cut after . ! ? and blank lines
 # The score is a mean log-prob per frame (ctc-segmentation's): -3 keeps segments whose worst 0.6 s the model
 # reads at e^-3 = 5% on average or better. Measured with assets/base_model on 40 Piper utterances joined
 # (bench/align.py): every correct line scored -0.17 to -1.6, a line of wrong text -6.3.

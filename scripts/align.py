@@ -38,8 +38,8 @@ from pathlib import Path
 
 from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_USAGE
-from asr.defaults import (ALIGN_SPLITS, ALIGN_WINDOW_SECONDS, CHUNK_SECONDS, DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MIN_SCORE,
-                          OVERLAP_SECONDS)
+from asr.defaults import (ALIGN_SPLITS, ALIGN_WINDOW_SECONDS, CHUNK_SECONDS, DEFAULT_MAX_BATCH_SECONDS,
+                          DEFAULT_MIN_SCORE, OVERLAP_SECONDS)
 
 logger = logging.getLogger("align")
 # The library (torch, ctc-segmentation) is imported in main, after parsing, so that --help is instant.
@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__)
     p.add_argument("recording", type=Path, help="the long audio file")
     p.add_argument("--text", type=Path, required=True, help="its transcript or book text (UTF-8)")
-    p.add_argument("--split", choices=ALIGN_SPLITS, default="lines", help="one utterance a line, or sentences of free text")
+    p.add_argument("--split", choices=ALIGN_SPLITS, default="lines",
+                   help="one utterance a line, or sentences of free text")
     p.add_argument("--model", type=Path, required=True, help="model directory (e.g. assets/base_model)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--cut", action="store_true", help="write each segment as a WAV under OUT/audio/ (trainable)")

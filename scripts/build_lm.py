@@ -129,13 +129,7 @@ def build(args: argparse.Namespace) -> None:
         memory=args.memory, temp_dir=args.temp_dir, heldout_fraction=args.heldout_fraction, seed=args.seed,
         kenlm_bin=args.kenlm_bin,
     )
-    if args.model is not None:
-        normalizer, vocab = load_model_text_config(args.model)
-    else:
-        normalizer, vocab = TextNormalizer(), None
-        logger.warning("no --model: default TextNormalizer, no vocabulary check and no alphabet.json; the LM text "
-                       "may not match a model's labels")
-
+    normalizer, vocab = load_model_text_config(args.model) if args.model is not None else (TextNormalizer(), None)
     texts: list[str] = list(read_text_files(args.text, args.encoding))
     for path in args.source:
         texts.extend(read_source_texts(_source(args, path)))
@@ -147,6 +141,9 @@ def build(args: argparse.Namespace) -> None:
 
     info = build_lm(texts, args.output or args.model, normalizer=normalizer, vocab=vocab, heldout=heldout,
                     options=options, decoder_options=PyCTCDecodeOptions(alpha=args.alpha, beta=args.beta))
+    if args.model is None:  # said once built: an input error before it stays the one line on stderr
+        logger.warning("no --model: default TextNormalizer, no vocabulary check and no alphabet.json; the LM text "
+                       "may not match a model's labels")
     print(f"LM: {info.kenlm_path} ({info.order}-gram {info.format}, {info.size_bytes / 1e6:.1f} MB, "
           f"{info.num_unigrams} words, {info.num_train_sentences} training sentences)")
     if info.heldout is not None:

@@ -165,10 +165,9 @@ def run_tuning(args: argparse.Namespace, lm: Path, acoustic, data: str) -> None:
 
     result = tune_and_save(
         acoustic.log_probs, acoustic.references, load_vocab(args.model), lm, args.output, model=str(args.model),
-        decoders=[d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS),
+        decoders=[d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS), data=data,
         grid=TuneGrid(tuple(args.alphas), tuple(args.betas), tuple(args.beam_widths)),
-        settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data,
-        progress=not args.no_progress)
+        settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, progress=not args.no_progress)
     print(result.to_markdown())
 
 
@@ -186,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     from asr.text import load_vocab
 
     try:  # before the acoustic model runs, not after
+        vocab = load_vocab(args.model)  # no model directory there: one line, before any work
         searches = args.tune or any(d in BEAM_DECODERS for d in args.decoder)
         lm = find_lm(args.model, args.lm, needed=searches)
         if lm is not None and searches:
-            check_lm_fits(lm, load_vocab(args.model))  # an LM for another alphabet would decode silently worse
+            check_lm_fits(lm, vocab)  # an LM for another alphabet would decode silently worse
         for name in args.reference:
             check_reference(name)
         load_calibrations(args.model)  # a damaged confidence.json is an input error, before any work
