@@ -8,7 +8,8 @@ Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, 
 yardstick row, `significance` its bootstrap intervals, `breakdown` its WER by group), `chunking`,
 `transcribe`, `outputs` (batch transcription), `align` (CTC segmentation of long recordings with their text),
 `recognizer` (one-call transcription from Python),
-`corpus` and `layouts` (the synthetic speech corpus and its export layouts), `files`, and
+`corpus` and `layouts` (the synthetic speech corpus and its export layouts), `files`, `defaults` and `cli`
+(the scripts' --help defaults and shared flags), and
 `onnx_export` and `onnx_model` (ONNX export and the ONNX Runtime backend). Only the names below are
 re-exported here; the rest are imported from their modules.
 """

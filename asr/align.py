@@ -41,16 +41,19 @@ from ctc_segmentation import (CtcSegmentationParameters, ctc_segmentation, deter
 from asr.audio import stream_audio
 from asr.chunking import ChunkSpec, chunked_log_probs
 from asr.constants import SAMPLE_RATE, UNK, WORD_DELIMITER
+from asr.defaults import (
+    ALIGN_SPLITS,
+    ALIGN_WINDOW_SECONDS,
+    CHUNK_SECONDS,
+    DEFAULT_MAX_BATCH_SECONDS,
+    DEFAULT_MIN_SCORE,
+    OVERLAP_SECONDS,
+)
 from asr.inference import AcousticModel, log_probs_batch
 from asr.text import TextNormalizer, encode
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("lines", "sentences")  # one utterance per non-empty line, or free text cut after . ! ? and at blank lines
-# The score is a mean log-prob per frame (ctc-segmentation's): -3 keeps segments whose worst 0.6 s the model
-# reads at e^-3 = 5% on average or better. Measured with assets/base_model on 40 Piper utterances joined
-# (bench/align.py): every correct line scored -0.17 to -1.6, a line of wrong text -6.3.
-DEFAULT_MIN_SCORE = -3.0
 FULL_TABLE_BYTES = 2 * 2**30  # a failed windowed search is redone over the whole recording when its table fits
 MAX_PAD_SECONDS = 1.0  # a segment reaches at most this far into a pause: some silence to train on, not all of it
 SCORE_FRAMES = 30  # the score is the worst mean over this many frames (0.6 s at 20 ms): ctc-segmentation's L
@@ -61,11 +64,11 @@ _SENTENCE_END_RE = regex.compile(r"(?<=[.!?…][\"'”’)\]]*)\s+|\n\s*\n")  # 
 class AlignOptions:
     """How the recording is run through the model and aligned; every check is here, one sentence each."""
 
-    chunk_seconds: float = 30.0  # the model sees windows this long (memory bound); 0 runs the whole file at once
-    overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
+    chunk_seconds: float = CHUNK_SECONDS  # the model sees windows this long (memory bound); 0 runs the whole file at once
+    overlap_seconds: float = OVERLAP_SECONDS  # audio shared by neighbouring chunks; half of it is context on each side
     cut_at_pauses: bool = False  # chunks end at the quietest stretch instead (models trained on short utterances)
-    max_batch_seconds: float = 60.0  # padded audio seconds per forward pass
-    window_seconds: float = 20.0  # ctc-segmentation's search window (doubled on failure); memory grows with it
+    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS  # padded audio seconds per forward pass
+    window_seconds: float = ALIGN_WINDOW_SECONDS  # ctc-segmentation's search window (doubled on failure)
     min_score: float = DEFAULT_MIN_SCORE  # segments scoring lower are listed apart, not trained on
 
     def __post_init__(self) -> None:
@@ -107,8 +110,8 @@ def split_text(text: str, mode: str) -> list[str]:
     Raises:
         ValueError: Unknown mode.
     """
-    if mode not in SPLITS:
-        raise ValueError(f"--split {mode!r} is unknown; use one of {', '.join(SPLITS)}.")
+    if mode not in ALIGN_SPLITS:
+        raise ValueError(f"--split {mode!r} is unknown; use one of {', '.join(ALIGN_SPLITS)}.")
     pieces = text.splitlines() if mode == "lines" else _SENTENCE_END_RE.split(text)
     return [" ".join(p.split()) for p in pieces if p and p.strip()]
 

@@ -95,7 +95,7 @@ class AugmentConfig:
     noise_colors: tuple[NoiseColor, ...] = ("white", "pink", "brown")  # drawn uniformly
     # channel
     gain_p: float = 0.2  # level change before the codec (only the codecs see it: inputs are normalised after)
-    gain_db: tuple[float, float] = (-10.0, 6.0)
+    gain_db: tuple[float, float] = (-10.0, 6.0)  # level change in dB; codecs clip and quantise loud and quiet input
     codec_p: float = 0.2  # one channel per utterance: telephone ~0.5 ms, gsm ~7, mp3 ~6, opus ~95
     # relative weights; Opus at half: its encoder costs as much as all the other effects together
     codecs: dict[str, float] = field(default_factory=lambda: {"telephone": 1.0, "gsm": 1.0, "mp3": 1.0, "opus": 0.5})

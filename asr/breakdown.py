@@ -23,7 +23,8 @@ import numpy as np
 
 from asr.files import atomic_path
 from asr.metrics import UtteranceErrors
-from asr.significance import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, Interval, paired_bootstrap
+from asr.defaults import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from asr.significance import CONFIDENCE, Interval, paired_bootstrap
 
 DURATION_EDGES = (2.0, 5.0, 10.0, 20.0)  # s; commands and phrases / sentences / long sentences / paragraphs / more
 MAX_CATEGORY_VALUES = 12  # a metadata column with more distinct values is an id, a number or free text, not a category
@@ -114,7 +115,7 @@ def utterance_groups(speakers: Sequence[str | None], durations: Sequence[float],
 
 
 def breakdowns(groups: Mapping[str, Sequence[str]], errors: Mapping[str, UtteranceErrors],
-               resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+               resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                confidence: float = CONFIDENCE) -> list[Breakdown]:
     """WER of every row within every group of every grouping, each with a bootstrap interval over the group.
 

@@ -10,7 +10,13 @@ The resolved config (`to_dict(cfg)`) is saved with every run and checkpoint.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -116,6 +122,74 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
+def field_reasons(cls: type) -> dict[str, str]:
+    """Each field's reason, read from the dataclass's source: the comment ending the field's line, else the
+    comment lines right above it (`lr: float = 1e-4  # peak learning rate after warmup` -> "peak learning rate
+    after warmup"). A field without either maps to ""."""
+    return dict(_field_reasons(cls))
+
+
+@functools.cache
+def _field_reasons(cls: type) -> tuple[tuple[str, str], ...]:
+    """field_reasons, cached per class (reading the source is slow)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: dict[int, str] = {}  # line -> its comment's text
+    code_lines: set[int] = set()  # lines holding code (a comment alone on its line is not)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.update(range(token.start[0], token.end[0] + 1))
+    reasons = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        reason = comments.get(node.end_lineno, "")
+        line = node.lineno - 1
+        above = []
+        while not reason and line in comments and line not in code_lines:  # a comment block right above the field
+            above.insert(0, comments[line])
+            line -= 1
+        reasons[node.target.id] = reason or " ".join(above)
+    return tuple((f.name, reasons.get(f.name, "")) for f in dataclasses.fields(cls))
+
+
+def annotated_yaml(cfg: Any, defaults: Any = None) -> str:
+    """The config as YAML, every key with its reason as a comment (`field_reasons`), a section's with its docstring.
+
+    Args:
+        cfg: a config dataclass instance (e.g. a loaded TrainConfig).
+        defaults: the same class's defaults; a value that differs from its default then says the default too.
+    """
+    lines: list[str] = []
+    _annotate(cfg, defaults, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _annotate(cfg: Any, defaults: Any, depth: int, lines: list[str]) -> None:
+    """Appends the lines of one config section (recursively) to `lines`."""
+    indent = "  " * depth
+    reasons = field_reasons(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name, None) if defaults is not None else None
+        reason = reasons[f.name]
+        if dataclasses.is_dataclass(value):
+            reason = reason or type(value).__doc__.strip().splitlines()[0]
+            lines.append(f"{indent}{f.name}:  # {reason}")
+            _annotate(value, default if dataclasses.is_dataclass(default) else None, depth + 1, lines)
+            continue
+        text = _flow(value)
+        if defaults is not None and to_dict(value) != to_dict(default):
+            reason = f"(default {_flow(default)}) {reason}"
+        lines.append(f"{indent}{f.name}: {text}  # {reason}")
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML."""
+    return yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6, allow_unicode=True).strip() \
+        .removesuffix("\n...").removesuffix("...").strip()
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """What the YAML parser found and where, in one line."""
     mark = getattr(e, "problem_mark", None)
@@ -181,4 +255,5 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {tp}")  # a programming error in the dataclasses
 
 
-__all__ = ["ConfigError", "apply_overrides", "from_dict", "load_config", "require", "save_config", "to_dict"]
+__all__ = ["ConfigError", "annotated_yaml", "apply_overrides", "field_reasons", "from_dict", "load_config", "require",
+           "save_config", "to_dict"]

@@ -506,6 +506,8 @@ class CorpusOptions:
         if min(self.train, self.dev, self.test) < 0 or self.train + self.dev + self.test == 0:
             counts = f"{self.train}/{self.dev}/{self.test}"
             raise ValueError(f"utterance counts must be >= 0 and not all 0, got {counts}; fix --train/--dev/--test")
+        if unknown := sorted(set(self.engines) - set(ENGINES)):
+            raise ValueError(f"unknown engine(s) {', '.join(unknown)}; use some of {', '.join(ENGINES)}")
         if not 0.0 <= self.heldout_fraction <= 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1], got {self.heldout_fraction}; fix --heldout-fraction")
         bad = {e: w for e, w in self.engine_weights.items() if e not in ENGINES or not w >= 0}
@@ -567,6 +569,8 @@ def make_corpus(
         The summary also written to corpus.json.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a directory; choose a directory for the corpus")
     sentences = load_sentences(options.text, options.min_words, options.max_words)
     catalogue = sorted(voices if voices is not None else list_voices(options.engines), key=lambda v: v.id)
     if not catalogue:

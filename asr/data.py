@@ -48,12 +48,12 @@ def _table_features() -> dict[str, Any]:
 class DataConfig:
     """Where the data comes from and how it is checked and batched."""
 
-    train: SourceConfig = field(default_factory=SourceConfig)
-    dev: SourceConfig = field(default_factory=SourceConfig)
+    train: SourceConfig = field(default_factory=SourceConfig)  # the training split: a manifest, a folder, a dataset
+    dev: SourceConfig = field(default_factory=SourceConfig)  # evaluated every train.eval_every steps; picks model/
     test: SourceConfig | None = None  # only used by evaluation scripts
-    normalizer: TextNormalizer = field(default_factory=TextNormalizer)
+    normalizer: TextNormalizer = field(default_factory=TextNormalizer)  # every transcript; saved with the model
     vocab: str | None = None  # None: built from the train transcripts; else a tokenizer dir or hub id to reuse
-    filters: FilterConfig = field(default_factory=FilterConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)  # what is dropped from train and dev, with a report
     max_batch_seconds: float = 80.0  # padded audio seconds per batch per process (batch_size x longest)
     max_batch_size: int | None = None  # cap on utterances per batch, e.g. for attention memory
     shuffle: bool = True  # False: batches in ascending length, same every epoch (debugging, equivalence tests)

@@ -43,11 +43,10 @@ from asr.beam import (
     spellable_words,
 )
 from asr.constants import WORD_DELIMITER
+from asr.defaults import BEAM_DECODERS, DECODERS
 from asr.files import write_text_atomic
 from asr.text import load_vocab
 
-DECODERS = ("greedy", "beam", "flashlight")  # table order; "beam" is pyctcdecode
-BEAM_DECODERS = ("beam", "flashlight")  # the ones that need a KenLM directory
 DESCRIPTIONS = {  # what each one is, for plots and cards
     "greedy": "greedy CTC (best token per frame)",
     "beam": "pyctcdecode beam search + KenLM",

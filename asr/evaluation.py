@@ -62,6 +62,14 @@ from asr.confidence import (
 )
 from asr.decoders import BEAM_DECODERS, DECODER_FILE, DecoderSettings, build_decoder, describe_settings
 from asr.constants import SAMPLE_RATE
+from asr.defaults import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_MAX_BATCH_SECONDS,
+    DEFAULT_MAX_PADDING,
+    DEFAULT_PADDING_SAMPLE,
+    EVAL_MAX_DURATION,
+    EVAL_MIN_DURATION,
+)
 from asr.files import atomic_path
 from asr.filters import Drop, FilterConfig, PreparedItem, apply_filters
 from asr.metrics import error_rates
@@ -71,15 +79,6 @@ from asr.text import TextNormalizer, load_model_text_config
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the cache file layout or what goes into the key changes
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr-toolkit" / "logits"
-DEFAULT_MAX_BATCH_SECONDS = 60.0  # padded audio per forward pass; a 2.4 M-param model uses ~1 GB at this size
-# Mask-less models only: an utterance shares a batch only with ones at most 2% longer. On the test model
-# (32 utterances of 1-4 s) 60 s batches alone moved greedy WER from 0.084 (one by one) to 0.080, 2-process
-# shards to 0.129; with this bound it matched one by one in 21 passes instead of 32.
-DEFAULT_MAX_PADDING = 0.02
-EVAL_MIN_DURATION = 0.1  # s; shorter clips hold no word and (< 25 ms) are shorter than the conv receptive field
-EVAL_MAX_DURATION = 60.0  # s; attention memory grows with the square of the length: split longer recordings
-DEFAULT_PADDING_SAMPLE = 16  # utterances run one by one to measure the effect of padding
 FAILED_AUDIO = ("missing_audio", "unreadable_audio")  # drop reasons that mean a file failed, not a filter
 # Files of a model directory that change its log-probs or references; the LM and eval outputs do not.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")

@@ -56,8 +56,10 @@ def replace_dir(new: Path, target: Path) -> None:
     """Move the complete directory `new` to `target`, replacing whatever was there only once `new` is done.
 
     The previous `target` is renamed aside first and removed last, so a crash leaves either the old
-    or the new directory in place, never a half-written one.
+    or the new directory in place, never a half-written one. A `target` that is a file is refused (ValueError).
     """
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} is a file, not a directory; choose a directory path")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

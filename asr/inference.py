@@ -24,6 +24,7 @@ import torch
 from asr.audio import normalize_audio
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
+from asr.defaults import BACKENDS
 from asr.model import WEIGHT_SUFFIXES, output_frames, seconds_per_frame, takes_filterbank
 from asr.onnx_model import load_onnx_model
 from asr.packing import pack_by_length
@@ -31,7 +32,6 @@ from asr.text import TextNormalizer, load_processor
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx")  # LoadedModel, asr.onnx_model.OnnxModel
 
 
 class AcousticModel(Protocol):

@@ -38,10 +38,10 @@ class ModelConfig:
     mask_time_length: int = 10  # SpecAugment: frames per time mask
     mask_feature_prob: float = 0.0  # SpecAugment: fraction of channels starting a feature mask
     mask_feature_length: int = 10  # SpecAugment: channels per feature mask
-    hidden_dropout: float = 0.1
-    activation_dropout: float = 0.0
-    attention_dropout: float = 0.1
-    feat_proj_dropout: float = 0.0
+    hidden_dropout: float = 0.1  # dropout on the transformer layers' outputs (Hugging Face's wav2vec2 default)
+    activation_dropout: float = 0.0  # dropout inside the feed-forward blocks
+    attention_dropout: float = 0.1  # dropout on the attention probabilities (Hugging Face's wav2vec2 default)
+    feat_proj_dropout: float = 0.0  # dropout on the projected conv features (Hugging Face's wav2vec2 default)
     final_dropout: float = 0.0  # dropout before the CTC head
     layerdrop: float = 0.0  # >0 skips whole layers at random: with DDP it needs find_unused_parameters (see train)
     ctc_zero_infinity: bool = True  # an infeasible alignment gives loss 0 and no gradient instead of inf
@@ -250,11 +250,14 @@ def _write_beside(src: Path, dst: Path, model, state: dict | None = None) -> Non
     replace_dir(tmp, dst)
 
 
-def _load_exported(src: Path):
-    """The float32 model of an exported model directory, in eval mode (one-line error when it is none)."""
+def _load_exported(src: Path, dst: Path):
+    """The float32 model of an exported model directory, in eval mode; a one-line error when it is none, or when
+    `dst`, where it is to be written, is a file."""
     import torch
     from transformers import AutoModelForCTC
 
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"{dst} is a file, not a directory; choose a directory to write the model to")
     if not (src / "config.json").is_file():
         raise ValueError(f"{src} has no config.json; pass the `model` directory a training run exported")
     return AutoModelForCTC.from_pretrained(src, dtype=torch.float32).eval()
@@ -292,7 +295,7 @@ def publish_model(src: str | Path, dst: str | Path, dtype: str = "float16") -> d
     src, dst = Path(src), Path(dst)
     if dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
-    model = _load_exported(src)
+    model = _load_exported(src, dst)
     state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
     model.config.dtype = "float32"
     _write_beside(src, dst, model, state)
@@ -323,7 +326,7 @@ def deepen_model(src: str | Path, dst: str | Path, num_layers: int) -> dict[str,
     import torch
 
     src, dst = Path(src), Path(dst)
-    model = _load_exported(src)
+    model = _load_exported(src, dst)
     config = model.config
     if not getattr(config, "do_stable_layer_norm", False):
         raise ValueError(f"{src} is a post-LN encoder (do_stable_layer_norm false): an added layer cannot start "

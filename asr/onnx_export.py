@@ -66,6 +66,7 @@ from asr.beam import GreedyCTC
 from asr.decoders import ALPHABET_FILE, DECODER_FILE, INFO_FILE, LM_SUBDIR, load_lm_files
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
+from asr.defaults import DEFAULT_MAX_WER_INCREASE, DEFAULT_OPSET, DEFAULT_TOLERANCE, QUANTIZE_CHOICES
 from asr.files import replace_dir
 from asr.inference import LoadedModel, load_model, log_probs_batch, prepare_batch
 from asr.model import WEIGHT_SUFFIXES
@@ -83,9 +84,7 @@ from asr.onnx_model import (
 logger = logging.getLogger(__name__)
 
 EXPORTER = "torch.onnx.export (TorchScript, dynamo=False)"
-DEFAULT_OPSET = 17  # LayerNormalization is one op from 17 on; onnxruntime 1.x runs 14-20
 MIN_OPSET, MAX_OPSET = 14, 20  # scaled_dot_product_attention needs 14; 20 is the TorchScript exporter's last
-DEFAULT_TOLERANCE = 1e-3  # max |logit difference|; measured <= 2e-5 (2-layer) and <= 4e-5 (random wav2vec2-base)
 PARITY_SECONDS = (0.37, 1.93, 4.41, 11.07, 30.0)  # clip lengths: sub-second to the default transcribe chunk
 PARITY_BATCH_SIZES = (1, 2, 4)  # 1: no padding; 2 and 4: shorter clips padded inside longer batches
 TRACE_SAMPLES = 16_000  # example input for tracing: a padded batch of two 1 s rows
@@ -96,9 +95,7 @@ PARITY_SENTENCES = (  # read aloud for the parity check; plain words every voice
     ("espeak-ng", "en-gb+m3", "a journey of a thousand miles begins with a single step"),
 )
 PARITY_GAP_SECONDS = 0.25  # silence between the synthesised sentences
-QUANTIZE_CHOICES = ("int8",)
 QUANTIZED_OPS = ("MatMul", "Gemm")  # attention and feed-forward weights: most of the bytes and the time
-DEFAULT_MAX_WER_INCREASE = 0.005  # int8 greedy WER may exceed PyTorch's by 0.5 points on the labelled parity set
 
 
 @dataclass(frozen=True)

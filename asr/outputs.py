@@ -39,15 +39,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from asr.defaults import NEMO_MANIFEST_FILE, SIDE_FORMATS
 from asr.files import write_text_atomic
-from asr.transcribe import SIDE_FORMATS, AudioItem, Failure, Transcript, WordTime
+from asr.transcribe import AudioItem, Failure, Transcript, WordTime
 
 logger = logging.getLogger(__name__)
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
-NEMO_MANIFEST_FILE = "nemo_manifest.jsonl"  # NeMo's manifest keys: transcribe_speech.py writes the same
 PARTS_DIR = ".parts"
 LOCK_FILE = ".lock"
 

@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from asr.audio import AudioSource, load_audio
+from asr.defaults import REFERENCES
 from asr.evaluation import DecodeRun
 from asr.text import TextNormalizer
 from asr.tuning import fork_map
 
 logger = logging.getLogger(__name__)
 
-REFERENCES = ("pocketsphinx",)  # reference recognisers known to `transcribe_reference`
 POCKETSPHINX_VERSION = "5.1.1"  # the pin in requirements/lock.txt
 INT16_FULL_SCALE = 32767  # pocketsphinx reads 16-bit PCM; float audio in [-1, 1] is scaled to it
 _INSTALL_HINT = f"run `bash scripts/setup.sh` or `.venv/bin/pip install pocketsphinx=={POCKETSPHINX_VERSION}`"

@@ -44,7 +44,8 @@ from asr.files import atomic_path, write_text_atomic
 from asr.filters import Drop
 from asr.metrics import ErrorRates, error_rates, utterance_errors, word_edits
 from asr.reference import transcribe_reference
-from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED, BootstrapResult, paired_bootstrap
+from asr.defaults import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from asr.significance import BootstrapResult, paired_bootstrap
 from asr.sources import Utterance
 from asr.text import TextNormalizer
 
@@ -223,7 +224,7 @@ class EvalReport:
 def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: str, data: str,
                  lm: str | None = None, padding: PaddingCheck | None = None,
                  references: Sequence[DecodeRun] = (), groups: Mapping[str, Sequence[str]] | None = None,
-                 resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                  calibrations: Mapping[str, Calibration] | None = None) -> EvalReport:
     """The comparison table of several decoders run on the same log-probs, then reference recognisers' rows.
 
@@ -270,8 +271,8 @@ def build_report(acoustic: AcousticOutput, runs: Sequence[DecodeRun], *, model: 
 def compare_decoders(acoustic: AcousticOutput, utterances: Mapping[str, Utterance], decoders: Sequence[str],
                      vocab: Mapping[str, int], lm: Path | None, settings: DecoderSettings, *, model: str, data: str,
                      references: Sequence[str] = (), normalizer: TextNormalizer | None = None,
-                     padding_sample: int = 0, resamples: int = DEFAULT_RESAMPLES,
-                     seed: int = DEFAULT_SEED, calibrations: Mapping[str, Calibration] | None = None,
+                     padding_sample: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED, calibrations: Mapping[str, Calibration] | None = None,
                      ) -> tuple[EvalReport, list[dict[str, Any]]]:
     """Decode `acoustic` with each decoder, run each reference recogniser on the same audio, and build the table.
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr.defaults import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from asr.metrics import UtteranceErrors
 
-DEFAULT_RESAMPLES = 1000  # an interval end then varies by ~0.05-0.15 WER points (sd) between seeds; 0 skips
-DEFAULT_SEED = 0  # fixed, so a rerun on the same transcripts prints the same intervals
 CONFIDENCE = 0.95  # the middle 95% of the resampled values
 # Resamples are drawn and scored in chunks of at most this many utterance draws: the [chunk, N] count matrix
 # stays at ~32 MB whatever the set size, instead of 800 MB for 1000 resamples of 100k utterances.
@@ -78,7 +77,7 @@ class BootstrapResult:
     differences: list[Difference]  # for each pair (a, b) in row order: WER then CER
 
 
-def resample_counts(n: int, resamples: int, seed: int = DEFAULT_SEED) -> np.ndarray:
+def resample_counts(n: int, resamples: int, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """How often each of `n` utterances is drawn in each resample (with replacement).
 
     Holds all draws at once (8 * resamples * n bytes); `paired_bootstrap` streams the same draws in chunks.
@@ -137,8 +136,8 @@ def percentile_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> 
     return low, high
 
 
-def paired_bootstrap(errors: Mapping[str, UtteranceErrors], resamples: int = DEFAULT_RESAMPLES,
-                     seed: int = DEFAULT_SEED, confidence: float = CONFIDENCE,
+def paired_bootstrap(errors: Mapping[str, UtteranceErrors], resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE,
                      pairs: Sequence[tuple[str, str]] | None = None) -> BootstrapResult:
     """Intervals of each row's WER/CER and of each pair's differences, every row scored on the same draws.
 

@@ -37,8 +37,8 @@ class OptimConfig:
 
     lr: float = 1e-4  # peak learning rate after warmup
     weight_decay: float = 0.005  # not applied to biases and norm weights
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.98)  # Adam's moment decays; 0.98 (not 0.999) adapts faster, as in wav2vec2
+    eps: float = 1e-8  # added to Adam's denominator, for steps on parameters with tiny gradients
     warmup_steps: int = 500  # linear warmup from 0; CTC collapses to blanks with too high an early LR
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup to 0 at max_steps
     max_grad_norm: float | None = 1.0  # clip the global grad norm; None disables
@@ -63,7 +63,7 @@ class LoopConfig:
     """How long to train, and when to evaluate, save and log."""
 
     output_dir: str = "runs/default"  # everything the run writes: checkpoints/, model/, logs
-    seed: int = 0
+    seed: int = 0  # weights of new layers, shuffling, augmentation: the same seed gives the same run
     max_steps: int = 1000  # optimizer steps; the LR schedule runs to here
     stop_at: int | None = None  # stop (evaluate, save) after this step; `--resume latest` later continues to max_steps
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # bf16 on Ampere+; fp16 uses a loss scaler

@@ -67,8 +67,9 @@ class RunData:
     frames_fn: Callable  # audio samples -> output frames of the model (for the CTC feasibility filter)
 
 
-def prepare_data(cfg: TrainConfig, accelerator, out: Path) -> RunData:
-    """Vocabulary/processor (once, main process) and the cached train/dev tables (once per machine)."""
+def prepare_data(cfg: TrainConfig, accelerator, out: Path, progress: bool = True) -> RunData:
+    """Vocabulary/processor (once, main process) and the cached train/dev tables (once per machine); `progress`
+    shows the audio check's bar on each machine's main process."""
     if cfg.data.dev.streaming:
         raise ConfigError("data.dev.streaming is not supported: evaluation needs the whole dev set; "
                           "set data.dev.streaming=false (only the train split can stream)")
@@ -105,7 +106,7 @@ def prepare_data(cfg: TrainConfig, accelerator, out: Path) -> RunData:
                 continue
             splits[name] = prepare_split(
                 source, normalizer, vocab, cfg.data.filters, frames_fn, cfg.data.cache_dir,
-                progress=accelerator.is_local_main_process,
+                progress=progress and accelerator.is_local_main_process,
                 utterances=train_utts if name == "train" else None,
             )
     if accelerator.is_main_process:
@@ -198,14 +199,15 @@ def save_checkpoint(accelerator, state: TrainerState, model, optimizer, schedule
 
 
 def open_feature_cache(cfg: TrainConfig, accelerator, model, split, do_normalize, return_mask,
-                       local_world_size: int):
-    """The cached conv features of the train split (filled by all processes) and their collator."""
+                       local_world_size: int, progress: bool = True):
+    """The cached conv features of the train split (filled by all processes) and their collator; `progress` shows
+    the fill's bar on each machine's main process."""
     dataset = prepare_feature_cache(
         model, split, cfg.data.feature_cache, do_normalize, return_mask, rank=accelerator.process_index,
         world_size=accelerator.num_processes, local_rank=accelerator.local_process_index,
         local_world_size=local_world_size,
         barrier=accelerator.wait_for_everyone, num_workers=cfg.data.num_workers,
-        progress=accelerator.is_local_main_process,
+        progress=progress and accelerator.is_local_main_process,
     )
     use_cached_features(model)  # steps now feed the cached features where the audio went
     return dataset, FeatureCollator(return_attention_mask=return_mask)
@@ -244,6 +246,7 @@ class TrainingRun:
     state: TrainerState
     metrics_log: MetricsLog
     data_summary: dict[str, Any]
+    progress: bool = True  # the main process's bar of steps (loss, LR); off for logs that are files
 
 
 def run_training(run: TrainingRun) -> None:
@@ -286,8 +289,8 @@ def run_training(run: TrainingRun) -> None:
     unwrapped = accelerator.unwrap_model(model)
     cpu["start"] = process_tree_cpu_seconds()
     model.train()
-    progress = tqdm(total=cfg.train.max_steps, initial=state.step, disable=not accelerator.is_main_process,
-                    desc="train", dynamic_ncols=True)
+    progress = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", dynamic_ncols=True,
+                    disable=not (run.progress and accelerator.is_main_process))
     window = {"loss": 0.0, "n": 0, "seconds": 0.0, "grad_norm": 0.0, "norms": 0, "t0": time.perf_counter()}
     last_eval_step = -1
     while state.step < cfg.train.last_step:

@@ -32,15 +32,12 @@ from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs
 from asr.confidence import Calibration, WordLM, raw_confidence, word_features
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
-from asr.decoders import DECODERS
+from asr.defaults import CHUNK_SECONDS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, FORMATS, OVERLAP_SECONDS, SIDE_FORMATS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
 from asr.sources import AUDIO_KEYS
 
 logger = logging.getLogger(__name__)
 
-SIDE_FORMATS = ("txt", "srt", "vtt", "ctm", "tsv")  # one file per audio file (asr.outputs.render)
-RUN_FORMATS = ("nemo",)  # one file per run: nemo_manifest.jsonl (asr.outputs.write_nemo_manifest)
-FORMATS = SIDE_FORMATS + RUN_FORMATS
 
 # libsndfile reads these besides AUDIO_EXTENSIONS; FFmpeg adds the others when it is on PATH.
 SOUNDFILE_EXTENSIONS = (".aif", ".aiff", ".au", ".caf", ".w64")
@@ -62,10 +59,10 @@ class TranscribeOptions:
     """How audio is batched, chunked and written; every check is here, one sentence each."""
 
     decoder: str = "greedy"  # one of DECODERS (what the records name)
-    chunk_seconds: float = 30.0  # longer files are cut into chunks of this length; 0 never chunks
-    overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
+    chunk_seconds: float = CHUNK_SECONDS  # longer files are cut into chunks of this length; 0 never chunks
+    overlap_seconds: float = OVERLAP_SECONDS  # audio shared by neighbouring chunks; half of it is context on each side
     cut_at_pauses: bool = False  # cut long files at their quietest stretches into pieces <= chunk_seconds (no overlap)
-    max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
+    max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS  # padded audio seconds per forward pass (memory bound)
     formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
     mark_below: float | None = None  # txt/srt/vtt/tsv: words whose confidence is below this get "(?)" after them

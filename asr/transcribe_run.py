@@ -21,7 +21,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from asr.files import write_text_atomic
-from asr.outputs import NEMO_MANIFEST_FILE, SUMMARY_FILE, OutputDir, ResultSink, write_nemo_manifest
+from asr.defaults import NEMO_MANIFEST_FILE
+from asr.outputs import SUMMARY_FILE, OutputDir, ResultSink, write_nemo_manifest
 from asr.transcribe import (
     AudioItem,
     Failure,
@@ -43,7 +44,7 @@ class StaleOutput(ValueError):
 
 
 def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[AudioItem], out: OutputDir,
-                      options: TranscribeOptions) -> dict[str, Any] | None:
+                      options: TranscribeOptions, progress: bool = True) -> dict[str, Any] | None:
     """Transcribe the files of `items` that `out` does not hold yet, sharded over the accelerator's processes.
 
     Every process calls this with the same items; each writes its own records, the main one merges them.
@@ -54,6 +55,7 @@ def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[Aud
         items: Every file of the run (`asr.transcribe.find_audio`), finished ones included.
         out: The output directory, locked and prepared by the main process.
         options: What to write besides transcripts.jsonl (formats, in place).
+        progress: Show the main process's bar (audio seconds done).
 
     Returns:
         On the main process, the run's summary (also written to summary.json); None on the others.
@@ -97,15 +99,15 @@ def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[Aud
     start = time.perf_counter()
     # Weighted by audio seconds (from the headers), moved after every forward pass: right ETA for one long file.
     planned = [sum(durations[readable[i].index] for i in unit.items) for unit in mine]
-    progress = tqdm(total=sum(planned), disable=not is_main, dynamic_ncols=True, bar_format=PROGRESS_FORMAT,
-                    desc="transcribe" if world == 1 else f"transcribe (rank 0 of {world})")
+    bar = tqdm(total=sum(planned), disable=not (progress and is_main), dynamic_ncols=True, bar_format=PROGRESS_FORMAT,
+               desc="transcribe" if world == 1 else f"transcribe (rank 0 of {world})")
     unit_left = [0.0]  # planned seconds of the current unit not shown yet
 
     def advance(seconds: float) -> None:
         step = min(seconds, unit_left[0])  # a header may understate the length (VBR mp3)
         if step > 0:
             unit_left[0] -= step
-            progress.update(step)
+            bar.update(step)
 
     for unit, unit_seconds in zip(mine, planned):
         unit_left[0] = unit_seconds
@@ -118,9 +120,9 @@ def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[Aud
                 files += 1
                 audio_seconds += result.duration
             rtf = (time.perf_counter() - start) / audio_seconds if audio_seconds else 0.0
-            progress.set_postfix(files=files, rtf=f"{rtf:.3f}", failed=failed)
+            bar.set_postfix(files=files, rtf=f"{rtf:.3f}", failed=failed)
         advance(unit_left[0])  # the unit is done, whatever failed or was shorter than its header said
-    progress.close()
+    bar.close()
     sink.close()
     stats = gather_object([{"files": files, "failed": failed, "audio_seconds": audio_seconds,
                             "seconds": time.perf_counter() - start}])

@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from asr.beam import LN10, oracle_texts
 from asr.decoders import ATTRS_FILE, BEAM_DECODERS, LM_SUBDIR, DecoderSettings, build_decoder, save_decoder_settings
+from asr.defaults import DEFAULT_NBEST, TUNE_ALPHAS, TUNE_BEAM_WIDTHS, TUNE_BETAS
 from asr.files import write_text_atomic
 from asr.metrics import error_rates
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NBEST = 10  # hypotheses per utterance for the oracle WER
 
 
 # -------------------------------------------------------------------------------------------- tuning
@@ -41,9 +41,9 @@ DEFAULT_NBEST = 10  # hypotheses per utterance for the oracle WER
 class TuneGrid:
     """The grid searched, in pyctcdecode's units; flashlight uses lm_weight = alpha * ln 10, word_score = beta."""
 
-    alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5)  # LM weight; 0.5 is pyctcdecode's default
-    betas: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # per-word bonus; higher counters the LM's bias to few words
-    beam_widths: tuple[int, ...] = ()  # () keeps the decoder's current width; more widths multiply the cost
+    alphas: tuple[float, ...] = TUNE_ALPHAS  # LM weight
+    betas: tuple[float, ...] = TUNE_BETAS  # per-word bonus
+    beam_widths: tuple[int, ...] = TUNE_BEAM_WIDTHS  # () keeps the decoder's current width
 
     def __post_init__(self) -> None:
         for name in ("alphas", "betas", "beam_widths"):

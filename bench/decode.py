@@ -68,7 +68,7 @@ from asr.beam import (
 from bench.common import machine_info, noisy_log_probs, markdown_table, ratio, time_runs, write_report
 from asr.corpus import load_sentences
 from asr.decoders import DecoderSettings, has_lm, load_decoder_settings, load_lm_files
-from asr.evaluation import DEFAULT_CACHE_DIR
+from asr.defaults import DEFAULT_CACHE_DIR
 from asr.metrics import error_rates
 from asr.text import build_vocab, load_vocab
 from asr.tuning import fork_map

@@ -36,41 +36,46 @@ import logging
 import sys
 from pathlib import Path
 
-from asr.align import DEFAULT_MIN_SCORE, SPLITS, AlignOptions, Segment, align_recording, cut_segments, split_text
-from asr.audio import AudioError
-from asr.audio import stream_audio
-from asr.constants import EXIT_USAGE
-from asr.inference import load_model
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.constants import EXIT_OK, EXIT_USAGE
+from asr.defaults import (ALIGN_SPLITS, ALIGN_WINDOW_SECONDS, CHUNK_SECONDS, DEFAULT_MAX_BATCH_SECONDS,
+                          DEFAULT_MIN_SCORE, OVERLAP_SECONDS)
 
 logger = logging.getLogger("align")
+# The library (torch, ctc-segmentation) is imported in main, after parsing, so that --help is instant.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("recording", type=Path, help="the long audio file")
     p.add_argument("--text", type=Path, required=True, help="its transcript or book text (UTF-8)")
-    p.add_argument("--split", choices=SPLITS, default="lines", help="one utterance a line, or sentences of free text")
+    p.add_argument("--split", choices=ALIGN_SPLITS, default="lines",
+                   help="one utterance a line, or sentences of free text")
     p.add_argument("--model", type=Path, required=True, help="model directory (e.g. assets/base_model)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--cut", action="store_true", help="write each segment as a WAV under OUT/audio/ (trainable)")
-    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE, help="lower-scoring segments go to "
-                   f"low_score.jsonl (default {DEFAULT_MIN_SCORE})")
-    defaults = AlignOptions()
-    p.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds, help="model window (0: one pass)")
-    p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds, help="overlap of the windows")
+    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE,
+                   help="lower-scoring segments go to low_score.jsonl")
+    p.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS, help="model window (0: one pass)")
+    p.add_argument("--overlap-seconds", type=float, default=OVERLAP_SECONDS, help="overlap of the windows")
     p.add_argument("--cut-at-pauses", action="store_true", help="end the model's windows at pauses instead")
-    p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds, help="audio per forward")
-    p.add_argument("--window-seconds", type=float, default=defaults.window_seconds,
+    p.add_argument("--max-batch-seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS, help="audio per forward")
+    p.add_argument("--window-seconds", type=float, default=ALIGN_WINDOW_SECONDS,
                    help="ctc-segmentation's search window; raise it for long unspoken or untranscribed stretches")
     p.add_argument("--device", default="cpu", help="torch device")
+    add_common_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Align, write the manifests; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    setup_logging(args)
+    from asr.align import AlignOptions, align_recording, cut_segments, split_text
+    from asr.audio import AudioError, stream_audio
+    from asr.inference import load_model
+
     try:
         options = AlignOptions(args.chunk_seconds, args.overlap_seconds, args.cut_at_pauses, args.max_batch_seconds,
                                args.window_seconds, args.min_score)
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         cut_segments(stream_audio(args.recording), alignment.segments, paths)
     recording = str(args.recording.resolve())
 
-    def row(segment: Segment) -> dict:
+    def row(segment) -> dict:
         data = {"id": ids[id(segment)], **segment.to_dict(), "duration": round(segment.duration, 3),
                 "recording": recording}
         if args.cut:
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d of %d utterances kept (%.1f s of %.1f s), %d below score %g, %d unaligned: %s",
                 len(kept), len(lines), summary["kept_seconds"], alignment.duration, len(low), options.min_score,
                 len(unaligned), args.out)
-    return 0
+    return EXIT_OK
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 
 from asr.beam import PyCTCDecodeOptions
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_USAGE
 from asr.model_card import write_model_card
 from asr.sources import SourceConfig, read_source_texts
@@ -58,9 +59,9 @@ logger = logging.getLogger("build_lm")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     defaults = LMBuildOptions()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--text", type=Path, nargs="+", default=[], help="text files, one sentence per line")
-    p.add_argument("--encoding", default="utf-8", help="encoding of the --text/--heldout files (default utf-8)")
+    p.add_argument("--encoding", default="utf-8", help="encoding of the --text/--heldout files")
     p.add_argument("--source", nargs="+", default=[], help="corpus sources whose transcripts are LM text")
     p.add_argument("--source-kind", default="auto", help="layout of --source (auto|manifest|librispeech|hf|...)")
     p.add_argument("--split", default=None, help="split of a dataset/layout source")
@@ -74,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-dedupe", action="store_true", help="keep repeated sentences")
     p.add_argument("--keep-unemittable", action="store_true", help="keep sentences the model cannot spell")
     p.add_argument("--arpa", action="store_true", help="write the ARPA file instead of a KenLM binary")
-    p.add_argument("--binary-type", choices=("probing", "trie"), default=defaults.binary_type)
+    p.add_argument("--binary-type", choices=("probing", "trie"), default=defaults.binary_type,
+                   help="KenLM binary layout: probing is fastest to query, trie about 3x smaller")
     p.add_argument("--quantize", type=int, default=None, help="trie only: bits for quantisation (e.g. 8)")
     p.add_argument("--discount-fallback", action="store_true",
                    help="always pass --discount_fallback (default: only when lmplz fails without it)")
@@ -90,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="directory with lmplz/build_binary (default: $ASR_KENLM_BIN, PATH, then tools/kenlm/bin)")
     p.add_argument("--alpha", type=float, default=PyCTCDecodeOptions.alpha, help="attrs.json LM weight for pyctcdecode")
     p.add_argument("--beta", type=float, default=PyCTCDecodeOptions.beta, help="attrs.json word bonus for pyctcdecode")
+    add_common_flags(p)
     args = p.parse_args(argv)
     if not args.text and not args.source:
         p.error("give LM text with --text FILE and/or --source PATH")
@@ -108,7 +111,7 @@ def _source(args: argparse.Namespace, path: str) -> SourceConfig:
 def main(argv: list[str] | None = None) -> int:
     """Read the text, build the LM, print where it went; returns the exit code."""
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     try:
         build(args)
     except (ValueError, FileNotFoundError, KenLMNotFoundError) as e:  # bad input or no KenLM: one line, nothing built
@@ -126,13 +129,7 @@ def build(args: argparse.Namespace) -> None:
         memory=args.memory, temp_dir=args.temp_dir, heldout_fraction=args.heldout_fraction, seed=args.seed,
         kenlm_bin=args.kenlm_bin,
     )
-    if args.model is not None:
-        normalizer, vocab = load_model_text_config(args.model)
-    else:
-        normalizer, vocab = TextNormalizer(), None
-        logger.warning("no --model: default TextNormalizer, no vocabulary check and no alphabet.json; the LM text "
-                       "may not match a model's labels")
-
+    normalizer, vocab = load_model_text_config(args.model) if args.model is not None else (TextNormalizer(), None)
     texts: list[str] = list(read_text_files(args.text, args.encoding))
     for path in args.source:
         texts.extend(read_source_texts(_source(args, path)))
@@ -144,6 +141,9 @@ def build(args: argparse.Namespace) -> None:
 
     info = build_lm(texts, args.output or args.model, normalizer=normalizer, vocab=vocab, heldout=heldout,
                     options=options, decoder_options=PyCTCDecodeOptions(alpha=args.alpha, beta=args.beta))
+    if args.model is None:  # said once built: an input error before it stays the one line on stderr
+        logger.warning("no --model: default TextNormalizer, no vocabulary check and no alphabet.json; the LM text "
+                       "may not match a model's labels")
     print(f"LM: {info.kenlm_path} ({info.order}-gram {info.format}, {info.size_bytes / 1e6:.1f} MB, "
           f"{info.num_unigrams} words, {info.num_train_sentences} training sentences)")
     if info.heldout is not None:

@@ -17,13 +17,18 @@ import json
 import sys
 from pathlib import Path
 
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.constants import EXIT_OK, EXIT_USAGE
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command-line arguments."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("runs", nargs="+", type=Path, help="training output directories (with metrics.jsonl)")
     p.add_argument("--minutes", nargs="+", type=float, default=[15, 30, 45, 60, 90, 120],
-                   help="CPU minutes at which to read each run (default: %(default)s)")
+                   help="CPU minutes at which to read each run")
     p.add_argument("--plot", type=Path, default=None, help="write dev CER vs CPU minutes as a PNG here")
+    add_common_flags(p)
     return p.parse_args(argv)
 
 
@@ -32,7 +37,10 @@ def read_evals(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{path} does not exist; pass a training output directory")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON lines ({e}); is it a training run's metrics.jsonl?") from e
     evals = [r for r in records if r.get("kind") == "eval" and "cpu_s" in r]
     if not evals:
         raise ValueError(f"{path} has no eval record with cpu_s; it predates CPU accounting or has not evaluated yet")
@@ -50,11 +58,14 @@ def at_minutes(evals: list[dict], minutes: float) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(args)
     try:
         runs = {str(run): read_evals(run) for run in args.runs}
+        if args.plot and args.plot.is_dir():
+            raise ValueError(f"--plot {args.plot} is a directory; give the PNG file to write")
     except ValueError as e:
         print(f"compare_runs: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print("| run | " + " | ".join(f"{m:g} CPU-min" for m in args.minutes) + " | last (step, CPU-min) |")
     print("|---|" + "---|" * (len(args.minutes) + 1))
     for name, evals in runs.items():
@@ -82,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=100)
         print(f"plot: {args.plot}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

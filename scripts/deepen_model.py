@@ -14,23 +14,34 @@ import json
 import sys
 from pathlib import Path
 
-from asr.model import deepen_model
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.constants import EXIT_OK, EXIT_USAGE
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Writes --model grown to --layers layers into --output."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", type=Path, required=True, help="a model directory exported by scripts/train.py")
     p.add_argument("--output", type=Path, required=True, help="directory to write (replaced atomically)")
     p.add_argument("--layers", type=int, required=True, help="transformer layers of the grown model")
-    args = p.parse_args(argv)
+    add_common_flags(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Writes --model grown to --layers layers into --output; returns the exit code."""
+    args = parse_args(argv)
+    setup_logging(args)
+    from asr.model import deepen_model  # torch: after parsing, so that --help is instant
+
     try:
         report = deepen_model(args.model, args.output, args.layers)
     except ValueError as e:
         print(f"deepen_model: {e}", file=sys.stderr)
-        sys.exit(2)
+        return EXIT_USAGE
     print(json.dumps({"output": str(args.output), **report}))
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -48,38 +48,19 @@ import os
 import sys
 from pathlib import Path
 
-from asr import launch
-from asr.confidence import load_calibrations
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.decoders import BEAM_DECODERS, DECODERS, DecoderSettings, check_lm_fits, find_lm, load_decoder_settings
-from asr.evaluation import (
-    DEFAULT_CACHE_DIR,
-    DEFAULT_MAX_BATCH_SECONDS,
-    DEFAULT_MAX_PADDING,
-    DEFAULT_PADDING_SAMPLE,
-    EVAL_MAX_DURATION,
-    EVAL_MIN_DURATION,
-    FAILED_AUDIO,
-    AcousticOutput,
-    calibrate_decoders,
-    compute_source_acoustic,
-    eval_filters,
-)
-from asr.model_card import card_after_tuning
-from asr.reference import REFERENCES, check_reference
-from asr.report import compare_decoders, write_results
-from asr.significance import DEFAULT_RESAMPLES, DEFAULT_SEED
-from asr.sources import SourceConfig, Utterance
-from asr.text import TextNormalizer, load_vocab
-from asr.tuning import DEFAULT_NBEST, TuneGrid, tune_and_save
+from asr.defaults import (BEAM_DECODERS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DECODERS, DEFAULT_CACHE_DIR,
+                          DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MAX_PADDING, DEFAULT_NBEST, DEFAULT_PADDING_SAMPLE,
+                          EVAL_MAX_DURATION, EVAL_MIN_DURATION, REFERENCES, TUNE_ALPHAS, TUNE_BEAM_WIDTHS, TUNE_BETAS)
 
 logger = logging.getLogger("eval")
+# The library (numpy, jiwer, torch) is imported in the functions below, after parsing, so that --help is instant.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    grid = TuneGrid()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", type=Path, required=True, help="model directory written by scripts/train.py")
     p.add_argument("--data", required=True, help="manifest, corpus folder or dataset (any asr.sources layout)")
     p.add_argument("--split", default=None, help="split of a dataset/layout source")
@@ -97,16 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("pyctcdecode (beam); unset values come from the LM directory")
     g.add_argument("--alpha", type=float, default=None, help="LM weight")
     g.add_argument("--beta", type=float, default=None, help="word bonus")
-    g.add_argument("--beam-width", type=int, default=None)
-    g.add_argument("--beam-prune-logp", type=float, default=None)
-    g.add_argument("--token-min-logp", type=float, default=None)
+    g.add_argument("--beam-width", type=int, default=None, help="hypotheses kept per frame")
+    g.add_argument("--beam-prune-logp", type=float, default=None, help="drop beams this far below the best (log)")
+    g.add_argument("--token-min-logp", type=float, default=None, help="skip tokens less likely than this (log)")
     g.add_argument("--hotwords", nargs="+", default=None, help="words or phrases to boost")
-    g.add_argument("--hotword-weight", type=float, default=None)
+    g.add_argument("--hotword-weight", type=float, default=None, help="how much a hotword is boosted")
     g = p.add_argument_group("flashlight; unset values come from the LM directory")
     g.add_argument("--lm-weight", type=float, default=None, help="weight of KenLM's log10 scores (= alpha * ln 10)")
     g.add_argument("--word-score", type=float, default=None, help="word bonus (= beta)")
-    g.add_argument("--beam-size", type=int, default=None)
-    g.add_argument("--beam-threshold", type=float, default=None)
+    g.add_argument("--beam-size", type=int, default=None, help="hypotheses kept per frame")
+    g.add_argument("--beam-threshold", type=float, default=None, help="drop beams this far below the best")
     g.add_argument("--lexicon-free", action="store_true", help="spell freely (needs a token LM: build_lm --unit token)")
     g = p.add_argument_group("acoustic model")
     g.add_argument("--max-batch-seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
@@ -121,20 +102,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--check-padding", type=int, default=DEFAULT_PADDING_SAMPLE,
                    help="utterances run one by one to measure the effect of batch padding; 0 skips, -1 checks all")
     g = p.add_argument_group("confidence intervals")
-    g.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="RESAMPLES",
+    g.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES, metavar="RESAMPLES",
                    help="paired-bootstrap resamples for the 95%% intervals of WER/CER and their differences; 0 skips")
-    g.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, help="seed of the resampling (reproducible)")
+    g.add_argument("--bootstrap-seed", type=int, default=BOOTSTRAP_SEED, help="seed of the resampling (reproducible)")
     g = p.add_argument_group("tuning")
     g.add_argument("--tune", action="store_true", help="grid-search alpha/beta and store the best in the LM dir")
     g.add_argument("--tune-data", default=None, help="tuning (dev) set; default: --data (then the table is optimistic)")
     g.add_argument("--tune-split", default=None, help="split of --tune-data")
-    g.add_argument("--alphas", type=float, nargs="+", default=list(grid.alphas))
-    g.add_argument("--betas", type=float, nargs="+", default=list(grid.betas))
-    g.add_argument("--beam-widths", type=int, nargs="+", default=list(grid.beam_widths),
+    g.add_argument("--alphas", type=float, nargs="+", default=list(TUNE_ALPHAS), help="LM weights tried")
+    g.add_argument("--betas", type=float, nargs="+", default=list(TUNE_BETAS), help="word bonuses tried")
+    g.add_argument("--beam-widths", type=int, nargs="+", default=list(TUNE_BEAM_WIDTHS),
                    help="also search beam widths (default: keep the current one)")
     g.add_argument("--nbest", type=int, default=DEFAULT_NBEST, help="n-best size for the oracle WER; 0 skips it")
     g.add_argument("--calibrate", action="store_true", help="fit each decoder's word-confidence calibration on "
                    "--tune-data (after tuning) and store it beside the model (confidence.json)")
+    add_common_flags(p)
     args = p.parse_args(argv)
     args.decoder = list(DECODERS) if "all" in args.decoder else [d for d in DECODERS if d in args.decoder]
     args.reference = list(dict.fromkeys(n.strip() for n in args.reference.split(",") if n.strip()))
@@ -153,32 +135,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def decoder_settings(args: argparse.Namespace, lm: Path | None) -> DecoderSettings:
-    """The LM directory's stored settings with the command line's overrides."""
+def decoder_settings(args: argparse.Namespace, lm: Path | None):
+    """The LM directory's stored settings (DecoderSettings) with the command line's overrides."""
+    from asr.decoders import load_decoder_settings
+
     flags = ("alpha", "beta", "beam_width", "beam_prune_logp", "token_min_logp", "hotwords", "hotword_weight",
              "lm_weight", "word_score", "beam_size", "beam_threshold")
     return load_decoder_settings(lm).with_overrides(num_processes=args.workers, lexicon_free=args.lexicon_free or None,
                                                     **{name: getattr(args, name) for name in flags})
 
 
-def acoustic_for(args: argparse.Namespace, data: str, split: str | None,
-                 accelerator) -> tuple[AcousticOutput | None, dict[str, Utterance]]:
-    """A source's log-probs (cache or model; None on non-main processes) and its utterances by id."""
+def acoustic_for(args: argparse.Namespace, data: str, split: str | None, accelerator) -> tuple:
+    """A source's log-probs (AcousticOutput, cached or computed; None off the main process), utterances by id."""
+    from asr.evaluation import compute_source_acoustic, eval_filters
+    from asr.sources import SourceConfig
+
     return compute_source_acoustic(
         args.model, SourceConfig(kind=args.source_kind, path=data, split=split, text_column=args.text_column,
                                  audio_column=args.audio_column),
         filters=eval_filters(args.min_duration, args.max_duration), max_batch_seconds=args.max_batch_seconds,
         max_padding=args.max_padding, cache_dir=None if args.no_cache else args.cache_dir, accelerator=accelerator,
-        progress=True)
+        progress=not args.no_progress)
 
 
-def run_tuning(args: argparse.Namespace, lm: Path, acoustic: AcousticOutput, data: str) -> None:
+def run_tuning(args: argparse.Namespace, lm: Path, acoustic, data: str) -> None:
     """Grid-search the beam decoders on `acoustic`, store the best values in the LM dir, write tuning.md/.json."""
+    from asr.text import load_vocab
+    from asr.tuning import TuneGrid, tune_and_save
+
     result = tune_and_save(
         acoustic.log_probs, acoustic.references, load_vocab(args.model), lm, args.output, model=str(args.model),
-        decoders=[d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS),
+        decoders=[d for d in args.decoder if d in BEAM_DECODERS] or list(BEAM_DECODERS), data=data,
         grid=TuneGrid(tuple(args.alphas), tuple(args.betas), tuple(args.beam_widths)),
-        settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, data=data, progress=True)
+        settings=decoder_settings(args, lm), processes=args.workers, nbest=args.nbest, progress=not args.no_progress)
     print(result.to_markdown())
 
 
@@ -189,11 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         The exit code (see the module docstring).
     """
     args = parse_args(argv)
+    from asr import launch
+    from asr.confidence import load_calibrations
+    from asr.decoders import check_lm_fits, find_lm
+    from asr.reference import check_reference
+    from asr.text import load_vocab
+
     try:  # before the acoustic model runs, not after
+        vocab = load_vocab(args.model)  # no model directory there: one line, before any work
         searches = args.tune or any(d in BEAM_DECODERS for d in args.decoder)
         lm = find_lm(args.model, args.lm, needed=searches)
         if lm is not None and searches:
-            check_lm_fits(lm, load_vocab(args.model))  # an LM for another alphabet would decode silently worse
+            check_lm_fits(lm, vocab)  # an LM for another alphabet would decode silently worse
         for name in args.reference:
             check_reference(name)
         load_calibrations(args.model)  # a damaged confidence.json is an input error, before any work
@@ -209,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
     """main's work between setting up and tearing down the process group; returns the exit code."""
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    from asr.confidence import load_calibrations
+    from asr.evaluation import FAILED_AUDIO, calibrate_decoders
+    from asr.model_card import card_after_tuning
+    from asr.report import compare_decoders, write_results
+    from asr.text import TextNormalizer, load_vocab
+
+    setup_logging(args, main_process=accelerator.is_main_process)
     # Every process takes part in the acoustic passes; only the main one decodes, so both passes come
     # first (a long tuning would otherwise leave the other processes waiting at a collective).
     tune_acoustic = None

@@ -30,26 +30,17 @@ import logging
 import sys
 from pathlib import Path
 
-import transformers
-
-from asr.audio import AudioError, load_audio
-from asr.onnx_export import (
-    DEFAULT_MAX_WER_INCREASE,
-    DEFAULT_OPSET,
-    DEFAULT_TOLERANCE,
-    QUANTIZE_CHOICES,
-    ExportOptions,
-    ParityError,
-    export_onnx,
-)
-from asr.sources import SourceConfig, load_source
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.constants import EXIT_CRASH, EXIT_OK, EXIT_USAGE
+from asr.defaults import DEFAULT_MAX_WER_INCREASE, DEFAULT_OPSET, DEFAULT_TOLERANCE, QUANTIZE_CHOICES
 
 logger = logging.getLogger("export")
+# The library (torch, onnx) is imported in the functions below, after parsing, so that --help is instant.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", type=Path, required=True, help="model directory (the model/ of a training run)")
     p.add_argument("--output", type=Path, required=True, help="export directory (replaced if it holds an export)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (14-20)")
@@ -61,15 +52,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                    help="store MatMul/Gemm weights as int8 (default: float32), gated on greedy WER")
     p.add_argument("--max-wer-increase", type=float, default=DEFAULT_MAX_WER_INCREASE,
-                   help="int8 gate: greedy WER may exceed PyTorch's by this fraction (default 0.005 = 0.5 points)")
+                   help="int8 gate: greedy WER may exceed PyTorch's by this fraction (0.005 = 0.5 points)")
     p.add_argument("--parity-data", type=Path, default=None,
                    help="labelled speech for the int8 WER gate: a manifest or corpus folder, e.g. a dev set "
                         "(default: the synthesised parity sentences)")
+    add_common_flags(p)
     return p.parse_args(argv)
 
 
 def _read_labelled(path: Path) -> list[tuple]:
     """(audio, text) pairs of a manifest/corpus for the int8 gate."""
+    from asr.audio import AudioError, load_audio
+    from asr.sources import SourceConfig, load_source
+
     try:
         utterances = load_source(SourceConfig(path=str(path)))
         return [(load_audio(u.audio), u.text) for u in utterances]
@@ -79,7 +74,12 @@ def _read_labelled(path: Path) -> list[tuple]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args)
+    import transformers
+
+    from asr.audio import AudioError, load_audio
+    from asr.onnx_export import ExportOptions, ParityError, export_onnx
+
     transformers.utils.logging.disable_progress_bar()
     try:
         options = ExportOptions(opset=args.opset, tolerance=args.tolerance, quantize=args.quantize,
@@ -96,17 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         report = export_onnx(args.model, args.output, args.lm, options, audios, labelled)
     except ValueError as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_USAGE
     except RuntimeError as e:  # ParityError included: the message carries the measurements
         logger.error("%s", e)
         if isinstance(e, ParityError) and (e.report.quantized is None or e.report.quantized.passed):
             for check in e.report.checks:
                 logger.error("  %5.2f s in a batch of %d: max |diff| %.2e, greedy %s", check.seconds,
                              check.batch_size, check.max_abs_diff, "same" if check.greedy_identical else "DIFFERENT")
-        return 1
+        return EXIT_CRASH
     logger.info("export report: %s", args.output / "export_report.json")
     print(report.summary())
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

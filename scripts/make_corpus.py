@@ -24,17 +24,18 @@ Options worth knowing:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.constants import EXIT_OK, EXIT_USAGE
 from asr.corpus import ENGINES, CorpusOptions, list_voices, make_corpus, select_voices
 from asr.layouts import LAYOUTS, export_layout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=Path("data/synth"), help="corpus directory")
     p.add_argument("--train", type=int, default=2000, help="train utterances")
     p.add_argument("--dev", type=int, default=200, help="dev utterances")
@@ -42,19 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="picks sentences and voices")
     p.add_argument("--text", type=Path, default=None, help="text file, one sentence per line (default: fortunes)")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")
-    p.add_argument("--engine-weights", default="", help="comma-separated engine=weight, e.g. piper=3 (default: equal)")
+    p.add_argument("--engine-weights", default="", help="comma-separated engine=weight, e.g. piper=3 (default: all 1)")
     p.add_argument("--heldout-voices", default="0", help="voices only in dev/test: a count, or comma-separated ids")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of dev/test read by held-out voices")
     p.add_argument("--voices", default="", help="comma-separated glob patterns: only matching voices")
     p.add_argument("--exclude-voices", default="", help="comma-separated glob patterns: never these voices")
-    p.add_argument("--min-words", type=int, default=4)
-    p.add_argument("--max-words", type=int, default=14)
+    p.add_argument("--min-words", type=int, default=4, help="shorter sentences are not used")
+    p.add_argument("--max-words", type=int, default=14, help="longer sentences are not used")
     p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: os.cpu_count())")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus made with other arguments")
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="also export the corpus in this layout")
     p.add_argument("--layout-out", type=Path, default=None, help="export directory (default: <out>_<layout>)")
     p.add_argument("--list-voices", action="store_true", help="print the voice catalogue and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    add_common_flags(p)
     return p.parse_args(argv)
 
 
@@ -63,10 +64,10 @@ def _patterns(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Makes (or finds up to date) the corpus, then exports it if asked."""
+def main(argv: list[str] | None = None) -> int:
+    """Makes (or finds up to date) the corpus, then exports it if asked; returns the exit code."""
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     heldout = args.heldout_voices.strip()
     heldout_voices = int(heldout) if heldout.isdigit() else tuple(h.strip() for h in heldout.split(",") if h.strip())
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.list_voices:
             for voice in select_voices(list_voices(engines), include, exclude):
                 print(voice.id)
-            return
+            return EXIT_OK
         weights = {}
         for item in _patterns(args.engine_weights):
             engine, _, weight = item.partition("=")
@@ -103,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
             layout_out = args.layout_out or args.out.with_name(f"{args.out.name}_{args.layout}")
             export_layout(args.out, args.layout, layout_out)
     except (ValueError, RuntimeError) as e:  # the message names the fix; a traceback would bury it
-        logging.getLogger("make_corpus").error("%s", e)
-        sys.exit(2)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

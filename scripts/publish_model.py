@@ -20,20 +20,30 @@ import json
 import sys
 from pathlib import Path
 
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.constants import EXIT_CRASH, EXIT_OK, EXIT_USAGE
 
-def main(argv: list[str] | None = None) -> int:
-    """Publishes --model into --output and/or pushes it to --push."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", type=Path, required=True, help="a model directory exported by scripts/train.py")
     p.add_argument("--output", type=Path, default=None, help="directory to write (replaced atomically)")
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
-                   help="stored weight type of --output (default: %(default)s)")
+                   help="stored weight type of --output")
     p.add_argument("--push", metavar="REPO_ID", default=None, help="hub repo (owner/name) to upload to")
     p.add_argument("--private", action="store_true", help="create the hub repo private")
+    add_common_flags(p)
     args = p.parse_args(argv)
     if args.output is None and args.push is None:
         p.error("nothing to do: give --output, --push, or both")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Publishes --model into --output and/or pushes it to --push; returns the exit code."""
+    args = parse_args(argv)
+    setup_logging(args)
     from asr.hub import HubError, HubSetupError, check_can_push, push_model
     from asr.model import publish_model
 
@@ -47,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             result["pushed"] = push_model(args.output or args.model, args.push, private=args.private)
     except (ValueError, HubSetupError) as e:
         print(f"publish_model: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except HubError as e:
         print(f"publish_model: {e}", file=sys.stderr)
-        return 1
+        return EXIT_CRASH
     print(json.dumps(result))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     $ accelerate launch --config_file configs/accelerate/multi_gpu.yaml scripts/train.py \
           --config configs/train/wav2vec2_base_librispeech.yaml optim.lr=5e-5 train.max_steps=20000
     $ accelerate launch ... scripts/train.py --config ... --resume latest    # continue exactly
+    $ .venv/bin/python scripts/train.py --print-config --config configs/train/tiny_cpu.yaml optim.lr=3e-4
+          # every config key: its value, its default where it differs, and why (no --config: the defaults)
 
 Everything the run writes goes to `train.output_dir`: `checkpoints/step_<n>/` (full state, atomic),
 `model/` (the best model by dev WER as a standard Hugging Face directory with processor, config,
@@ -12,7 +14,8 @@ any other `train.report_to` tracker's local files), `train_config.yaml`,
 and the data reports (`data/*.dropped.jsonl`). With `train.push_to_hub=owner/name`, model/ is uploaded to the
 Hugging Face Hub at the end (checked at start: offline, HF_HUB_OFFLINE=1, refuses before training).
 
-Exit code: 0 done; 1 a crash, or the push at the end failed (the model is on disk); 2 a bad config or data.
+Exit code: 0 done; 1 a crash, or the push at the end failed (the model is on disk); 2 a bad config or data
+(one line, before any training).
 """
 
 from __future__ import annotations
@@ -28,43 +31,33 @@ import os
 import sys
 from pathlib import Path
 
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
-
-from asr import launch
-from asr.allocator import active_allocator
-from asr.augment import check_augment
-from asr.checkpoint import CheckpointError, TrainerState, load_training_state, resolve_resume
-from asr.collate import make_collator
-from asr.config import ConfigError, load_config, save_config
-from asr.constants import PAD
-from asr.feature_cache import check_feature_cache, check_model_matches
-from asr.hub import HubSetupError, check_can_push
-from asr.model import build_model, load_model_config, takes_filterbank
-from asr.train import MetricsLog, TrainConfig, build_optimizer, build_scheduler, check_trackers, tracker_hparams
-from asr.trainer import (
-    TrainingRun,
-    make_loader,
-    make_streaming_loader,
-    open_feature_cache,
-    prepare_data,
-    push_at_end,
-    run_training,
-)
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.config import ConfigError, annotated_yaml, load_config
+from asr.constants import EXIT_CRASH, EXIT_OK, EXIT_USAGE
 
 logger = logging.getLogger("train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML run config (configs/train/*.yaml)")
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=None, help="YAML run config (configs/train/*.yaml); required to train")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder; continues exactly")
+    parser.add_argument("--print-config", action="store_true", help="print every config key with its value (of "
+                        "--config and the overrides), its default and its reason as YAML, and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
-    return parser.parse_args(argv)
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    if args.config is None and not args.print_config:
+        parser.error("--config is required (e.g. --config configs/train/tiny_cpu.yaml); --print-config lists the keys")
+    return args
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg):
     """Accelerator for the launch environment (gloo on CPU; DeepSpeed otherwise sees world=1)."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from asr import launch
+
     return launch.make_accelerator(
         int(os.environ.get("WORLD_SIZE", "1")),
         handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.model.layerdrop > 0)],
@@ -78,24 +71,46 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from asr.hub import HubSetupError, check_can_push
+    from asr.train import TrainConfig, check_trackers  # torch: imported after parsing, so that --help is instant
+
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
+        if args.print_config:
+            print(annotated_yaml(cfg, defaults=TrainConfig()), end="")
+            return EXIT_OK
         check_trackers(cfg.train.report_to)
         if cfg.train.push_to_hub:  # before hours of training, not after
             check_can_push(cfg.train.push_to_hub)
     except (ConfigError, HubSetupError) as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    return train(args, cfg)
+
+
+def train(args: argparse.Namespace, cfg) -> int:
+    """main's work once the config is checked: set up, prepare the data and model, run the loop, push."""
+    # torch, accelerate and the library: imported after parsing, so that --help is instant
+    from accelerate.utils import set_seed
+
+    from asr import launch
+    from asr.allocator import active_allocator
+    from asr.augment import check_augment
+    from asr.checkpoint import CheckpointError, TrainerState, load_training_state, resolve_resume
+    from asr.collate import make_collator
+    from asr.config import save_config
+    from asr.constants import PAD
+    from asr.feature_cache import check_feature_cache, check_model_matches
+    from asr.model import build_model, load_model_config, takes_filterbank
+    from asr.train import MetricsLog, build_optimizer, build_scheduler, tracker_hparams
+    from asr.trainer import (TrainingRun, make_loader, make_streaming_loader, open_feature_cache, prepare_data,
+                             push_at_end, run_training)
+
     accelerator = make_accelerator(cfg)
-    logging.basicConfig(
-        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-        format=f"%(asctime)s [rank {accelerator.process_index}] %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    setup_logging(args, main_process=accelerator.is_main_process, rank=accelerator.process_index)
+    progress = not args.no_progress
     if globals().get("ALLOCATOR_NOTE"):  # set when run as a script
         logger.warning(ALLOCATOR_NOTE)
-    logger.info("memory allocator: %s", active_allocator())
     if cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         logger.warning("train.mixed_precision=fp16 on a CPU: Accelerate has no fp16 autocast or loss scaler there "
                        "and trains in float32; use bf16 on CPUs")
@@ -116,7 +131,7 @@ def main(argv=None) -> int:
                             streaming=cfg.data.train.streaming, zero_stage=ds_plugin.zero_stage if ds_plugin else None)
         # the main process checks the checkpoints' hashes (once, not per rank) and names the one all resume from
         resume_dir = launch.on_main_process(accelerator, lambda: resolve_resume(args.resume, ckpt_root))
-        data = prepare_data(cfg, accelerator, out)
+        data = prepare_data(cfg, accelerator, out, progress=progress)
         vocab, splits, do_normalize = data.vocab, data.splits, data.do_normalize
         with launch.full_model_construction(accelerator):
             model = build_model(cfg.model, vocab, pad_token_id=vocab[PAD])
@@ -125,7 +140,7 @@ def main(argv=None) -> int:
         if cfg.data.feature_cache.enabled:
             cached, train_collator = open_feature_cache(
                 cfg, accelerator, model, splits["train"], do_normalize, data.return_mask,
-                local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+                local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)), progress=progress)
         if cfg.data.train.streaming:
             # the stream is its own sampler: same interface (set_epoch, state_dict, load_state_dict)
             train_loader = train_sampler = make_streaming_loader(cfg, accelerator, collator, data, out)
@@ -135,7 +150,8 @@ def main(argv=None) -> int:
         dev_loader, _ = make_loader(splits["dev"], cfg, accelerator, collator, do_normalize, train=False)
     except ValueError as e:  # ConfigError included: bad input, reported in one line before any training
         logger.error("%s", e)
-        return 2
+        return EXIT_USAGE
+    logger.info("memory allocator: %s", active_allocator())
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
@@ -155,7 +171,7 @@ def main(argv=None) -> int:
             state = load_training_state(accelerator, resume_dir, model, optimizer, scheduler, train_sampler)
         except CheckpointError as e:
             logger.error("%s", e)
-            return 2
+            return EXIT_USAGE
         if cached is not None:  # the frozen encoder must be the one the cache was filled with
             check_model_matches(cached, accelerator.unwrap_model(model), do_normalize)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step, state.epoch,
@@ -164,7 +180,7 @@ def main(argv=None) -> int:
             logger.info("the checkpoint is at step %d, this run ends at step %d: nothing to train", state.step,
                         cfg.train.last_step)
             launch.finish(accelerator)
-            return 0
+            return EXIT_OK
     elif args.resume == "latest":
         logger.info("no checkpoint under %s: starting from scratch", ckpt_root)
 
@@ -191,10 +207,10 @@ def main(argv=None) -> int:
                     type(stepping).__name__)
 
     run_training(TrainingRun(cfg, accelerator, model, optimizer, scheduler, train_loader, train_sampler, dev_loader,
-                             data, out, state, metrics_log, data_summary))
+                             data, out, state, metrics_log, data_summary, progress=progress))
     pushed = push_at_end(accelerator, cfg, out / "model")
     launch.finish(accelerator)
-    return 0 if pushed else 1
+    return EXIT_OK if pushed else EXIT_CRASH
 
 
 if __name__ == "__main__":

@@ -59,20 +59,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import transformers
-from accelerate.utils import broadcast_object_list
-
-from asr import launch
-from asr.allocator import active_allocator
-from asr.confidence import load_calibrations
+from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.decoders import DECODERS, LM_SUBDIR
-from asr.inference import BACKENDS, load_acoustic_model
-from asr.outputs import ERRORS_FILE, NEMO_MANIFEST_FILE, TRANSCRIPTS_FILE, OutputBusy, OutputDir
-from asr.recognizer import make_decoder
-from asr.transcribe import FORMATS, SIDE_FORMATS, TranscribeOptions, Transcriber, find_audio
-from asr.transcribe_run import StaleOutput, run_transcription
+from asr.defaults import (BACKENDS, CHUNK_SECONDS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, FORMATS, NEMO_MANIFEST_FILE,
+                          OVERLAP_SECONDS, SIDE_FORMATS)
 
+# The library (torch, numpy) is imported in the functions below, after parsing, so that --help is instant.
 logger = logging.getLogger("transcribe")
 
 # A rank that finishes early waits for the others at a barrier; long shards must not time it out.
@@ -82,8 +74,7 @@ STDOUT = Path("-")  # --output - : transcripts to stdout
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    defaults = TranscribeOptions()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("inputs", nargs="*", type=Path, help="directories (or files) of audio")
     p.add_argument("--manifest", type=Path, action="append", default=[], help="JSONL/CSV/plain list of audio paths")
     p.add_argument("--model", type=Path, required=True, help="model directory (the model/ of a training run; "
@@ -97,25 +88,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "on stdout")
     p.add_argument("--formats", default="", help=f"comma list of extra outputs: {','.join(FORMATS)} (nemo: one "
                    f"{NEMO_MANIFEST_FILE} for the run; the others one file per audio file)")
-    p.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds,
+    p.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
                    help="chunk files longer than this (0: never chunk)")
-    p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
+    p.add_argument("--overlap-seconds", type=float, default=OVERLAP_SECONDS,
                    help="overlap of neighbouring chunks")
     p.add_argument("--cut-at-pauses", action="store_true", help="cut long files at their quietest stretches into "
                    "pieces of at most --chunk-seconds, without overlap (suits models trained on short utterances)")
-    p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
+    p.add_argument("--max-batch-seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
                    help="padded audio seconds per forward pass")
     p.add_argument("--in-place", action="store_true", help="write the per-file formats next to the audio files")
     p.add_argument("--mark-below", type=float, default=None, metavar="P", help="in txt/srt/vtt/tsv, write words whose "
                    "confidence is below P (0-1; calibrated with confidence.json) as word(?)")
+    add_common_flags(p)
     args = p.parse_args(argv)
     if not args.inputs and not args.manifest:
         p.error("give at least one INPUT_DIR or --manifest FILE")
     return args
 
 
-def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | None]:
-    """Checked options and the LM directory (None for greedy decoding)."""
+def options_from(args: argparse.Namespace) -> tuple:
+    """Checked options (TranscribeOptions) and the LM directory (None for greedy decoding)."""
+    from asr.decoders import LM_SUBDIR
+    from asr.transcribe import TranscribeOptions
+
     lm = args.lm
     if lm is None and args.decoder in ("beam", "flashlight") and (args.model / LM_SUBDIR).is_dir():
         lm = args.model
@@ -149,14 +144,24 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import transformers
+    from accelerate.utils import broadcast_object_list
+
+    from asr import launch
+    from asr.allocator import active_allocator
+    from asr.confidence import load_calibrations
+    from asr.inference import load_acoustic_model
+    from asr.outputs import ERRORS_FILE, TRANSCRIPTS_FILE, OutputBusy, OutputDir
+    from asr.recognizer import make_decoder
+    from asr.transcribe import Transcriber, find_audio
+    from asr.transcribe_run import StaleOutput, run_transcription
+
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")), timeout=BARRIER_TIMEOUT)
     rank, is_main = accelerator.process_index, accelerator.is_main_process
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args, main_process=is_main, rank=rank)
     transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per process is noise here
     if globals().get("ALLOCATOR_NOTE"):  # set when run as a script
         logger.warning(ALLOCATOR_NOTE)
-    logger.info("memory allocator: %s", active_allocator())
     try:
         options, lm = options_from(args)
         items = find_audio(args.inputs, args.manifest, exclude=[args.output])
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         return EXIT_USAGE
+    logger.info("memory allocator: %s", active_allocator())
 
     to_stdout = args.output == STDOUT
     if to_stdout:  # a private directory, the same on every rank, removed at the end
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", e)
         return EXIT_USAGE
     try:
-        summary = run_transcription(accelerator, transcriber, items, out, options)
+        summary = run_transcription(accelerator, transcriber, items, out, options, progress=not args.no_progress)
     except StaleOutput as e:
         logger.error("%s", e)
         out.unlock()

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr.align import (DEFAULT_MIN_SCORE, AlignOptions, JoinedRecording, align_log_probs, boundary_errors,
+from asr.align import (AlignOptions, JoinedRecording, align_log_probs, boundary_errors,
                        cut_segments, join_recordings, prepare_lines, recording_log_probs, split_text)
 from asr.audio import load_audio
 from asr.audio import stream_audio
 from asr.constants import EXIT_USAGE, SAMPLE_RATE
+from asr.defaults import DEFAULT_MIN_SCORE
 from asr.inference import load_model
 from asr.sources import SourceConfig, load_source
 

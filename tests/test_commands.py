@@ -53,9 +53,8 @@ def test_a_command_keeps_the_script_s_exit_codes(tmp_path):
     """A user error is the script's one line and exit code 2, through the command too."""
     proc = subprocess.run([str(BIN / "asr-make-corpus"), "--out", str(tmp_path / "c"), "--train", "-3"],
                           capture_output=True, text=True, timeout=120)
-    output = proc.stdout + proc.stderr  # make_corpus logs to stdout
-    assert proc.returncode == 2 and "fix --train/--dev/--test" in output
-    assert "Traceback" not in output and not (tmp_path / "c").exists()
+    assert proc.returncode == 2 and "fix --train/--dev/--test" in proc.stderr and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
 
 
 def test_a_wheel_holds_the_library_the_scripts_and_the_commands(tmp_path):

@@ -451,6 +451,7 @@ def test_beam_decoders_use_the_lm_directorys_tuned_settings(tiny_model, tmp_path
     """transcribe.py decodes as eval.py does: attrs.json's alpha/beta and decoder.json's tuned values."""
     from asr.corpus import load_sentences
     from asr.decoders import DECODER_FILE
+    from asr.recognizer import make_decoder
     from asr.text import load_vocab
     from lm.build import LMBuildOptions, build_lm
 
@@ -461,8 +462,7 @@ def test_beam_decoders_use_the_lm_directorys_tuned_settings(tiny_model, tmp_path
     (lm / "language_model" / "attrs.json").write_text(json.dumps({**attrs, "alpha": 0.75, "beta": 2.0}))
     (lm / DECODER_FILE).write_text(json.dumps({"pyctcdecode": {"beam_width": 64},
                                                "flashlight": {"lm_weight": 2.3, "word_score": 0.0, "beam_size": 50}}))
-    script = load_script()
-    beam, flashlight = script.make_decoder("beam", lm, vocab), script.make_decoder("flashlight", lm, vocab)
+    beam, flashlight = make_decoder("beam", lm, vocab), make_decoder("flashlight", lm, vocab)
     assert (beam.options.alpha, beam.options.beta, beam.options.beam_width) == (0.75, 2.0, 64)
     assert (flashlight.options.lm_weight, flashlight.options.word_score, flashlight.options.beam_size) == (2.3, 0.0, 50)
 
