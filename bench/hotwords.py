@@ -4,8 +4,9 @@
     $ .venv/bin/python bench/hotwords.py --hotwords zork kestrel --repeats 3 --output runs/bench/
 
 The set is bench/decode.py's synthetic one (noisy CTC log-probs of held-out fortunes sentences, a 4-gram
-KenLM from 15k others). Default hotwords: the 5 most frequent reference words the LM lacks and 5 it knows,
-a realistic list of names and domain words. pyctcdecode matches hotwords on its beams' text in Python
+KenLM from 15k others). Default hotwords: the 5 most frequent reference words of 6+ letters the LM lacks
+and 5 it knows, like a user's list of names and terms; "hotwords found" counts their spoken occurrences
+that the transcripts have. pyctcdecode matches hotwords on its beams' text in Python
 either way; flashlight runs KenLM in C++ without hotwords and through `asr.beam.HotwordLM` (a Python
 call per completed word) with them, which is the cost measured here. utt/s counts decoding only, the
 median of --repeats runs after a warm-up; other jobs on the machine slow every row alike.
@@ -32,20 +33,34 @@ from bench.decode import DecodeSet, synthetic_set
 logger = logging.getLogger("bench.hotwords")
 
 DEFAULT_HOTWORDS_EACH = 5  # reference words outside the LM, and as many inside it
+MIN_HOTWORD_LETTERS = 6  # default hotwords are content words
 WARMUP_UTTERANCES = 3  # decoded untimed first (LM pages, lazy state)
 
 
 def default_hotwords(decode_set: DecodeSet) -> list[str]:
-    """The most frequent reference words the LM lacks, then as many it knows (longer than 3 letters)."""
+    """The most frequent reference words the LM lacks, then as many it knows; content words (6+ letters), as a
+    user would boost names and terms, not "the"."""
     known = set(load_lm_files(decode_set.lm_dir).unigrams)
-    counts = Counter(w for ref in decode_set.references for w in ref.split() if len(w) > 3)
+    counts = Counter(w for ref in decode_set.references for w in ref.split() if len(w) >= MIN_HOTWORD_LETTERS)
     outside = [w for w, _ in counts.most_common() if w not in known][:DEFAULT_HOTWORDS_EACH]
     inside = [w for w, _ in counts.most_common() if w in known][:DEFAULT_HOTWORDS_EACH]
     return outside + inside
 
 
+def hotword_hits(references: list[str], texts: list[str], hotwords: list[str]) -> str:
+    """`found/spoken`: the hotwords' reference occurrences that the transcripts have (per utterance, at most as
+    many as the reference)."""
+    spoken = found = 0
+    for ref, text in zip(references, texts):
+        ref_counts, text_counts = Counter(ref.split()), Counter(text.split())
+        spoken += sum(ref_counts[w] for w in hotwords)
+        found += sum(min(ref_counts[w], text_counts[w]) for w in hotwords)
+    return f"{found}/{spoken}"
+
+
 def run(decode_set: DecodeSet, hotwords: list[str], repeats: int) -> list[list]:
-    """One row per (decoder, with or without hotwords): utt/s, time against the plain row, WER, texts changed."""
+    """One row per (decoder, with or without hotwords): utt/s, time against the plain row, WER, hotwords found,
+    texts changed."""
     rows = []
     stored = load_decoder_settings(decode_set.lm_dir)
     n = len(decode_set.references)
@@ -63,7 +78,8 @@ def run(decode_set: DecodeSet, hotwords: list[str], repeats: int) -> list[list]:
                 plain_seconds, plain_texts = timing.median, list(texts)
             changed = sum(a != b for a, b in zip(texts, plain_texts))
             rows.append([name, len(words), round(n / timing.median, 1), f"{timing.median / plain_seconds:.2f}x",
-                         round(100 * error_rates(decode_set.references, texts).wer, 2), f"{changed}/{n}"])
+                         round(100 * error_rates(decode_set.references, texts).wer, 2),
+                         hotword_hits(decode_set.references, texts, hotwords), f"{changed}/{n}"])
             logger.info("%s with %d hotwords: %.2f s", name, len(words), timing.median)
     return rows
 
@@ -81,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_set = synthetic_set(Path(work), args.num_utterances)
         hotwords = args.hotwords or default_hotwords(decode_set)
         rows = run(decode_set, hotwords, args.repeats)
-    headers = ["decoder", "hotwords", "utt/s", "time vs none", "WER %", "texts changed"]
+    headers = ["decoder", "hotwords", "utt/s", "time vs none", "WER %", "hotwords found", "texts changed"]
     markdown = (f"## Hotwords' decode cost: {decode_set.description}\n\nhotwords: {' '.join(hotwords)}; median of "
                 f"{args.repeats} run(s); {info['cpus']} CPUs, load average {info['load_average_1min']} at the "
                 "start.\n\n" + markdown_table(headers, rows))
