@@ -96,6 +96,10 @@ class FlashlightOptions:
     sil_score: float = 0.0  # score added per word delimiter between words
     log_add: bool = False  # merge equal hypotheses by log-sum-exp, not max: -0.01 WER, 10% slower on synthetic logits
     lexicon_free: bool = False  # spell freely, scoring each token with the LM; only helps with a token-level LM
+    # Frames whose blank is the argmax and every other token below this log-prob are dropped after the first of
+    # each run (see IdleFrames): a token that far below the blank cannot survive beam_threshold unless the LM lifts
+    # it by as much. None searches every frame.
+    idle_token_logp: float | None = None
     # Lexicon only. Words to boost, added to the lexicon when outside the LM (which scores them as <unk>);
     # a phrase is boosted word by word, as pyctcdecode does. Costs ~1.5x decode time (bench/hotwords.py).
     hotwords: tuple[str, ...] = ()
@@ -647,27 +651,33 @@ class FlashlightBeam:
         self._trie = trie  # the decoder holds a shared pointer, but keep the Python side alive too
 
 
-    def _search(self, logits: np.ndarray, length: int | None) -> tuple[list, int]:
-        """flashlight's final hypotheses (best first) and the number of frames searched."""
+    def _search(self, logits: np.ndarray, length: int | None) -> tuple[list, IdleFrames]:
+        """flashlight's final hypotheses (best first) and the frames searched."""
         log_probs = _log_probs(logits, length, len(self.tokens))
-        if log_probs.shape[0] == 0:
-            return [], 0
-        emissions = log_probs
+        if self.options.idle_token_logp is None:
+            idle = IdleFrames.none(log_probs)
+        else:
+            idle = IdleFrames.drop(log_probs, self._blank, self.options.idle_token_logp)
+        if idle.log_probs.shape[0] == 0:
+            return [], idle
+        emissions = idle.log_probs
         if not self.options.lexicon_free:
             # Lexicon spellings end in "|", which CTC labels (and so models) lack after the last word:
             # one extra frame that is certainly "|" lets the last word end without taking a real frame.
             closing = np.full((1, len(self.tokens)), -1e4, dtype=np.float32)
             closing[0, self._delimiter] = 0.0
-            emissions = np.ascontiguousarray(np.concatenate([log_probs, closing]))
+            emissions = np.ascontiguousarray(np.concatenate([emissions, closing]))
         num_frames, num_tokens = emissions.shape
         results = self._decoder.decode(emissions.ctypes.data, num_frames, num_tokens)
-        return sorted(results, key=lambda r: -r.score), log_probs.shape[0]
+        return sorted(results, key=lambda r: -r.score), idle
 
-    def _to_hypothesis(self, result, num_frames: int) -> Hypothesis:
-        """DecodeResult -> Hypothesis; `result.tokens` has one entry per frame plus one at each end."""
-        frame_tokens = list(result.tokens)[1 : num_frames + 1]
+    def _to_hypothesis(self, result, idle: IdleFrames) -> Hypothesis:
+        """DecodeResult -> Hypothesis on the original frames; `result.tokens` has one entry per searched frame plus
+        one at each end."""
+        frame_tokens = list(result.tokens)[1 : idle.log_probs.shape[0] + 1]
         words = _words_from_frames(frame_tokens, self.tokens, self._blank, self._delimiter, self._unk)
-        return _hypothesis(words, result.score)
+        words = [WordSpan(w.word, idle.original_start(w.start), idle.original_end(w.end)) for w in words]
+        return _hypothesis(words, result.score + idle.dropped_blank_logp)
 
     def decode(self, logits: np.ndarray, length: int | None = None) -> Hypothesis:
         """Best hypothesis of one utterance.
@@ -676,8 +686,8 @@ class FlashlightBeam:
             logits: [T, V] log-probs (raw logits are log-softmaxed).
             length: Valid frames; None uses all T.
         """
-        results, num_frames = self._search(logits, length)
-        return self._to_hypothesis(results[0], num_frames) if results else Hypothesis("", (), 0.0)
+        results, idle = self._search(logits, length)
+        return self._to_hypothesis(results[0], idle) if results else Hypothesis("", (), 0.0)
 
     def decode_batch(self, logits: Sequence[np.ndarray],
                      lengths: Sequence[int | None] | None = None) -> list[Hypothesis]:
@@ -686,10 +696,10 @@ class FlashlightBeam:
 
     def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
         """Up to `n` hypotheses with distinct text, best first; `logits` [T, V], `length` valid frames."""
-        results, num_frames = self._search(logits, length)
+        results, idle = self._search(logits, length)
         if not results:
             return [Hypothesis("", (), 0.0)]
-        return _unique_texts((self._to_hypothesis(r, num_frames) for r in results), n)
+        return _unique_texts((self._to_hypothesis(r, idle) for r in results), n)
 
 
 # ------------------------------------------------------------------------------------------ oracle

@@ -7,19 +7,24 @@ word's length in characters. The raw confidence is
 
     raw = exp(mean over the word's frames of log max_v p(v | frame))   # 1.0: every frame certain
 
-(the decoders' LM scores are only given per hypothesis, not per word, so the LM's share is not in it).
-A raw score is not a probability of being right; `Calibration` maps a word's features to one with a
-logistic regression (4 parameters, fitted on a dev set's words labelled right/wrong by alignment with the
-references), one per decoder, stored beside the model in `confidence.json`:
+For the beam decoders, which search with a KenLM, a fourth feature is the LM's share: log10 p(word | the
+words before it) under the same LM (`WordLM`; pyctcdecode and flashlight give LM scores per hypothesis
+only, so it is read from KenLM again). A raw score is not a probability of being right; `Calibration` maps
+a word's features to one with a logistic regression (fitted on a dev set's words labelled right/wrong by
+alignment with the references), one per decoder, stored beside the model in `confidence.json`:
 
-    features = word_features(log_probs, hypothesis)                       # [words, 3]
+    features = word_features(log_probs, hypothesis, lm=WordLM.from_dir(model_dir))   # [words, 4]
     calib = fit_calibration(dev_features, correct)                        # on a dev set
     save_calibrations(model_dir, {"greedy": calib, ...}); load_calibrations(model_dir)["beam"](features)
 
 Why three features, not Platt scaling of the raw score alone: on the demo model's dev/test sets (200 + 200
 utterances, /work/logs/conf_feat.py in NOTES), the raw score alone calibrated to ECE 0.052 (greedy) and
 0.023 (beam); with the minimum frame and the length 0.040 and 0.016, and the least confident 10% of words
-held more of the errors (17.6% vs 13.7% of greedy's, 19.7% vs 16.2% of beam's).
+held more of the errors (17.6% vs 13.7% of greedy's, 19.7% vs 16.2% of beam's). The LM's share, measured on the
+shipped base with a 4-gram from the natural corpus's LM text (fitted on the natural dev set, graded on its test
+set; /work/logs/lm_share_exp.py in NOTES): errors among the least confident 10% of words 19.6% -> 30.4% (beam) and
+17.5% -> 28.5% (flashlight), ECE 0.020 -> 0.032 and 0.035 -> 0.022; for greedy, which decodes without the LM, it
+would add little (21.4% -> 23.6%) and is not used.
 
 Quality: expected calibration error (ECE, 10 equal-width bins, weighted by words per bin), a reliability
 diagram, and the share of all word errors found by reviewing the lowest-confidence 10% of words.
@@ -45,18 +50,46 @@ REVIEW_FRACTION = 0.10  # "review the lowest 10% of words": the share of errors 
 
 
 FEATURES = ("mean_log_posterior", "min_log_posterior", "characters")  # per word, in this order
+LM_FEATURE = "lm_log10_prob"  # the beam decoders' fourth feature: log10 p(word | words before it) under their LM
+KNOWN_FEATURES = {len(FEATURES): FEATURES, len(FEATURES) + 1: (*FEATURES, LM_FEATURE)}  # by column count
 
 
-def word_features(log_probs: np.ndarray, hypothesis: Hypothesis) -> np.ndarray:
-    """What calibration reads of each word of `hypothesis`: see FEATURES.
+class WordLM:
+    """A KenLM word LM read for the LM's share of a word's confidence.
+
+    Args:
+        kenlm_path: The `.arpa` or binary KenLM file the beam decoders search with.
+    """
+
+    def __init__(self, kenlm_path: str | os.PathLike) -> None:
+        import kenlm
+
+        self._model = kenlm.Model(str(kenlm_path))
+
+    @classmethod
+    def from_dir(cls, lm_dir: str | os.PathLike) -> WordLM:
+        """The KenLM of an LM directory (a model directory holding one, or `scripts/build_lm.py`'s output)."""
+        from asr.decoders import load_lm_files
+
+        return cls(load_lm_files(lm_dir).kenlm_path)
+
+    def log10_probs(self, words: Sequence[str]) -> np.ndarray:
+        """float64 [len(words)]: log10 p(word | <s> and the words before it), KenLM's conditional scores."""
+        scores = [score for score, _, _ in self._model.full_scores(" ".join(words), bos=True, eos=False)]
+        return np.asarray(scores[: len(words)], dtype=np.float64)
+
+
+def word_features(log_probs: np.ndarray, hypothesis: Hypothesis, lm: WordLM | None = None) -> np.ndarray:
+    """What calibration reads of each word of `hypothesis`: see FEATURES (and LM_FEATURE with `lm`).
 
     Args:
         log_probs: float [T, V] log-softmax frames of one utterance (the decoders' input).
         hypothesis: any decoder's output; word spans index `log_probs`' frames (an empty span reads the
             frame at its start).
+        lm: The LM the decoder searched with; adds the LM_FEATURE column.
 
     Returns:
-        float64 [num_words, len(FEATURES)].
+        float64 [num_words, len(FEATURES)] (+1 column with `lm`).
     """
     top = np.asarray(log_probs, dtype=np.float64).max(axis=-1)
     rows = []
@@ -65,12 +98,21 @@ def word_features(log_probs: np.ndarray, hypothesis: Hypothesis) -> np.ndarray:
         end = min(len(top), max(word.end, start + 1))
         span = top[start:end]
         rows.append((span.mean(), span.min(), len(word.word)) if len(span) else (-np.inf, -np.inf, len(word.word)))
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
+    features = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
+    if lm is None:
+        return features
+    return np.hstack([features, lm.log10_probs([w.word for w in hypothesis.words])[:, None]])
 
 
 def raw_confidence(features: np.ndarray) -> np.ndarray:
     """The uncalibrated confidence of each word: exp of its mean log top-posterior, in (0, 1]."""
-    return np.exp(np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))[:, 0])
+    return np.exp(_as_rows(features)[:, 0])
+
+
+def _as_rows(features: np.ndarray) -> np.ndarray:
+    """float64 [words, columns] of `features` (a flat array is read as rows of FEATURES)."""
+    f = np.asarray(features, dtype=np.float64)
+    return f if f.ndim == 2 else f.reshape(-1, len(FEATURES))
 
 
 def word_confidences(log_probs: np.ndarray, hypothesis: Hypothesis) -> list[float]:
@@ -103,14 +145,14 @@ def labelled_words(references: Sequence[str], texts: Sequence[str],
     is left out rather than mislabelled.
 
     Returns:
-        (float64 [words, len(FEATURES)], bool [words]).
+        (float64 [words, feature columns], bool [words]).
     """
     rows: list[np.ndarray] = []
     labels: list[bool] = []
     for reference, text, f in zip(references, texts, features):
         correct = word_correctness(reference, text)
         if len(correct) == len(f):
-            rows.append(np.asarray(f, dtype=np.float64).reshape(len(correct), len(FEATURES)))
+            rows.append(_as_rows(f))
             labels.extend(correct)
     stacked = np.concatenate(rows) if rows else np.zeros((0, len(FEATURES)))
     return stacked, np.asarray(labels, dtype=bool)
@@ -146,19 +188,28 @@ def decoder_confidence(decoder: str, references: Sequence[str], texts: Sequence[
 class Calibration:
     """Logistic regression on a word's features: p(correct) = sigmoid(weights . features + bias)."""
 
-    weights: tuple[float, ...]  # one per FEATURES
+    weights: tuple[float, ...]  # one per feature
     bias: float
     words: int = 0  # the dev words it was fitted on
+    features: tuple[str, ...] = FEATURES  # FEATURES, or FEATURES + (LM_FEATURE,) for a beam decoder
+
+    @property
+    def uses_lm(self) -> bool:
+        """Whether it reads the LM's share: pass `lm=` to `word_features`."""
+        return LM_FEATURE in self.features
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities: float [words] for features [words, len(FEATURES)]."""
-        f = np.asarray(features, dtype=np.float64).reshape(-1, len(self.weights))
+        """Calibrated probabilities: float [words] for features [words, columns], the first len(weights) read."""
+        f = _as_rows(features)[:, : len(self.weights)]
+        if f.shape[1] != len(self.weights):
+            raise ValueError(f"this calibration reads {', '.join(self.features)}; the words have {f.shape[1]} "
+                             "feature columns (pass lm= to word_features)")
         z = np.clip(np.where(np.isfinite(f), f, -1e3) @ np.asarray(self.weights) + self.bias, -500, 500)
         return 1.0 / (1.0 + np.exp(-z))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "logistic", "features": list(FEATURES), "weights": list(self.weights), "bias": self.bias,
-                "words": self.words}
+        return {"method": "logistic", "features": list(self.features), "weights": list(self.weights),
+                "bias": self.bias, "words": self.words}
 
 
 def fit_calibration(features: np.ndarray, correct: Sequence[bool], iterations: int = 100) -> Calibration:
@@ -166,7 +217,7 @@ def fit_calibration(features: np.ndarray, correct: Sequence[bool], iterations: i
     sets finite).
 
     Args:
-        features: [words, len(FEATURES)] from `word_features`, dev set.
+        features: [words, len(FEATURES)] from `word_features`, dev set (+ the LM_FEATURE column).
         correct: whether each word was right.
 
     Raises:
@@ -200,7 +251,7 @@ def fit_calibration(features: np.ndarray, correct: Sequence[bool], iterations: i
         previous, current = current, loss(w)
         if np.abs(scale * step).max() < 1e-9 or previous - current < 1e-10:
             break
-    return Calibration(tuple(float(v) for v in w[:-1]), float(w[-1]), len(x))
+    return Calibration(tuple(float(v) for v in w[:-1]), float(w[-1]), len(x), KNOWN_FEATURES[x.shape[1]])
 
 
 @dataclass(frozen=True)
@@ -293,8 +344,11 @@ def load_calibrations(model_dir: str | os.PathLike) -> dict[str, Calibration]:
         return {}
     try:
         decoders = json.loads(path.read_text(encoding="utf-8"))["decoders"]
-        return {name: Calibration(tuple(float(v) for v in d["weights"]), float(d["bias"]), int(d.get("words", 0)))
-                for name, d in decoders.items() if d.get("method") == "logistic" and d.get("features") == list(FEATURES)}
+        known = {names: names for names in KNOWN_FEATURES.values()}
+        return {name: Calibration(tuple(float(v) for v in d["weights"]), float(d["bias"]), int(d.get("words", 0)),
+                                  known[tuple(d["features"])])
+                for name, d in decoders.items() if d.get("method") == "logistic" and tuple(d.get("features", ()))
+                in known and len(d["weights"]) == len(d["features"])}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a word-confidence calibration ({e}); delete it or re-run "
                          "scripts/eval.py --calibrate") from e

@@ -52,8 +52,15 @@ import numpy as np
 
 from asr.audio import AudioError, load_audio
 from asr.beam import GreedyCTC
-from asr.confidence import CONFIDENCE_FILE, fit_calibration, labelled_words, save_calibrations, word_features
-from asr.decoders import DECODER_FILE, DecoderSettings, build_decoder, describe_settings
+from asr.confidence import (
+    CONFIDENCE_FILE,
+    WordLM,
+    fit_calibration,
+    labelled_words,
+    save_calibrations,
+    word_features,
+)
+from asr.decoders import BEAM_DECODERS, DECODER_FILE, DecoderSettings, build_decoder, describe_settings
 from asr.constants import SAMPLE_RATE
 from asr.files import atomic_path
 from asr.filters import Drop, FilterConfig, PreparedItem, apply_filters
@@ -500,7 +507,7 @@ class DecodeRun:
     load_seconds: float  # building the decoder (loading the LM, the lexicon trie)
     processes: int
     settings: str
-    # per utterance, each hypothesis word's confidence features [words, 3] (asr.confidence.word_features); None
+    # per utterance, each hypothesis word's confidence features [words, 3 or 4] (asr.confidence.word_features); None
     # for reference recognisers, which give no frame posteriors
     word_features: list[np.ndarray] | None = None
 
@@ -523,7 +530,9 @@ def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarr
     hypotheses = decoder.decode_batch(list(log_probs))
     done = time.perf_counter()
     texts = [h.text for h in hypotheses]
-    features = [word_features(lp, h) for lp, h in zip(log_probs, hypotheses)]  # outside the timed search
+    # outside the timed search; a beam decoder's words also get its LM's share
+    lm = WordLM.from_dir(lm_dir) if name in BEAM_DECODERS and lm_dir is not None else None
+    features = [word_features(lp, h, lm) for lp, h in zip(log_probs, hypotheses)]
     processes = max(1, settings.pyctcdecode.num_processes) if name == "beam" else 1
     logger.info("%s: %d utterances in %.2f s (+%.2f s loading)", name, len(texts), done - loaded, loaded - started)
     return DecodeRun(name, texts, done - loaded, loaded - started, processes, describe_settings(name, settings),

@@ -30,7 +30,7 @@ import numpy as np
 from asr.audio import AUDIO_EXTENSIONS, BLOCK_SECONDS, AudioError, audio_duration, stream_audio
 from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs
-from asr.confidence import Calibration, raw_confidence, word_features
+from asr.confidence import Calibration, WordLM, raw_confidence, word_features
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.decoders import DECODERS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
@@ -423,6 +423,8 @@ class Transcriber:
                  lm: str | None = None, calibration: Calibration | None = None) -> None:
         self.loaded, self.decoder, self.options, self.lm = loaded, decoder, options, lm
         self.calibration = calibration  # this decoder's word-confidence calibration (confidence.json); None: raw
+        # the LM's share of a beam decoder's confidence, when its calibration reads it
+        self.word_lm = WordLM.from_dir(lm) if calibration is not None and calibration.uses_lm and lm else None
         self.model_name = str(Path(loaded.path).resolve())
         self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
         self.min_samples = _min_samples(loaded)  # the shortest input giving one output frame (wav2vec2: 400, 25 ms)
@@ -503,7 +505,7 @@ class Transcriber:
     def _to_transcript(self, item: AudioItem, log_probs: np.ndarray, num_samples: int) -> Transcript:
         """Decode [T, V] log-probs into a Transcript with word times in seconds."""
         hypothesis = self.decoder.decode(log_probs) if len(log_probs) else Hypothesis("", (), 0.0)
-        features = word_features(log_probs, hypothesis)
+        features = word_features(log_probs, hypothesis, self.word_lm)
         calibrated = self.calibration is not None
         scores = self.calibration(features) if calibrated else raw_confidence(features)
         return hypothesis_to_transcript(item, hypothesis, num_samples, self.loaded.seconds_per_frame,

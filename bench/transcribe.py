@@ -4,6 +4,8 @@
     $ OMP_NUM_THREADS=2 .venv/bin/python bench/transcribe.py --model assets/base_model --output runs/bench/
     # your audio and model
     $ .venv/bin/python bench/transcribe.py recordings/ --model runs/x/model --repeats 3
+    # plus ours on ONNX Runtime, float32 and int8 (exported and parity-checked first, as scripts/export.py does)
+    $ OMP_NUM_THREADS=2 .venv/bin/python bench/transcribe.py --model assets/base_model --onnx --output runs/bench/
     # smoke test of the machinery only: a tiny untrained model (its transcripts are noise)
     $ .venv/bin/python bench/transcribe.py --random-tiny-model --num-files 16
 
@@ -67,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "assets" / "base_model"
 PIPELINE_BATCH_SIZE = 8
 WARMUP_FILES = 2
+OURS = 2  # sides: the pipeline on paths, the pipeline on preloaded audio, ours on PyTorch, [ours on ONNX ...]
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,12 @@ def clean_pipeline_text(text: str) -> str:
     return " ".join(text.replace(UNK, "").split())
 
 
-def run_ours(model_dir: Path, items: Sequence[AudioItem], options: TranscribeOptions, repeats: int,
-             work: Path) -> SideResult:
-    """scripts/transcribe.py's pipeline on one process, outputs to a fresh directory each run."""
+def run_ours(loaded, items: Sequence[AudioItem], options: TranscribeOptions, repeats: int, work: Path,
+             name: str = "ours (asr.transcribe, greedy)") -> SideResult:
+    """scripts/transcribe.py's pipeline on one process with `loaded` (a PyTorch or ONNX model), outputs to a fresh
+    directory each run."""
     from asr.beam import GreedyCTC
-    from asr.inference import load_model
 
-    loaded = load_model(model_dir)
     transcriber = Transcriber(loaded, GreedyCTC(loaded.vocab), options)
     texts: dict[str, str] = {}
     batches: list[list[float]] = []
@@ -149,7 +151,19 @@ def run_ours(model_dir: Path, items: Sequence[AudioItem], options: TranscribeOpt
         transcribe(items, work / f"run{run}")
         runs.append(time.perf_counter() - started)
     settings = f"batches of <= {options.max_batch_seconds:g} s padded audio, length-sorted"
-    return SideResult("ours (asr.transcribe, greedy)", tuple(runs), dict(texts), padding_fraction(batches), settings)
+    return SideResult(name, tuple(runs), dict(texts), padding_fraction(batches), settings)
+
+
+def onnx_exports(model_dir: Path, work: Path) -> dict[str, Path]:
+    """The model exported by scripts/export.py's code into `work`: float32 and int8 (each parity-gated), by name."""
+    from asr.onnx_export import ExportOptions, export_onnx
+
+    exports = {}
+    for quantize in (None, "int8"):
+        out = work / f"onnx_{quantize or 'fp32'}"
+        export_onnx(model_dir, out, options=ExportOptions(quantize=quantize))
+        exports[f"ours, ONNX Runtime {quantize or 'float32'}"] = out
+    return exports
 
 
 def run_pipeline(model_dir: Path, items: Sequence[AudioItem], durations: Sequence[float], batch_size: int,
@@ -196,17 +210,18 @@ def only_trailing(base: SideResult, ours: SideResult, paths: Sequence[str]) -> l
 def render(sides: Sequence[SideResult], differing: Sequence[str], files: int, audio_seconds: float,
            model: str, attention_mask: bool, info: dict) -> str:
     """The table and what it measured."""
-    base = sides[0]
-    trailing = only_trailing(base, sides[-1], differing)
+    base, ours = sides[0], sides[OURS]
+    trailing = only_trailing(base, ours, differing)
     rows = [[s.name, files / s.seconds, s.seconds / audio_seconds, f"{ratio(base.seconds, s.seconds):.2f}x",
-             round(100 * s.padding, 2), s.settings] for s in sides]
+             round(100 * s.padding, 2), len(compare(s, ours)), s.settings] for s in sides]
     mask = "takes an attention mask" if attention_mask else "takes NO attention mask (batch padding changes outputs)"
     return (f"## Directory transcription: {files} files, {audio_seconds / 60:.1f} min of audio\n\n"
             f"Model `{model}` ({mask}); greedy CTC; median of {len(base.runs)} timed run(s) after a "
             f"{WARMUP_FILES}-file warm-up; {info['cpus']} CPUs, torch threads {info['torch_threads']}, "
             f"load average {info['load_average_1min']} at the start.\n\n"
-            + markdown_table(["side", "files/s", "RTF", "vs baseline", "padding %", "settings"], rows)
-            + f"\nTranscripts differing between the two: {len(differing)} of {files} files"
+            + markdown_table(["side", "files/s", "RTF", "vs baseline", "padding %", "texts != ours (PyTorch)", "settings"],
+                             rows)
+            + f"\nTranscripts differing between the baseline and ours: {len(differing)} of {files} files"
             + (f"; in {len(trailing)} of them the pipeline only adds text at the end (it decodes every frame of "
                "the padded batch, ours cuts each file's log-probs to its own frames)" if trailing else "") + ".\n")
 
@@ -224,6 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-seconds", type=float, default=TranscribeOptions.max_batch_seconds,
                    help="ours: padded audio seconds per forward pass")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per side; the median counts")
+    p.add_argument("--onnx", action="store_true", help="also ours on ONNX Runtime: the model exported (float32, "
+                   "and int8 by dynamic quantization, each through scripts/export.py's parity gate) into a temporary "
+                   "directory first")
     p.add_argument("--output", type=Path, default=None, help="also write transcribe.md and transcribe.json here")
     args = p.parse_args(argv)
     if args.model is not None and args.random_tiny_model:
@@ -232,15 +250,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def benchmark(model_dir: Path, items: Sequence[AudioItem], batch_size: int, max_batch_seconds: float,
-              repeats: int, work: Path) -> tuple[list[SideResult], list[str], list[float]]:
-    """(baseline, pipeline on preloaded audio, ours; paths whose transcripts differ; durations) on `items`."""
+              repeats: int, work: Path, onnx: bool = False) -> tuple[list[SideResult], list[str], list[float]]:
+    """(baseline, pipeline on preloaded audio, ours [, ours on ONNX float32 and int8]; paths whose transcripts
+    differ between the baseline and ours on PyTorch; durations) on `items`."""
+    from asr.inference import load_model
+    from asr.onnx_model import load_onnx_model
+
     durations = [d for d in probe_durations(items) if not isinstance(d, Failure)]
     if len(durations) != len(items):
         raise ValueError(f"{len(items) - len(durations)} of {len(items)} files are unreadable; benchmark on "
                          "readable audio only.")
+    options = TranscribeOptions(max_batch_seconds=max_batch_seconds)
     base, preloaded = run_pipeline(model_dir, items, durations, batch_size, repeats)
-    ours = run_ours(model_dir, items, TranscribeOptions(max_batch_seconds=max_batch_seconds), repeats, work)
-    return [base, preloaded, ours], compare(base, ours), durations
+    ours = run_ours(load_model(model_dir), items, options, repeats, work / "torch")
+    sides = [base, preloaded, ours]
+    for name, path in (onnx_exports(model_dir, work) if onnx else {}).items():
+        sides.append(run_ours(load_onnx_model(path), items, options, repeats, work / path.name, name))
+    return sides, compare(base, ours), durations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             if not items:
                 raise ValueError(f"no audio files in {[str(p) for p in inputs]}; check the paths.")
             sides, differing, durations = benchmark(model_dir, items, args.batch_size, args.max_batch_seconds,
-                                                    args.repeats, work)
+                                                    args.repeats, work, args.onnx)
         except ValueError as e:
             logger.error("%s", e)
             return 2
@@ -277,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         attention_mask = load_model(model_dir).return_attention_mask
     for path in differing[:5]:
         logger.info("differs: %s\n  pipeline: %s\n  ours:     %s", path, sides[0].texts.get(path),
-                    sides[-1].texts.get(path))
+                    sides[OURS].texts.get(path))
     model_name = "random tiny model" if args.random_tiny_model else str(model_dir)
     markdown = render(sides, differing, len(items), sum(durations), model_name, attention_mask, info)
     print("\n" + markdown)

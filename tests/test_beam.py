@@ -337,20 +337,27 @@ def test_idle_frames_are_the_later_frames_of_blank_only_runs(vocab):
     assert (idle.original_start(3), idle.original_end(5)) == (4, 6)  # the "aa" held at frames 4-5
 
 
-def test_skipping_idle_frames_changes_nothing_but_speed(lm_dir, vocab, noisy_set):
-    """Same texts, word frames and scores with and without skipping, on speech with pauses between words."""
-    refs, noisy = noisy_set
-    rng = np.random.default_rng(1)
-    silence = np.log(np.full((1, len(vocab)), 1e-5))
+def paused_log_probs(refs: list[str], vocab: dict[str, int], seed: int = 1, floor: float = 1e-5) -> list[np.ndarray]:
+    """Spelled log-probs of `refs` with long blank runs (other tokens at `floor`) before, between and after the
+    words, as real CTC output."""
+    rng = np.random.default_rng(seed)
+    silence = np.log(np.full((1, len(vocab)), floor))
     silence[0, vocab["[PAD]"]] = 0.0
     space = np.log(np.full((2, len(vocab)), 1e-5))
     space[:, vocab["|"]] = 0.0
-    paused = []  # real CTC output is mostly blank: long blank runs before, between and after the words
-    for ref in refs[:12]:
+    paused = []
+    for ref in refs:
         parts = [np.repeat(silence, rng.integers(5, 40), axis=0)]
         for word in ref.split():
             parts += [spelled_log_probs(word, vocab), space, np.repeat(silence, rng.integers(3, 25), axis=0)]
         paused.append(np.concatenate(parts).astype(np.float32))
+    return paused
+
+
+def test_skipping_idle_frames_changes_nothing_but_speed(lm_dir, vocab, noisy_set):
+    """Same texts, word frames and scores with and without skipping, on speech with pauses between words."""
+    refs, noisy = noisy_set
+    paused = paused_log_probs(refs[:12], vocab)
     log_probs = paused + noisy[:12]
     dropped = [1 - len(IdleFrames.drop(x, vocab["[PAD]"], -5.0).kept) / len(x) for x in paused]
     assert np.mean(dropped) > 0.3
@@ -366,6 +373,35 @@ def test_skipping_idle_frames_changes_nothing_but_speed(lm_dir, vocab, noisy_set
     pooled = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(num_processes=2)).decode_batch(log_probs)
     assert [(h.text, h.words) for h in pooled] == [(h.text, h.words) for h in full.decode_batch(log_probs)]
     assert error_rates(refs[:12], [h.text for h in pooled[:12]]).wer < 0.2
+
+
+def test_flashlight_skipping_idle_frames_keeps_texts_and_word_times(lm_dir, vocab, noisy_set):
+    """flashlight with `idle_token_logp` well below -beam_threshold (25): every token it drops would be pruned by the
+    threshold anyway, so texts, word frames (on the original frames) and scores equal the full search. (Nearer 0 it
+    is an approximation: a token at -11.5 is inside the threshold and may take a beam slot; bench/decode.py measures
+    what that costs in WER.)"""
+    refs, noisy = noisy_set
+    paused = paused_log_probs(refs[:12], vocab, floor=1e-16)  # non-blank tokens at -36.8 in the pauses
+    full = build_decoder("flashlight", vocab, lm_dir)
+    fast = build_decoder("flashlight", vocab, lm_dir, FlashlightOptions(idle_token_logp=-30.0))
+    assert np.mean([1 - len(IdleFrames.drop(x, vocab["[PAD]"], -30.0).kept) / len(x) for x in paused]) > 0.3
+    tied = 0
+    for x in paused + noisy[:12]:
+        a, b = fast.decode(x), full.decode(x)
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        nbest_a, nbest_b = fast.decode_nbest(x, n=5), full.decode_nbest(x, n=5)
+        assert [h.score for h in nbest_a] == pytest.approx([h.score for h in nbest_b], rel=1e-5)
+        # Hypotheses of exactly equal score (flashlight orders such ties arbitrarily, even between two calls of
+        # one decoder) may swap places; every other text is the same.
+        best_b = {h.text: h for h in nbest_b if h.score == pytest.approx(b.score, rel=1e-9)}
+        assert a.text in best_b and {h.text for h in nbest_a} == {h.text for h in nbest_b}
+        tied += len(best_b) > 1
+        # Where a blank and a repeated token score alike, flashlight may keep either path: a word boundary may move
+        # by a frame, never more.
+        b = best_b[a.text]
+        assert [w.word for w in a.words] == [w.word for w in b.words]
+        assert all(abs(u.start - v.start) <= 1 and abs(u.end - v.end) <= 1 for u, v in zip(a.words, b.words))
+    assert tied <= 2
 
 
 def test_build_decoder_is_the_one_way_in(lm_dir, vocab, tmp_path, noisy_set):

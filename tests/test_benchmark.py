@@ -140,6 +140,10 @@ def test_bench_decode_pool_equals_baseline(tmp_path):
     table = bench.render(decode_set, rows, info)
     assert "ΔWER (pp)" in table and f"{100 * (flashlight.wer - baseline.wer):+.2f}" in table
     assert "| pyctcdecode beam 100, idle frames skipped, fork pool x2 | 2 |" in table
+    skipping = [r for r in rows if "idle frames <" in r.name]
+    assert len(skipping) == 3 * len(bench.IDLE_TOKEN_LOGPS)
+    assert all(len(r.texts) == 6 and r.ours and r.processes == 2 for r in skipping)  # WERs: see the real run
+    assert "| flashlight beam 32, 8 tokens/frame, idle frames < -8 skipped, fork pool x2 | 2 |" in table
 
 
 # -------------------------------------------------------------------------------------- transcribe
@@ -153,8 +157,15 @@ def test_bench_transcribe_compares_with_the_pipeline(synth_corpus, tmp_path):
     items = find_audio([synth_corpus / "audio" / "test"])
     assert len(items) == 4
     sides, differing, durations = bench.benchmark(model, items, batch_size=2, max_batch_seconds=60.0, repeats=1,
-                                                  work=tmp_path / "work")
-    base, preloaded, ours = sides
+                                                  work=tmp_path / "work", onnx=True)
+    base, preloaded, ours, onnx_fp32, onnx_int8 = sides
+    assert [s.name for s in sides[3:]] == ["ours, ONNX Runtime float32", "ours, ONNX Runtime int8"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(tmp_path / "work" / "onnx_int8" / "model.onnx").graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops  # int8 weights, not the float graph again
+    assert onnx_fp32.texts == ours.texts  # the export's parity gate passed: same greedy transcripts as PyTorch
+    assert set(onnx_int8.texts) == set(ours.texts)
     assert set(base.texts) == set(ours.texts) == {str(i.file) for i in items}
     assert preloaded.texts == base.texts  # reading by FFmpeg or soundfile gives the same audio to the model
     # In each pipeline batch of 2, the longer file has no padding: the transcripts must be equal. The
@@ -166,6 +177,9 @@ def test_bench_transcribe_compares_with_the_pipeline(synth_corpus, tmp_path):
     assert set(bench.only_trailing(base, ours, differing)) == set(differing)
     assert base.padding == pytest.approx(bench.padding_fraction([durations[:2], durations[2:]]))
     assert 0 <= ours.padding < 1
+    table = bench.render(sides, differing, len(items), sum(durations), "tiny", True, {"cpus": 2, "torch_threads": 2,
+                                                                                      "load_average_1min": 0})
+    assert "| ours, ONNX Runtime int8 |" in table and "texts != ours (PyTorch)" in table
 
 
 def test_bench_chunking_table_rows_and_joined_recording(synth_corpus, tmp_path, capsys):

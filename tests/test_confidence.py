@@ -99,6 +99,43 @@ def test_calibrations_are_stored_beside_the_model(tmp_path):
         load_calibrations(tmp_path)
 
 
+def test_the_lm_share_is_kenlms_conditional_word_score(tmp_path):
+    """word_features(..., lm=WordLM): a fourth column, log10 p(word | words before it) from the real KenLM; a
+    calibration fitted on four columns reads them (and says so in confidence.json), one fitted on three ignores it."""
+    import kenlm
+
+    from asr.confidence import LM_FEATURE, WordLM
+    from asr.text import build_vocab
+    from lm.build import LMBuildOptions, build_lm
+
+    text = ["the cat sat on the mat", "the dog sat on the mat", "a cat ate the rat"] * 20
+    build_lm(text, tmp_path / "lm", vocab=build_vocab(text), options=LMBuildOptions(order=3, discount_fallback=True))
+    lm = WordLM.from_dir(tmp_path / "lm")
+    words = ["the", "cat", "sat", "zebra"]
+    hypothesis = Hypothesis(" ".join(words), tuple(WordSpan(w, 2 * i, 2 * i + 2) for i, w in enumerate(words)), 0.0)
+    log_probs = np.log(np.full((8, 5), 0.2))
+    features = word_features(log_probs, hypothesis, lm)
+    assert features.shape == (4, 4)
+    np.testing.assert_array_equal(features[:, :3], word_features(log_probs, hypothesis))
+    model = kenlm.Model(str(next((tmp_path / "lm" / "language_model").glob("lm.*"))))
+    state, expected = kenlm.State(), []
+    model.BeginSentenceWrite(state)
+    for w in words:
+        out = kenlm.State()
+        expected.append(model.BaseScore(state, w, out))
+        state = out
+    np.testing.assert_allclose(features[:, 3], expected)
+    assert features[1, 3] > features[3, 3]  # "cat" after "the" is likely; "zebra" is unknown
+    four = fit_calibration(np.tile(features, (5, 1)), [True, True, True, False] * 5)
+    assert four.uses_lm and four.features[-1] == LM_FEATURE
+    save_calibrations(tmp_path, {"beam": four})
+    assert load_calibrations(tmp_path) == {"beam": four}
+    three = Calibration((2.0, 0.0, 0.0), 1.0)
+    assert not three.uses_lm and three(features) == pytest.approx(three(features[:, :3]))
+    with pytest.raises(ValueError, match="pass lm= to word_features"):
+        four(features[:, :3])
+
+
 def test_calibrated_greedy_confidence_of_the_shipped_base_on_real_speech(synth_corpus, tmp_path):
     """The real thing: the shipped base's greedy words on synthesised speech, calibrated on one half, judged on the
     other; confidence must separate right from wrong words and calibration must not make ECE worse."""

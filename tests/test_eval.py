@@ -25,7 +25,15 @@ import pytest
 from asr.beam import FlashlightOptions, PyCTCDecodeOptions
 from asr.corpus import load_sentences
 from asr.confidence import CONFIDENCE_FILE, load_calibrations
-from asr.decoders import ATTRS_FILE, DECODER_FILE, DECODERS, LM_SUBDIR, DecoderSettings, load_decoder_settings
+from asr.decoders import (
+    ATTRS_FILE,
+    BEAM_DECODERS,
+    DECODER_FILE,
+    DECODERS,
+    LM_SUBDIR,
+    DecoderSettings,
+    load_decoder_settings,
+)
 from asr.evaluation import (
     AcousticOutput,
     DecodeRun,
@@ -226,6 +234,9 @@ def test_calibrated_word_confidence_per_decoder_in_the_report(acoustic, vocab, l
     assert path == model / CONFIDENCE_FILE and set(stored["decoders"]) == set(DECODERS)
     assert stored["data"] == "dev.jsonl" and stored["decoders"]["beam"]["words"] > 0
     calibrations = load_calibrations(model)
+    # the beam decoders' words also carry their LM's share; greedy decodes without the LM
+    assert [calibrations[name].uses_lm for name in DECODERS] == [name in BEAM_DECODERS for name in DECODERS]
+    assert stored["decoders"]["flashlight"]["features"][-1] == "lm_log10_prob"
     runs = [decode_all(name, vocab, acoustic.log_probs, lm_dir) for name in DECODERS]
     report = build_report(acoustic, runs, model=str(model), data="handmade", lm=str(lm_dir),
                           calibrations=calibrations)
@@ -233,6 +244,7 @@ def test_calibrated_word_confidence_per_decoder_in_the_report(acoustic, vocab, l
     for c, run in zip(report.confidence, runs):
         words = sum(len(t.split()) for t in run.texts)
         assert c.raw.words == c.calibrated.words == words == sum(len(f) for f in run.word_features)
+        assert {f.shape[1] for f in run.word_features} == {4 if run.decoder in BEAM_DECODERS else 3}
         # the fit's intercept makes the mean calibrated confidence the share of right words on the fitting set
         assert c.calibrated.mean_confidence == pytest.approx(c.calibrated.accuracy, abs=0.02)
         assert c.calibrated.ece <= c.raw.ece
