@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder", choices=DECODERS, default=None, help="default: beam with --lm, else greedy")
     p.add_argument("--hotwords", nargs="+", default=None, metavar="WORD", help="words or phrases to boost, written "
                    "as the model's transcripts are (lower case); may be outside the LM; flashlight boosts a phrase "
-                   "word by word")
+                   "word by word; give them after the inputs")
     p.add_argument("--hotword-weight", type=float, default=None, help="score added per hotword in a transcript "
                    "(default 10; pyctcdecode may need ~20 for a word outside the LM)")
     p.add_argument("--output", type=Path, required=True, help="output directory, or - for transcripts (JSONL) "
