@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from flashlight.lib.text.decoder import LM as FlashlightLM
 
 from asr.constants import PAD, UNK, WORD_DELIMITER
 from asr.metrics import word_edits
@@ -48,6 +49,9 @@ LN10 = math.log(10)  # flashlight's lm_weight multiplies KenLM's log10 scores, p
 DEFAULT_ALPHA = 0.5  # LM weight on a natural-log scale (pyctcdecode's default)
 DEFAULT_BETA = 1.0  # bonus per word; offsets the LM's per-word cost, else the search prefers few long words
 DEFAULT_BEAM_WIDTH = 100  # pyctcdecode's default; 300 gained 0.004 WER at 2.5x the time on synthetic logits
+# Score (natural log) added per hotword in a transcript, pyctcdecode's default; it outweighs pyctcdecode's
+# unknown-word offset (-10) plus the LM's doubt, so a clearly spoken hotword outside the LM can win.
+DEFAULT_HOTWORD_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,8 @@ class PyCTCDecodeOptions:
     token_min_logp: float = -5.0  # a frame's tokens below this log-prob are skipped (its argmax never is)
     unk_score_offset: float = -10.0  # added per word (or partial word) outside the LM's unigrams
     score_boundary: bool = True  # score <s> at the start and </s> at the end, as the LM was trained
-    hotwords: tuple[str, ...] = ()  # words or phrases to boost, may be outside the LM
-    hotword_weight: float = 10.0  # boost per hotword character match
+    hotwords: tuple[str, ...] = ()  # words or phrases to boost, may be outside the LM; phrases count word by word
+    hotword_weight: float = DEFAULT_HOTWORD_WEIGHT  # score added per hotword word in the text (prefixes: pro rata)
     num_processes: int = 0  # decode_batch: fork-pool workers (pyctcdecode cannot use spawn); 0 or 1 = in-process
     skip_idle_frames: bool = True  # drop the frames the search cannot act on (see IdleFrames): same result, faster
     # False: the search of decode_beams, which transformers' pipeline runs, so both give the same text; True:
@@ -96,12 +100,17 @@ class FlashlightOptions:
     # each run (see IdleFrames): a token that far below the blank cannot survive beam_threshold unless the LM lifts
     # it by as much. None searches every frame.
     idle_token_logp: float | None = None
+    # Lexicon only. Words to boost, added to the lexicon when outside the LM (which scores them as <unk>);
+    # a phrase is boosted word by word, as pyctcdecode does. Costs ~1.5x decode time (bench/hotwords.py).
+    hotwords: tuple[str, ...] = ()
+    hotword_weight: float = DEFAULT_HOTWORD_WEIGHT  # score added per hotword word in the text, as pyctcdecode's
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"FlashlightOptions.beam_size is {self.beam_size}; use 1 or more.")
         if self.beam_size_token is not None and self.beam_size_token < 1:
             raise ValueError(f"FlashlightOptions.beam_size_token is {self.beam_size_token}; use 1 or more, or None.")
+        object.__setattr__(self, "hotwords", tuple(self.hotwords))  # as PyCTCDecodeOptions: hashable
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,22 @@ def spellable_words(unigrams: Iterable[str], vocab: Mapping[str, int], lm_name: 
                        "lexicon; build the LM with `--model DIR` to normalise its text like the model's.",
                        len(others), len(words))
     return spellable
+
+
+def hotword_words(hotwords: Iterable[str], vocab: Mapping[str, int]) -> list[str]:
+    """The distinct words of `hotwords` (phrases split at spaces), in order; each must be spellable.
+
+    Raises:
+        ValueError: A word has a character outside the vocabulary, so no decoder could ever output it
+            (e.g. upper case for a lower-case model); the message names the word and the characters.
+    """
+    words = list(dict.fromkeys(word for phrase in hotwords for word in phrase.split()))
+    for word in words:
+        absent = sorted({c for c in word if c not in vocab or c in (PAD, UNK, WORD_DELIMITER)})
+        if absent:
+            raise ValueError(f"hotword {word!r} has characters the model cannot spell ({''.join(absent)!r}); write it "
+                             "as the model's transcripts are written (normalised: e.g. lower case, no punctuation).")
+    return words
 
 
 def read_arpa_unigrams(path: str | os.PathLike) -> list[str]:
@@ -388,6 +413,7 @@ class PyCTCDecodeBeam:
         self.options = options or PyCTCDecodeOptions()
         self.vocab_size = len(vocab)
         labels = pyctcdecode_labels(vocab)
+        hotword_words(self.options.hotwords, vocab)  # one it cannot spell would never match, silently
         kenlm_path = Path(kenlm_path)
         if not kenlm_path.is_file():
             raise FileNotFoundError(f"KenLM file {str(kenlm_path)!r} does not exist; build one with "
@@ -498,6 +524,34 @@ class PyCTCDecodeBeam:
 
 
 # -------------------------------------------------------------------------------------- flashlight
+class HotwordLM(FlashlightLM):
+    """A flashlight LM (KenLM) whose score of each boosted word gets a bonus: flashlight's LM interface in Python.
+
+    The lexicon decoder adds `lm_weight * score` when a word is completed, so a bonus of
+    `hotword_weight / lm_weight` here adds `hotword_weight` to the hypothesis, as pyctcdecode's hotwords
+    do. States are the wrapped LM's, so hypotheses merge exactly as without the wrapper. Every word
+    completion now calls into Python: ~1.5x the decode time, paid only when hotwords are given.
+
+    Args:
+        lm: The flashlight LM to wrap (flashlight.lib.text.decoder.kenlm.KenLM).
+        bonus: Word index (in the LM's word dictionary) -> score added, in the LM's units (log10).
+    """
+
+    def __init__(self, lm: FlashlightLM, bonus: Mapping[int, float]) -> None:
+        FlashlightLM.__init__(self)
+        self._wrapped, self._bonus = lm, dict(bonus)
+
+    def start(self, start_with_nothing: bool):
+        return self._wrapped.start(start_with_nothing)
+
+    def score(self, state, word: int):
+        next_state, score = self._wrapped.score(state, word)
+        return next_state, score + self._bonus.get(word, 0.0)
+
+    def finish(self, state):
+        return self._wrapped.finish(state)
+
+
 class FlashlightBeam:
     """flashlight-text's beam search (what torchaudio's `ctc_decoder` wraps) with a KenLM word LM.
 
@@ -506,6 +560,10 @@ class FlashlightBeam:
     spells any token sequence and scores every token with the LM, so it needs a token-level LM
     (`lm.build_lm` with `unit="token"`: n-grams of "t h e | c a t"); with a word LM most tokens are
     `<unk>` to it and the result is worse than greedy.
+
+    Hotwords (`options.hotwords`, lexicon only) join the lexicon, spelled with the model's tokens, even
+    when the LM does not know them (it scores them as `<unk>`), and each completed one scores
+    `options.hotword_weight` more (see HotwordLM); phrases are boosted word by word.
 
     Args:
         vocab: Token -> id (the model's vocab.json); token i is logit column i.
@@ -537,6 +595,12 @@ class FlashlightBeam:
                                     "scripts/build_lm.py.")
         token_dict = Dictionary(self.tokens)
         beam_size_token = o.beam_size_token or len(self.tokens)
+        hotwords = hotword_words(o.hotwords, vocab)
+        if hotwords and (o.lexicon_free or o.lm_weight <= 0):
+            logger.warning("hotwords %s are ignored: flashlight boosts them through the lexicon's LM scores, which %s; "
+                           "use the lexicon with lm_weight > 0, or the beam decoder (pyctcdecode).", hotwords,
+                           "a lexicon-free search has not" if o.lexicon_free else f"lm_weight={o.lm_weight:g} zeroes")
+            hotwords = []
         if o.lexicon_free:
             if unigrams is not None and WORD_DELIMITER not in set(unigrams):
                 logger.warning("Lexicon-free decoding with a word-level LM: the LM scores each token as a word, "
@@ -560,8 +624,13 @@ class FlashlightBeam:
             raise ValueError(f"{kenlm_path.name} is a token-level LM (its words include {WORD_DELIMITER!r}), so it "
                              "makes no lexicon; pass FlashlightOptions(lexicon_free=True) or build a word LM.")
         spellable = spellable_words(unigrams, vocab, str(kenlm_path))
+        known = set(spellable)
+        spellable += [word for word in hotwords if word not in known]  # KenLM scores these as <unk>
         word_dict = Dictionary(spellable + [FLASHLIGHT_UNK_WORD])
         self._lm = KenLM(str(kenlm_path), word_dict)
+        if hotwords:  # only then: without hotwords the search runs on KenLM alone, in C++
+            bonus = o.hotword_weight / o.lm_weight  # the decoder multiplies LM scores by lm_weight
+            self._lm = HotwordLM(self._lm, {word_dict.get_index(word): bonus for word in hotwords})
         trie = Trie(len(self.tokens), self._delimiter)
         start = self._lm.start(False)
         for index, word in enumerate(spellable):
@@ -569,7 +638,8 @@ class FlashlightBeam:
             spelling = [vocab[char] for char in word] + [self._delimiter]
             _, unigram_score = self._lm.score(start, index)
             trie.insert(spelling, index, unigram_score)
-        # Partial words carry the best unigram score below them, so pruning sees the LM before the word ends.
+        # Partial words carry the best unigram score below them (a hotword's with its bonus), so pruning sees the
+        # LM before the word ends.
         trie.smear(SmearingMode.MAX)
         decoder_options = LexiconDecoderOptions(
             beam_size=o.beam_size, beam_size_token=beam_size_token, beam_threshold=o.beam_threshold,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from asr.beam import (
     GreedyCTC,
     PyCTCDecodeBeam,
     PyCTCDecodeOptions,
+    hotword_words,
     spellable_words,
 )
 from asr.constants import WORD_DELIMITER
@@ -121,12 +122,14 @@ def find_lm(model_dir: str | os.PathLike, lm_dir: str | os.PathLike | None, need
     return lm
 
 
-def check_lm_fits(lm_dir: str | os.PathLike, vocab: Mapping[str, int]) -> None:
-    """Refuses (ValueError, one line) an LM directory whose words the model cannot spell; reads only its word list.
+def check_lm_fits(lm_dir: str | os.PathLike, vocab: Mapping[str, int], hotwords: Iterable[str] = ()) -> None:
+    """Refuses (ValueError, one line) an LM directory whose words the model cannot spell, or such hotwords; reads
+    only the LM's word list.
 
     The decoders check this too, but only once the KenLM file is loaded: callers that run a model
     first (eval) check here, before any work.
     """
+    hotword_words(hotwords, vocab)
     files = load_lm_files(lm_dir)
     if WORD_DELIMITER not in files.unigrams:  # a token LM spells with the tokens themselves
         spellable_words(files.unigrams, vocab, str(files.kenlm_path))
@@ -271,5 +274,6 @@ def describe_settings(name: str, settings: DecoderSettings) -> str:
     if name == "flashlight":
         o = settings.flashlight
         lexicon = "lexicon-free" if o.lexicon_free else "lexicon"
-        return f"lm_weight={o.lm_weight:.3g} word_score={o.word_score:g} beam={o.beam_size} {lexicon}"
+        text = f"lm_weight={o.lm_weight:.3g} word_score={o.word_score:g} beam={o.beam_size} {lexicon}"
+        return text + (f" hotwords={len(o.hotwords)}" if o.hotwords else "")
     return ""

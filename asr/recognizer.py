@@ -34,10 +34,16 @@ AudioInput = Union[str, os.PathLike, np.ndarray]  # a file, or mono float sample
 ARRAY_INPUT = "<array>"  # the `input` of a transcript of in-memory audio; its `path` is "<array N>"
 
 
-def make_decoder(name: str, lm: str | os.PathLike | None, vocab: Mapping[str, int]) -> CTCDecoder:
+def make_decoder(name: str, lm: str | os.PathLike | None, vocab: Mapping[str, int], **overrides: Any) -> CTCDecoder:
     """The decoder called `name` over the model's vocabulary, with the LM directory's settings (its
-    attrs.json alpha/beta and what `eval.py --tune` stored in decoder.json), as eval.py decodes."""
-    return build_decoder(name, vocab, lm, load_decoder_settings(lm) if name != "greedy" else None)
+    attrs.json alpha/beta and what `eval.py --tune` stored in decoder.json), as eval.py decodes; `overrides`
+    (e.g. hotwords, hotword_weight; None values skipped) replace them, see `DecoderSettings.with_overrides`."""
+    if name == "greedy":
+        if any(v is not None and v != () for v in overrides.values()):
+            raise ValueError(f"greedy decoding has no options ({', '.join(sorted(overrides))} given); use the beam "
+                             "or flashlight decoder.")
+        return build_decoder(name, vocab, lm)
+    return build_decoder(name, vocab, lm, load_decoder_settings(lm).with_overrides(**overrides))
 
 
 class Recognizer:
@@ -54,7 +60,7 @@ class Recognizer:
         self.model = model
         self.lm = Path(lm).resolve() if lm is not None else None
         self.options = options or TranscribeOptions()
-        self._transcribers: dict[str, Transcriber] = {}
+        self._transcribers: dict[tuple, Transcriber] = {}  # by (decoder, hotwords, hotword_weight)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, backend: str = "torch", lm: str | os.PathLike | None = None,
@@ -82,7 +88,8 @@ class Recognizer:
         return cls(model, lm, TranscribeOptions(**options))
 
     def transcribe(self, audio: AudioInput | Sequence[AudioInput], decoder: str = "greedy",
-                   sample_rate: int | None = None) -> Transcript | list[Transcript]:
+                   sample_rate: int | None = None, hotwords: Sequence[str] = (),
+                   hotword_weight: float | None = None) -> Transcript | list[Transcript]:
         """Transcribe one input, or a list of them batched together.
 
         Args:
@@ -90,18 +97,23 @@ class Recognizer:
                 array [num_samples] (16 kHz unless `sample_rate` says otherwise), or a list of these.
             decoder: "greedy", "beam" (pyctcdecode + KenLM) or "flashlight" (flashlight-text + KenLM).
             sample_rate: The rate of the arrays given; they are resampled to 16 kHz (files carry their own).
+            hotwords: Words or phrases to boost (beam decoders; flashlight boosts a phrase word by word), spelled
+                as the model's transcripts are (normalised); they may be outside the LM.
+            hotword_weight: Score added per hotword in a transcript; None: the decoders' default (10).
 
         Returns:
             A Transcript (`.text`, `.words` with `.start`/`.end` in seconds, `.duration`) per input: one,
             or a list in input order.
 
         Raises:
-            ValueError: A bad decoder or array, a beam decoder without an LM, or an input that cannot be
-                transcribed (unreadable, or too short for one output frame); the message says which.
+            ValueError: A bad decoder or array, a beam decoder without an LM, hotwords with greedy decoding or
+                that the model cannot spell, or an input that cannot be transcribed (unreadable, or too short
+                for one output frame); the message says which.
         """
         single = isinstance(audio, (str, os.PathLike, np.ndarray))
         inputs = [audio] if single else list(audio)
-        transcriber = self._transcriber(decoder)
+        hotwords = (hotwords,) if isinstance(hotwords, str) else tuple(hotwords)  # one word, not its letters
+        transcriber = self._transcriber(decoder, hotwords, hotword_weight)
         items = [self._item(i, x, sample_rate) for i, x in enumerate(inputs)]
         durations = probe_durations(items)
         for item, duration in zip(items, durations):
@@ -116,11 +128,13 @@ class Recognizer:
         ordered = [results[i] for i in range(len(items))]
         return ordered[0] if single else ordered
 
-    def _transcriber(self, decoder: str) -> Transcriber:
-        """The Transcriber for `decoder`, built on first use (a beam decoder loads its LM once)."""
+    def _transcriber(self, decoder: str, hotwords: tuple[str, ...], hotword_weight: float | None) -> Transcriber:
+        """The Transcriber for `decoder` and these hotwords, built on first use (a beam decoder loads its LM once
+        per hotword list)."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder={decoder!r} is unknown; use one of {', '.join(DECODERS)}.")
-        if decoder not in self._transcribers:
+        key = (decoder, hotwords, hotword_weight)
+        if key not in self._transcribers:
             if decoder in BEAM_DECODERS and (self.lm is None or not has_lm(self.lm)):
                 where = self.lm or self.model.path
                 raise ValueError(f"decoder={decoder!r} needs a KenLM language model but {str(where)!r} has none; build "
@@ -128,10 +142,10 @@ class Recognizer:
                                  f"{self.model.path} --text LM_TEXT.txt`, pass lm=DIR, or use decoder='greedy'.")
             lm = self.lm if decoder in BEAM_DECODERS else None
             options = dataclasses.replace(self.options, decoder=decoder, formats=())
-            self._transcribers[decoder] = Transcriber(self.model, make_decoder(decoder, lm, self.model.vocab),
-                                                      options, lm=str(lm) if lm else None,
-                                                      calibration=load_calibrations(self.model.path).get(decoder))
-        return self._transcribers[decoder]
+            made = make_decoder(decoder, lm, self.model.vocab, hotwords=hotwords, hotword_weight=hotword_weight)
+            self._transcribers[key] = Transcriber(self.model, made, options, lm=str(lm) if lm else None,
+                                                  calibration=load_calibrations(self.model.path).get(decoder))
+        return self._transcribers[key]
 
     @staticmethod
     def _item(index: int, audio: AudioInput, sample_rate: int | None) -> AudioItem:

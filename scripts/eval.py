@@ -75,14 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference", default="", metavar="NAME[,NAME]",
                    help=f"reference recognisers to add as rows, comma-separated ({', '.join(REFERENCES)}); they "
                         "hear the audio themselves on every available core and are not decoders of this model")
+    p.add_argument("--hotwords", nargs="+", default=None, help="words or phrases to boost (both beam decoders)")
+    p.add_argument("--hotword-weight", type=float, default=None, help="score per hotword in a transcript (10)")
     g = p.add_argument_group("pyctcdecode (beam); unset values come from the LM directory")
     g.add_argument("--alpha", type=float, default=None, help="LM weight")
     g.add_argument("--beta", type=float, default=None, help="word bonus")
     g.add_argument("--beam-width", type=int, default=None, help="hypotheses kept per frame")
     g.add_argument("--beam-prune-logp", type=float, default=None, help="drop beams this far below the best (log)")
     g.add_argument("--token-min-logp", type=float, default=None, help="skip tokens less likely than this (log)")
-    g.add_argument("--hotwords", nargs="+", default=None, help="words or phrases to boost")
-    g.add_argument("--hotword-weight", type=float, default=None, help="how much a hotword is boosted")
     g = p.add_argument_group("flashlight; unset values come from the LM directory")
     g.add_argument("--lm-weight", type=float, default=None, help="weight of KenLM's log10 scores (= alpha * ln 10)")
     g.add_argument("--word-score", type=float, default=None, help="word bonus (= beta)")
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         searches = args.tune or any(d in BEAM_DECODERS for d in args.decoder)
         lm = find_lm(args.model, args.lm, needed=searches)
         if lm is not None and searches:
-            check_lm_fits(lm, vocab)  # an LM for another alphabet would decode silently worse
+            check_lm_fits(lm, vocab, args.hotwords or ())  # another alphabet, unspellable hotwords: refused now
         for name in args.reference:
             check_reference(name)
         load_calibrations(args.model)  # a damaged confidence.json is an input error, before any work

@@ -9,6 +9,8 @@
           # ONNX Runtime on CPU, on a directory written by scripts/export.py (same batching, chunks, decoders)
     $ .venv/bin/python scripts/transcribe.py recordings/ --model runs/tiny/model --output - | jq -r .text
           # transcripts.jsonl's lines on stdout (in input order, when the run ends); logs on stderr
+    $ .venv/bin/python scripts/transcribe.py calls/ --model runs/tiny/model --decoder flashlight \\
+          --hotwords kowalski "new york" --output out/      # boost words the LM lacks or underrates
 
 Inputs: directories (searched recursively for wav/flac/ogg/opus/mp3/aiff/..., plus m4a/aac/webm/mp4/...
 through FFmpeg when it is installed; hidden names skipped) and --manifest files (JSONL/CSV with an
@@ -84,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lm", type=Path, default=None, help="LM directory from scripts/build_lm.py (default: the "
                    "model directory when it holds language_model/)")
     p.add_argument("--decoder", choices=DECODERS, default=None, help="default: beam with --lm, else greedy")
+    p.add_argument("--hotwords", nargs="+", default=None, metavar="WORD", help="words or phrases to boost, written "
+                   "as the model's transcripts are (lower case); may be outside the LM; flashlight boosts a phrase "
+                   "word by word; give them after the inputs")
+    p.add_argument("--hotword-weight", type=float, default=None, help="score added per hotword in a transcript "
+                   "(default 10; pyctcdecode may need ~20 for a word outside the LM)")
     p.add_argument("--output", type=Path, required=True, help="output directory, or - for transcripts (JSONL) "
                    "on stdout")
     p.add_argument("--formats", default="", help=f"comma list of extra outputs: {','.join(FORMATS)} (nemo: one "
@@ -119,6 +126,8 @@ def options_from(args: argparse.Namespace) -> tuple:
         raise ValueError(f"--decoder {decoder} needs a language model; pass --lm DIR (built by scripts/build_lm.py).")
     if decoder == "greedy" and lm is not None:
         raise ValueError("--lm is ignored by --decoder greedy; drop --lm or choose --decoder beam or flashlight.")
+    if decoder == "greedy" and (args.hotwords or args.hotword_weight is not None):
+        raise ValueError("--hotwords need a beam decoder; add --decoder beam or flashlight (and --lm DIR).")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
                                 overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
@@ -169,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no audio files found in {[str(p) for p in args.inputs + args.manifest]}; check the "
                              "paths (hidden files are skipped).")
         loaded = load_acoustic_model(args.model, args.backend, accelerator.device)
-        transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab), options,
+        transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab, hotwords=args.hotwords,
+                                                       hotword_weight=args.hotword_weight), options,
                                   lm=str(lm.resolve()) if lm else None,
                                   calibration=load_calibrations(args.model).get(options.decoder))
     except (ValueError, FileNotFoundError) as e:

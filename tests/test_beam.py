@@ -20,6 +20,7 @@ from asr.beam import (
     FlashlightBeam,
     FlashlightOptions,
     GreedyCTC,
+    HotwordLM,
     Hypothesis,
     IdleFrames,
     PyCTCDecodeBeam,
@@ -30,7 +31,7 @@ from asr.beam import (
 )
 from bench.common import noisy_log_probs
 from asr.corpus import load_sentences
-from asr.decoders import build_decoder, load_lm_files
+from asr.decoders import DecoderSettings, build_decoder, load_lm_files
 from asr.metrics import error_rates, word_edits
 from asr.text import build_vocab, encode
 from lm.build import LMBuildOptions, build_lm
@@ -141,11 +142,55 @@ def test_length_padding_and_raw_logits(decoders, vocab, name):
         decoder.decode(log_probs[:, :-1])
 
 
-def test_hotword_overrides_the_lm(lm_dir, vocab):
+@pytest.mark.parametrize("name", ["beam", "flashlight"])
+def test_hotword_overrides_the_lm(lm_dir, vocab, name):
     text = "the cat sat on the mat"
     log_probs = spelled_log_probs(text, vocab, ambiguous={text.index("cat") + 1: ("e", 0.5)})
-    boosted = build_decoder("beam", vocab, lm_dir, PyCTCDecodeOptions(hotwords=("cet",)))
+    boosted = build_decoder(name, vocab, lm_dir, DecoderSettings().with_overrides(hotwords=("cet",)))
     assert boosted.decode(log_probs).text == "the cet sat on the mat"
+
+
+@pytest.mark.parametrize("name", ["beam", "flashlight"])
+@pytest.mark.parametrize("hotwords", [["zork"], ["the zork"], ["kestrel", "zork"]])
+def test_a_boosted_rare_word_outside_the_lm_is_recovered(decoders, lm_dir, vocab, name, hotwords):
+    """"zork" is outside the LM and its "z" sounds a little more like "w": without hotwords both decoders write
+    the LM's "work", with it "zork" (flashlight adds it to its lexicon). A phrase is boosted word by word."""
+    text = "the zork sat on the mat"
+    assert "zork" not in load_lm_files(lm_dir).unigrams
+    log_probs = spelled_log_probs(text, vocab, ambiguous={text.index("zork"): ("w", 0.5)})
+    plain = decoders["pyctcdecode" if name == "beam" else name]
+    assert plain.decode(log_probs).text == "the work sat on the mat"
+    # 20, not the default 10: pyctcdecode also charges a word outside the LM its unk_score_offset (-10)
+    settings = DecoderSettings().with_overrides(hotwords=hotwords, hotword_weight=20.0)  # both decoders' options
+    assert settings.pyctcdecode.hotwords == settings.flashlight.hotwords == tuple(hotwords)
+    boosted = build_decoder(name, vocab, lm_dir, settings)
+    assert boosted.decode(log_probs).text == text
+    assert boosted.decode_nbest(log_probs, n=3)[0].text == text
+    # Elsewhere the boost changes nothing: an utterance without the hotword decodes as before.
+    other = spelled_log_probs("my cat sat on my hat", vocab, ambiguous={3: ("e", 0.5)})
+    assert boosted.decode(other).text == plain.decode(other).text == "my cat sat on my hat"
+
+
+def test_flashlight_without_hotwords_keeps_the_plain_search(decoders, lm_dir, vocab, noisy_set):
+    """No hotwords: KenLM alone scores the search, in C++, as before hotwords existed. The Python wrapper that adds
+    the bonus changes nothing else: with a zero bonus on a word the LM knows, texts, frames and scores are equal."""
+    _, log_probs = noisy_set
+    plain = decoders["flashlight"]
+    assert not isinstance(plain._lm, HotwordLM)
+    wrapped = build_decoder("flashlight", vocab, lm_dir, FlashlightOptions(hotwords=("the",), hotword_weight=0.0))
+    assert isinstance(wrapped._lm, HotwordLM) and wrapped.lexicon_size == plain.lexicon_size
+    a, b = plain.decode_batch(log_probs[:40]), wrapped.decode_batch(log_probs[:40])
+    assert [(h.text, h.words) for h in a] == [(h.text, h.words) for h in b]
+    assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-6)
+
+
+def test_bad_hotwords_are_refused_or_warned(lm_dir, vocab, caplog):
+    for name in ("beam", "flashlight"):  # a word the model cannot spell could never be output
+        with pytest.raises(ValueError, match="hotword 'Zork' has characters the model cannot spell"):
+            build_decoder(name, vocab, lm_dir, DecoderSettings().with_overrides(hotwords=["Zork"]))
+    with caplog.at_level(logging.WARNING, logger="asr.beam"):  # the bonus rides on the lexicon's word scores
+        decoder = build_decoder("flashlight", vocab, lm_dir, FlashlightOptions(lexicon_free=True, hotwords=("zork",)))
+    assert "hotwords ['zork'] are ignored" in caplog.text and not isinstance(decoder._lm, HotwordLM)
 
 
 def test_lexicon_free_joins_tokens(lm_dir, vocab, caplog):
@@ -362,7 +407,7 @@ def test_flashlight_skipping_idle_frames_keeps_texts_and_word_times(lm_dir, voca
 def test_build_decoder_is_the_one_way_in(lm_dir, vocab, tmp_path, noisy_set):
     """asr.decoders.build_decoder: every name in DECODERS, the options of one decoder or both, the vocabulary read
     from a model directory when not given, and one-line refusals naming the fix."""
-    from asr.decoders import DECODERS, DecoderSettings
+    from asr.decoders import DECODERS
 
     refs, log_probs = noisy_set
     assert DECODERS == ("greedy", "beam", "flashlight")

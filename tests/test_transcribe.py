@@ -467,6 +467,45 @@ def test_beam_decoders_use_the_lm_directorys_tuned_settings(tiny_model, tmp_path
     assert (flashlight.options.lm_weight, flashlight.options.word_score, flashlight.options.beam_size) == (2.3, 0.0, 50)
 
 
+def test_hotwords_bring_words_outside_the_lm_into_the_transcripts(trained_model, tmp_path):
+    """Real speech, the trained model, and an LM whose text lacks the longest word of each utterance: flashlight's
+    lexicon cannot write those words until they are --hotwords; then both beam decoders write them (as does
+    Recognizer.transcribe(hotwords=...)). Greedy refuses hotwords in one sentence."""
+    from asr.decoders import load_lm_files
+    from asr.recognizer import Recognizer
+    from lm.build import LMBuildOptions, build_lm
+
+    corpus = trained_model.parents[1] / "corpus"
+    items = read_jsonl(corpus / "train.jsonl")[:3]
+    rare = [max(item["text"].split(), key=len) for item in items]  # moment, knitting, didn't
+    lm = tmp_path / "lm"
+    lm_text = [line for line in (corpus / "lm.txt").read_text().splitlines() if not set(line.split()) & set(rare)]
+    build_lm(lm_text, lm, options=LMBuildOptions(order=3))
+    assert not set(rare) & set(load_lm_files(lm).unigrams)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for item in items:
+        shutil.copy(corpus / item["audio_filepath"], inputs / Path(item["audio_filepath"]).name)
+    script = load_script()
+
+    def words_written(decoder: str, *extra: str) -> list[set[str]]:
+        out = tmp_path / f"{decoder}{len(extra)}"
+        assert script.main([str(inputs), "--model", str(trained_model), "--lm", str(lm), "--decoder", decoder,
+                            "--output", str(out), *extra]) == 0
+        return [set(r["text"].split()) for r in read_jsonl(out / "transcripts.jsonl")]
+
+    assert not any(word in written for word, written in zip(rare, words_written("flashlight")))
+    for decoder in ("flashlight", "beam"):
+        assert all(word in written for word, written in zip(rare, words_written(decoder, "--hotwords", *rare))), decoder
+    recognizer = Recognizer.from_pretrained(trained_model, lm=lm)
+    audio = corpus / items[0]["audio_filepath"]
+    assert rare[0] not in recognizer.transcribe(audio, decoder="flashlight").text.split()
+    assert rare[0] in recognizer.transcribe(audio, decoder="flashlight", hotwords=rare[:1]).text.split()
+    args = script.parse_args([str(inputs), "--model", str(trained_model), "--output", str(tmp_path), "--hotwords", "x"])
+    with pytest.raises(ValueError, match="--hotwords need a beam decoder"):
+        script.options_from(args)
+
+
 def test_sigkill_mid_run_then_rerun_transcribes_every_file_exactly_once(utterances, tiny_model, tmp_path):
     inputs = tmp_path / "in"
     for i in range(5):
