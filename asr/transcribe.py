@@ -271,6 +271,7 @@ class Transcript:
     model: str
     lm: str | None = None
     confidence: str | None = None  # what the words' confidences are: "calibrated", "raw" or None (none given)
+    hotwords: Mapping[str, Any] | None = None  # {"words": [...], "weight": w} the beam search boosted; None: none
 
     @property
     def key(self) -> tuple[str, str]:
@@ -283,7 +284,7 @@ class Transcript:
                   **({"confidence": w.confidence} if w.confidence is not None else {})} for w in self.words]
         return {"path": self.path, "input": self.input, "duration": self.duration, "text": self.text,
                 "words": words, "decoder": self.decoder, "model": self.model, "lm": self.lm,
-                "confidence": self.confidence}
+                "confidence": self.confidence, **({"hotwords": dict(self.hotwords)} if self.hotwords else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transcript:
@@ -291,7 +292,7 @@ class Transcript:
         words = tuple(WordTime(w["word"], float(w["start"]), float(w["end"]), w.get("confidence"))
                       for w in data["words"])
         return cls(data["input"], data["path"], float(data["duration"]), data["text"], words, data["decoder"],
-                   data["model"], data.get("lm"), data.get("confidence"))
+                   data["model"], data.get("lm"), data.get("confidence"), data.get("hotwords"))
 
 
 @dataclass(frozen=True)
@@ -326,10 +327,12 @@ class Failure:
 
 def hypothesis_to_transcript(item: AudioItem, hypothesis: Hypothesis, num_samples: int, seconds_per_frame: float,
                              decoder: str, model: str, lm: str | None,
-                             confidences: Sequence[float] | None = None, confidence: str | None = None) -> Transcript:
+                             confidences: Sequence[float] | None = None, confidence: str | None = None,
+                             hotwords: Mapping[str, Any] | None = None) -> Transcript:
     """Frame spans -> seconds (the model's real frame period), clipped to the file's duration.
 
-    `confidences` (one per word) and what they are (`confidence`: "calibrated" or "raw") go with the words.
+    `confidences` (one per word) and what they are (`confidence`: "calibrated" or "raw") go with the words;
+    `hotwords` (what the search boosted) with the transcript.
     """
     duration = num_samples / SAMPLE_RATE
     scores = [round(float(c), 4) for c in confidences] if confidences is not None else [None] * len(hypothesis.words)
@@ -337,7 +340,7 @@ def hypothesis_to_transcript(item: AudioItem, hypothesis: Hypothesis, num_sample
                            round(min(w.end * seconds_per_frame, duration), 3), c)
                   for w, c in zip(hypothesis.words, scores))
     return Transcript(item.input, item.path, round(duration, 3), hypothesis.text, words, decoder, model, lm,
-                      confidence if confidences is not None else None)
+                      confidence if confidences is not None else None, hotwords)
 
 
 # ------------------------------------------------------------------------------------------- plans
@@ -420,6 +423,9 @@ class Transcriber:
                  lm: str | None = None, calibration: Calibration | None = None) -> None:
         self.loaded, self.decoder, self.options, self.lm = loaded, decoder, options, lm
         self.calibration = calibration  # this decoder's word-confidence calibration (confidence.json); None: raw
+        search = getattr(decoder, "options", None)  # a beam decoder's options; their hotwords go with each transcript
+        self.hotwords = ({"words": list(search.hotwords), "weight": search.hotword_weight}
+                         if getattr(search, "hotwords", ()) else None)
         # the LM's share of a beam decoder's confidence, when its calibration reads it
         self.word_lm = WordLM.from_dir(lm) if calibration is not None and calibration.uses_lm and lm else None
         self.model_name = str(Path(loaded.path).resolve())
@@ -507,7 +513,7 @@ class Transcriber:
         scores = self.calibration(features) if calibrated else raw_confidence(features)
         return hypothesis_to_transcript(item, hypothesis, num_samples, self.loaded.seconds_per_frame,
                                         self.options.decoder, self.model_name, self.lm, scores.tolist(),
-                                        "calibrated" if calibrated else "raw")
+                                        "calibrated" if calibrated else "raw", self.hotwords)
 
     @staticmethod
     def _guard(item: AudioItem, work) -> Transcript | Failure:

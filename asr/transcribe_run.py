@@ -40,7 +40,7 @@ PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio
 
 
 class StaleOutput(ValueError):
-    """The output directory holds transcripts made with another model, decoder or LM."""
+    """The output directory holds transcripts made with another model, decoder, LM or hotwords."""
 
 
 def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[AudioItem], out: OutputDir,
@@ -61,15 +61,16 @@ def run_transcription(accelerator, transcriber: Transcriber, items: Sequence[Aud
         On the main process, the run's summary (also written to summary.json); None on the others.
 
     Raises:
-        StaleOutput: `out` holds transcripts made with another model, decoder or LM (nothing written).
+        StaleOutput: `out` holds transcripts made with another model, decoder, LM or hotwords (nothing written).
     """
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     done = out.done()
-    current = (transcriber.model_name, options.decoder, transcriber.lm)
-    stale = next((t for t in done.values() if (t.model, t.decoder, t.lm) != current), None)
+    current = (transcriber.model_name, options.decoder, transcriber.lm, transcriber.hotwords)
+    stale = next((t for t in done.values() if (t.model, t.decoder, t.lm, t.hotwords) != current), None)
     if stale is not None:
         raise StaleOutput(f"{out.root} already holds transcripts made with model {stale.model}, decoder "
-                          f"{stale.decoder}, LM {stale.lm}; use another --output or delete it to start over.")
+                          f"{stale.decoder}, LM {stale.lm}, hotwords {stale.hotwords}; use another --output or delete "
+                          "it to start over.")
     pending = [item for item in items if item.key not in done]
     if is_main:
         logger.info("%d audio files, %d already transcribed, %d to do on %d process(es)", len(items),

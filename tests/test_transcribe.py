@@ -497,6 +497,15 @@ def test_hotwords_bring_words_outside_the_lm_into_the_transcripts(trained_model,
     assert not any(word in written for word, written in zip(rare, words_written("flashlight")))
     for decoder in ("flashlight", "beam"):
         assert all(word in written for word, written in zip(rare, words_written(decoder, "--hotwords", *rare))), decoder
+    # each transcript records what was boosted; the same --output with other hotwords is refused, not mixed
+    boosted = tmp_path / f"flashlight{1 + len(rare)}"
+    assert {json.dumps(r["hotwords"]) for r in read_jsonl(boosted / "transcripts.jsonl")} == {
+        json.dumps({"words": rare, "weight": 10.0})}
+    assert "hotwords" not in read_jsonl(tmp_path / "flashlight0" / "transcripts.jsonl")[0]
+    common = [str(inputs), "--model", str(trained_model), "--lm", str(lm), "--decoder", "flashlight", "--output",
+              str(boosted)]
+    assert script.main([*common, "--hotwords", *rare[:1]]) == 2
+    assert script.main([*common, "--hotwords", *rare]) == 0  # the same hotwords: a resume, nothing left to do
     recognizer = Recognizer.from_pretrained(trained_model, lm=lm)
     audio = corpus / items[0]["audio_filepath"]
     assert rare[0] not in recognizer.transcribe(audio, decoder="flashlight").text.split()
