@@ -34,6 +34,7 @@ from asr.confidence import Calibration, raw_confidence, word_features
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
 from asr.decoders import DECODERS
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
+from asr.segmenters import SEGMENTERS, make_segmenter
 from asr.sources import AUDIO_KEYS
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class TranscribeOptions:
     decoder: str = "greedy"  # one of DECODERS (what the records name)
     chunk_seconds: float = 30.0  # longer files are cut into chunks of this length; 0 never chunks
     overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
-    cut_at_pauses: bool = False  # cut long files at their quietest stretches into pieces <= chunk_seconds (no overlap)
+    segmenter: str | None = None  # cut long files at the pauses it finds into pieces <= chunk_seconds (no overlap); None: fixed grid
+    cut_at_pauses: bool = False  # the older name of segmenter="energy" (the quietest stretches)
     max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
     formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
@@ -82,15 +84,25 @@ class TranscribeOptions:
             raise ValueError(f"--max-batch-seconds is {self.max_batch_seconds}; use a positive number of seconds.")
         if self.chunk_seconds < 0:
             raise ValueError(f"--chunk-seconds is {self.chunk_seconds}; use a positive length, or 0 to never chunk.")
-        if self.chunk_seconds and not self.cut_at_pauses and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
+        if self.segmenter is not None and self.segmenter not in SEGMENTERS:
+            raise ValueError(f"--segmenter {self.segmenter!r} is unknown; use one of {', '.join(SEGMENTERS)}.")
+        if self.cut_at_pauses and self.segmenter not in (None, "energy"):
+            raise ValueError(f"--cut-at-pauses is --segmenter energy, but --segmenter {self.segmenter} was given too; "
+                             "drop --cut-at-pauses.")
+        if self.chunk_seconds and not self.pause_segmenter and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
             raise ValueError(f"--overlap-seconds {self.overlap_seconds} must be positive and at most half of "
                              f"--chunk-seconds {self.chunk_seconds}; 5 s of overlap for 30 s chunks works well.")
+
+    @property
+    def pause_segmenter(self) -> str | None:
+        """The segmenter that cuts long files at pauses (cut_at_pauses meaning "energy"); None: the fixed grid."""
+        return self.segmenter or ("energy" if self.cut_at_pauses else None)
 
     def chunk_spec(self, frame_samples: int) -> ChunkSpec | None:
         """The chunk geometry on the model's frame grid, or None when chunking is off."""
         if not self.chunk_seconds:
             return None
-        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples, self.cut_at_pauses)
+        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples, self.pause_segmenter)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -425,6 +437,8 @@ class Transcriber:
         self.calibration = calibration  # this decoder's word-confidence calibration (confidence.json); None: raw
         self.model_name = str(Path(loaded.path).resolve())
         self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
+        if self.spec is not None and self.spec.segmenter is not None:
+            make_segmenter(self.spec.segmenter)  # now: a missing package is an error before any file is read
         self.min_samples = _min_samples(loaded)  # the shortest input giving one output frame (wav2vec2: 400, 25 ms)
 
     def transcribe(self, items: Sequence[AudioItem], chunked: bool = False,

@@ -70,6 +70,7 @@ from asr.decoders import DECODERS, LM_SUBDIR
 from asr.inference import BACKENDS, load_acoustic_model
 from asr.outputs import ERRORS_FILE, NEMO_MANIFEST_FILE, TRANSCRIPTS_FILE, OutputBusy, OutputDir
 from asr.recognizer import make_decoder
+from asr.segmenters import SEGMENTERS, SegmenterUnavailable
 from asr.transcribe import FORMATS, SIDE_FORMATS, TranscribeOptions, Transcriber, find_audio
 from asr.transcribe_run import StaleOutput, run_transcription
 
@@ -101,8 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunk files longer than this (0: never chunk)")
     p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
                    help="overlap of neighbouring chunks")
-    p.add_argument("--cut-at-pauses", action="store_true", help="cut long files at their quietest stretches into "
-                   "pieces of at most --chunk-seconds, without overlap (suits models trained on short utterances)")
+    p.add_argument("--segmenter", choices=SEGMENTERS, default=defaults.segmenter, help="cut long files at the pauses "
+                   "this finds (energy: the quietest stretches; webrtc, silero: voice activity detectors) into pieces "
+                   "of at most --chunk-seconds, without overlap (suits models trained on short utterances); "
+                   "default: the fixed overlapping grid")
+    p.add_argument("--cut-at-pauses", action="store_true", help="the same as --segmenter energy")
     p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
                    help="padded audio seconds per forward pass")
     p.add_argument("--in-place", action="store_true", help="write the per-file formats next to the audio files")
@@ -126,7 +130,8 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
         raise ValueError("--lm is ignored by --decoder greedy; drop --lm or choose --decoder beam or flashlight.")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
-                                overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
+                                overlap_seconds=args.overlap_seconds, segmenter=args.segmenter,
+                                cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
                                 formats=formats, in_place=args.in_place, mark_below=args.mark_below)
     if args.output == STDOUT:
         if "nemo" in formats:
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab), options,
                                   lm=str(lm.resolve()) if lm else None,
                                   calibration=load_calibrations(args.model).get(options.decoder))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, SegmenterUnavailable) as e:
         logger.error("%s", e)
         return EXIT_USAGE
 

@@ -133,11 +133,11 @@ def messy_tree(tmp_path_factory, utterances) -> Path:
 # ------------------------------------------------------------------------------- chunking, stitching
 @pytest.mark.parametrize("num_samples", [400, 5_000, 32_000, 32_001, 32_320, 40_000, 123_457, 500_000])
 @pytest.mark.parametrize("block", [1_000, 7_777, 100_000])
-@pytest.mark.parametrize("at_pauses", [False, True])
-def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block, at_pauses):
+@pytest.mark.parametrize("segmenter", [None, "energy", "webrtc", "silero"])
+def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block, segmenter):
     # A fake model whose frame t says which global sample it starts at: stitching must put every frame
     # of the file exactly once, in order, at the unchunked model's frame count.
-    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME, at_pauses=at_pauses)
+    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME, segmenter)
     # noise with a quiet stretch every 0.7 s, so that pause cuts move around
     audio = np.random.default_rng(num_samples).normal(0, 1, num_samples).astype(np.float32)
     audio[(np.arange(num_samples) % 11_200) < 3_000] *= 1e-3
@@ -167,7 +167,7 @@ def test_pause_cuts_fall_in_pauses_and_pieces_stay_short():
     pauses = (7, 19, 26, 41, 52)  # ... with half-second pauses
     for t in pauses:
         audio[t * 16_000 : int((t + 0.5) * 16_000)] *= 1e-3
-    spec = ChunkSpec.from_seconds(15, 5, FRAME, at_pauses=True)
+    spec = ChunkSpec.from_seconds(15, 5, FRAME, "energy")
     consumed = []
 
     def blocks():
