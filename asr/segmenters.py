@@ -15,9 +15,11 @@ of the chunk length and its end, to cut next:
 - `silero`: the Silero VAD (`silero-vad`: a small neural network whose ONNX file is in the wheel; run by
   onnxruntime on CPU, nothing downloaded), trained on speech in many kinds of noise.
 
-The two detectors give speech regions; the cut goes in the middle of the latest stretch of non-speech at
-least VAD_MIN_PAUSE_SECONDS long (so pieces stay close to the chunk length), else the longest shorter one,
-else (speech throughout) where the energy rule puts it, not marked as a word boundary.
+The two detectors give speech regions; the cut goes in the middle of the longest stretch of non-speech
+(the latest of equally long ones), a word boundary when it lasts VAD_MIN_PAUSE_SECONDS or more; with
+speech throughout (babble: other voices fill the pauses) it goes where the energy rule puts it, not
+marked. The longest rather than the latest stretch: on 4 minutes of joined utterances in pink noise at
+10 dB SNR, the latest stretch of >= 0.1 s put 16 of 25 WebRTC cuts inside sentences, the longest 1 of 35.
 bench/chunking.py compares them on noisy recordings with natural pauses (README: "Long recordings").
 """
 
@@ -113,7 +115,7 @@ def quietest_cut(audio: np.ndarray, lo: int, hi: int, frame_samples: int) -> tup
 
 
 class VadSegmenter(Segmenter):
-    """A voice activity detector's speech regions -> a cut in the latest pause (see the module doc)."""
+    """A voice activity detector's speech regions -> a cut in the longest pause (see the module doc)."""
 
     @abstractmethod
     def speech_regions(self, audio: np.ndarray) -> list[tuple[int, int]]:
@@ -130,10 +132,10 @@ class VadSegmenter(Segmenter):
         runs = _false_runs(speech[first:])
         if not runs:
             return Cut(quietest_cut(audio, lo, hi, frame_samples)[0], False)
-        min_pause = round(VAD_MIN_PAUSE_SECONDS * SAMPLE_RATE / frame_samples)
-        pauses = [run for run in runs if run[1] - run[0] >= min_pause]
-        start, end = pauses[-1] if pauses else max(runs, key=lambda run: run[1] - run[0])
-        return Cut((first + (start + end) // 2) * frame_samples, bool(pauses))
+        # the longest pause: a detector also hears short gaps inside words in noise; the latest of equal ones
+        start, end = max(reversed(runs), key=lambda run: run[1] - run[0])
+        in_pause = end - start >= round(VAD_MIN_PAUSE_SECONDS * SAMPLE_RATE / frame_samples)
+        return Cut((first + (start + end) // 2) * frame_samples, in_pause)
 
 
 def _false_runs(mask: np.ndarray) -> list[tuple[int, int]]:
