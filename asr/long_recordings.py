@@ -27,6 +27,7 @@ from asr.constants import SAMPLE_RATE
 NOISES = ("none", "babble", *NOISE_SLOPES)  # babble: BABBLE_TALKERS other voices; white/pink/brown: stationary
 BABBLE_TALKERS = 4  # voices in the babble: few enough that words stand out (harder for a VAD than a crowd's hum)
 LEAD_SECONDS = 0.5  # noise before the first and after the last utterance, as a recording starts before the talk
+SPEECH_LEVEL = 10 ** (-60 / 20)  # an utterance's speech runs from its first to its last sample above -60 dBFS
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class LongRecording:
     Attributes:
         audio: Samples [n] at 16 kHz, float32.
         text: The reference: the utterances' texts in order, joined by spaces.
-        speech: (start, end) samples of each utterance in `audio`, in order; the rest is pause (and noise).
+        speech: (start, end) samples of each utterance's speech in `audio` (from its first to its last sample
+            above SPEECH_LEVEL: the engines' leading and trailing silence is pause), in order.
     """
 
     audio: np.ndarray
@@ -103,7 +105,8 @@ def join_utterances(utterances: Sequence[Utterance], options: RecordingOptions) 
             parts.append(pause)
             position += len(pause)
         parts.append(utterance.audio)
-        speech.append((position, position + len(utterance.audio)))
+        loud = np.flatnonzero(np.abs(utterance.audio) > SPEECH_LEVEL)
+        speech.append((position + int(loud[0]), position + int(loud[-1]) + 1) if len(loud) else (position, position))
         texts.append(utterance.text)
         position += len(utterance.audio)
     parts.append(np.zeros(lead, np.float32))
