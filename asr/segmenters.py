@@ -150,12 +150,13 @@ class WebRtcSegmenter(VadSegmenter):
     name = "webrtc"
 
     def __init__(self) -> None:
-        self._vad = _import("webrtc").Vad(WEBRTC_MODE)
+        self._webrtcvad = _import("webrtc")
 
     def speech_regions(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        vad = self._webrtcvad.Vad(WEBRTC_MODE)  # a fresh one: it adapts its noise estimate to what it has heard
         size = round(WEBRTC_FRAME_SECONDS * SAMPLE_RATE)
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-        speech = np.array([self._vad.is_speech(pcm[2 * i : 2 * (i + size)], SAMPLE_RATE)
+        speech = np.array([vad.is_speech(pcm[2 * i : 2 * (i + size)], SAMPLE_RATE)
                            for i in range(0, len(audio) - size + 1, size)], dtype=bool)
         # the last partial frame (< 30 ms) goes with the frame before it
         return [(start * size, len(audio) if end == len(speech) else end * size)

@@ -32,10 +32,11 @@ The progress bar counts audio seconds, not files, and moves within a long file a
 so its rate is audio seconds per second (1 / RTF) and its ETA holds for one long file as for many.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
-stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
-overlap (better for models trained on short utterances: bench/chunking.py compares). Digital
-silence (a file or chunk whose samples all lie within -80 dBFS of their mean) is not given to the model,
-which would read garbage into it: its transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
+stitched CTC output is decoded once; with --segmenter energy|webrtc|silero the pieces end at the pauses
+it finds instead, without overlap (better for models trained on short utterances: bench/chunking.py
+compares; --cut-at-pauses is --segmenter energy). Digital silence (a file or chunk whose samples all
+lie within -80 dBFS of their mean) is not given to the model, which would read garbage into it: its
+transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
 the same command skips finished files; an interrupted run loses only the files in flight.
 
 Exit code: 0 every file transcribed; 1 a crash (a traceback: a bug or the environment, e.g. a full disk;

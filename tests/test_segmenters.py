@@ -85,3 +85,11 @@ def test_unknown_and_missing_segmenters_name_the_fix(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment).stdout
     assert out.startswith(SegmenterUnavailable.__name__)
     assert "pip install silero-vad==6.2.3" in out and len(out.strip().splitlines()) == 1
+
+
+def test_loading_silero_leaves_torch_threads_as_they_were():
+    # importing silero_vad sets torch to one thread for the whole process; the acoustic model must keep its threads
+    code = ("import torch\ntorch.set_num_threads(2)\nfrom asr.segmenters import make_segmenter\n"
+            "make_segmenter('silero')\nprint(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True).stdout
+    assert out.split() == ["2"]
