@@ -12,8 +12,9 @@ The manifest's utterances (JSONL: audio_filepath relative to the manifest, text)
 drawn from 0.2-1.5 s into one recording of about --minutes per --noises condition
 (`asr.long_recordings`: noise at an SNR over the speech); `asr.transcribe` reads it with each --chunks
 setting, greedy, on one process: length:overlap is the fixed overlapping grid, length:SEGMENTER
-(energy, webrtc, silero; `pauses` = energy) cuts at pauses into pieces <= length, and `unchunked`
-gives the whole file at once (attention over all of it: slow and memory-hungry for long files). Per
+(energy, webrtc, silero; `pauses` = energy) cuts at pauses into pieces <= length, `oracle` cuts in the
+middle of every pause between utterances (what a perfect segmenter would do; each piece is read alone)
+and `unchunked` gives the whole file at once (attention over all of it: slow and memory-hungry). Per
 row: WER and CER against the joined reference text, the pieces and the share of cuts that fall in a
 pause between utterances (or a word gap the segmenter found inside one: utterances have pauses too),
 and seconds.
@@ -36,8 +37,9 @@ import logging
 import time
 from pathlib import Path
 
-from asr.chunking import iter_chunks
+from asr.chunking import ChunkSpec, iter_chunks
 from asr.constants import SAMPLE_RATE
+from asr.inference import plan_batches
 from asr.long_recordings import NOISES, LongRecording, RecordingOptions, join_utterances, read_manifest
 from asr.metrics import error_rates
 from asr.segmenters import SEGMENTERS
@@ -46,16 +48,17 @@ from bench.common import machine_info, markdown_table, write_report
 
 logger = logging.getLogger("bench_chunking")
 UNCHUNKED = (0.0, "")
-FRAME_SAMPLES = 320  # for counting cuts: the wav2vec2 frame step (the pieces, not the model, are counted)
+ORACLE = (0.0, "oracle")
 
 
 def parse_chunks(spec: str) -> list[tuple[float, str]]:
-    """"10:2,30:silero,15:pauses,unchunked" -> [(10.0, "2"), (30.0, "silero"), (15.0, "energy"), (0.0, "")]."""
+    """"10:2,30:silero,15:pauses,unchunked,oracle" -> [(10.0, "2"), (30.0, "silero"), (15.0, "energy"), (0.0, ""),
+    (0.0, "oracle")]."""
     pairs = []
     try:
         for item in filter(None, spec.split(",")):
-            if item == "unchunked":
-                pairs.append(UNCHUNKED)
+            if item in ("unchunked", "oracle"):
+                pairs.append(UNCHUNKED if item == "unchunked" else ORACLE)
                 continue
             length, how = item.split(":")
             how = "energy" if how == "pauses" else how
@@ -65,7 +68,7 @@ def parse_chunks(spec: str) -> list[tuple[float, str]]:
     except ValueError:
         raise SystemExit(f"bench_chunking: --chunks {spec!r} must be length:overlap pairs in seconds with "
                          f"0 < 2 * overlap <= length, length:SEGMENTER ({'|'.join(SEGMENTERS)}|pauses) or "
-                         "unchunked, e.g. 10:2,30:5,15:silero") from None
+                         "unchunked or oracle, e.g. 10:2,30:5,15:silero") from None
     if not pairs:
         raise SystemExit("bench_chunking: --chunks is empty; give e.g. 30:5,10:silero")
     return pairs
@@ -85,9 +88,9 @@ def parse_noises(spec: str) -> list[tuple[str, float]]:
 
 
 def chunk_name(length: float, how: str) -> str:
-    """A row's label: "30 s / 5 s", "silero, <= 10 s", "unchunked"."""
+    """A row's label: "30 s / 5 s", "silero, <= 10 s", "unchunked", "oracle: at the true pauses"."""
     if not length:
-        return "unchunked"
+        return "oracle: at the true pauses" if how == "oracle" else "unchunked"
     return f"{how}, <= {length:g} s" if how in SEGMENTERS else f"{length:g} s / {float(how):g} s"
 
 
@@ -100,13 +103,32 @@ def chunk_options(length: float, how: str) -> TranscribeOptions:
     return TranscribeOptions(chunk_seconds=length, overlap_seconds=float(how))
 
 
-def cuts_in_pauses(recording: LongRecording, length: float, how: str) -> tuple[int, float | None]:
-    """(pieces, share of their cuts inside a pause between utterances) of a chunk setting on `recording`."""
-    options = chunk_options(length, how)
-    chunks = list(iter_chunks([recording.audio], options.chunk_spec(FRAME_SAMPLES)))
-    cuts = [c.keep_end for c in chunks[:-1]]  # on the grid: where one chunk's kept frames give way to the next's
-    inside = sum(any(start <= cut <= end for start, end in recording.pauses) for cut in cuts)
-    return len(chunks), inside / len(cuts) if cuts else None
+def read(transcriber: Transcriber, recording: LongRecording, oracle: bool) -> str:
+    """The transcript of `recording` as `transcriber`'s options cut it, or cut in the middle of every pause."""
+    if oracle:
+        middles = [(start + end) // 2 for start, end in recording.pauses]
+        bounds = list(zip([0, *middles], [*middles, len(recording.audio)]))
+        items = [AudioItem(i, "bench", f"piece{i}.wav", Path(f"piece{i}.wav"), audio=recording.audio[a:b])
+                 for i, (a, b) in enumerate(bounds)]
+        batches = plan_batches([b - a for a, b in bounds], int(transcriber.options.max_batch_seconds * SAMPLE_RATE))
+        results = sorted((pair for batch in batches for pair in transcriber.transcribe([items[i] for i in batch])),
+                         key=lambda pair: pair[0].index)
+        return " ".join(transcript.text for _, transcript in results)
+    item = AudioItem(0, "bench", "long.wav", Path("long.wav"), audio=recording.audio)
+    [(_, transcript)] = list(transcriber.transcribe([item], chunked=transcriber.spec is not None))
+    return transcript.text
+
+
+def cuts(recording: LongRecording, spec: ChunkSpec | None, oracle: bool) -> tuple[int, float | None]:
+    """(pieces, share of the cuts between them inside a pause between utterances) of `recording`."""
+    if oracle:
+        return len(recording.speech), 1.0
+    if spec is None:
+        return 1, None
+    chunks = list(iter_chunks([recording.audio], spec))
+    ends = [c.keep_end for c in chunks[:-1]]  # on the grid: where one chunk's kept frames give way to the next's
+    inside = sum(any(start <= end <= stop for start, stop in recording.pauses) for end in ends)
+    return len(chunks), inside / len(ends) if ends else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,10 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=4.0, help="length of each joined recording")
     p.add_argument("--noises", default="none", help="recordings to make: none, or NOISE:SNR_DB with NOISE one of "
                    f"{', '.join(NOISES[1:])}, e.g. none,pink:10,babble:15")
-    p.add_argument("--chunks", default="30:5,5:energy,5:webrtc,5:silero,10:energy,10:webrtc,10:silero,30:energy,"
+    p.add_argument("--chunks", default="oracle,30:5,5:energy,5:webrtc,5:silero,10:energy,10:webrtc,10:silero,30:energy,"
                    "30:webrtc,30:silero",
                    help="settings to compare: length:overlap (fixed grid), length:SEGMENTER (cut at pauses into "
-                   "pieces <= length; pauses = energy), unchunked")
+                   "pieces <= length; pauses = energy), unchunked, oracle (cut in the middle of every pause)")
     p.add_argument("--seed", type=int, default=0, help="pauses and noise")
     p.add_argument("--output", type=Path, help="write bench_chunking.md/.json here")
     args = p.parse_args(argv)
@@ -142,14 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         duration = len(recording.audio) / SAMPLE_RATE
         condition = "clean" if noise == "none" else f"{noise} {snr:g} dB"
         logger.info("%s: %.1f s joined from %s", condition, duration, args.manifest)
-        item = AudioItem(0, "bench", f"{condition}.wav", Path(f"{condition}.wav"), audio=recording.audio)
         for length, how in chunks:
             transcriber = Transcriber(loaded, GreedyCTC(loaded.vocab), chunk_options(length, how))
             started = time.perf_counter()
-            [(_, transcript)] = list(transcriber.transcribe([item], chunked=bool(length)))
+            text = read(transcriber, recording, oracle=how == "oracle")
             seconds = time.perf_counter() - started
-            rates = error_rates([recording.text], [transcript.text])
-            pieces, in_pauses = cuts_in_pauses(recording, length, how) if length else (1, None)
+            rates = error_rates([recording.text], [text])
+            pieces, in_pauses = cuts(recording, transcriber.spec, oracle=how == "oracle")
             name = chunk_name(length, how)
             logger.info("%s, %s: WER %.3f CER %.3f (%.1f s)", condition, name, rates.wer, rates.cer, seconds)
             rows.append([condition, name, rates.wer, rates.cer, pieces, in_pauses, seconds])

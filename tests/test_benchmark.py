@@ -172,13 +172,15 @@ def test_bench_chunking_compares_segmenters_on_noisy_joined_recordings(synth_cor
     bench = chunking
     model = transcribe.tiny_random_model(tmp_path / "model")
     bench.main(["--model", str(model), "--manifest", str(synth_corpus / "test.jsonl"), "--minutes", "0.5",
-                "--noises", "none,pink:10", "--chunks", "8:2,8:pauses,8:webrtc", "--output", str(tmp_path / "out")])
+                "--noises", "none,pink:10", "--chunks", "8:2,8:pauses,8:webrtc,oracle", "--output", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "bench_chunking.json").read_text())
     rows = [(r["noise"], r["chunk_seconds"], r["cut"]) for r in report["rows"]]
-    assert rows == [(noise, 8.0, cut) for noise in ("none", "pink") for cut in ("2", "energy", "webrtc")]
+    assert rows == [(noise, length, cut) for noise in ("none", "pink")
+                    for length, cut in ((8.0, "2"), (8.0, "energy"), (8.0, "webrtc"), (0.0, "oracle"))]
     # scored against the joined recording's reference (a random model reads next to none of it)
     assert all(r["cer"] > 0.5 and r["seconds"] > 0 and 30 <= r["audio_seconds"] < 45 for r in report["rows"])
     assert all(r["pieces"] >= 4 and 0 <= r["cuts_in_pauses"] <= 1 for r in report["rows"])
+    assert all(r["cuts_in_pauses"] == 1 for r in report["rows"] if r["cut"] == "oracle")
     out = capsys.readouterr().out
     assert "| clean | 8 s / 2 s |" in out and "| pink 10 dB | webrtc, <= 8 s |" in out
     for bad in ("10:6", "10:vad", ""):
@@ -186,8 +188,8 @@ def test_bench_chunking_compares_segmenters_on_noisy_joined_recordings(synth_cor
             bench.parse_chunks(bad)
     with pytest.raises(SystemExit, match="--noises"):
         bench.parse_noises("fan:10")
-    assert bench.parse_chunks("10:2,15:pauses,30:silero,unchunked") == [(10.0, "2"), (15.0, "energy"),
-                                                                        (30.0, "silero"), (0.0, "")]
+    assert bench.parse_chunks("10:2,15:pauses,30:silero,unchunked,oracle") == [
+        (10.0, "2"), (15.0, "energy"), (30.0, "silero"), (0.0, ""), (0.0, "oracle")]
 
 
 def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):
