@@ -56,6 +56,15 @@ SILENCE_PEAK_DBFS = -80.0
 SILENCE_PEAK = 10 ** (SILENCE_PEAK_DBFS / 20)  # 1e-4 in float samples (full scale 1.0)
 SILENT_TOKEN_LOGP = -30.0  # log-prob of every non-blank token in a silent frame (e^-30: never chosen)
 
+# Where long files are cut: "grid" is the fixed grid of overlapping chunks, the others cut at pauses.
+GRID = "grid"
+CUTS = (GRID, *SEGMENTERS)
+# Measured on 4-minute recordings with natural pauses, clean, in pink noise (10 dB) and in babble (15 dB)
+# (README "Where long files are cut"): pieces cut at pauses read better than the grid at every length in every
+# condition (at 30 s, Silero's CER 0.327/0.367/0.532 vs the grid's 0.344/0.376/0.537); of the detectors, Silero
+# had the lowest mean CER at 5 s, and it and WebRTC put ~90% of their cuts in pauses in pink noise, energy 73%.
+DEFAULT_SEGMENTER = "silero"
+
 
 # ------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
@@ -65,8 +74,8 @@ class TranscribeOptions:
     decoder: str = "greedy"  # one of DECODERS (what the records name)
     chunk_seconds: float = 30.0  # longer files are cut into chunks of this length; 0 never chunks
     overlap_seconds: float = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
-    segmenter: str | None = None  # cut long files at the pauses it finds into pieces <= chunk_seconds (no overlap); None: fixed grid
-    cut_at_pauses: bool = False  # the older name of segmenter="energy" (the quietest stretches)
+    segmenter: str = DEFAULT_SEGMENTER  # long files: pieces <= chunk_seconds cut at the pauses it finds, or "grid"
+    cut_at_pauses: bool = False  # deprecated: segmenter="energy" (it wins over `segmenter`)
     max_batch_seconds: float = 60.0  # padded audio seconds per forward pass (memory bound)
     formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
@@ -84,11 +93,8 @@ class TranscribeOptions:
             raise ValueError(f"--max-batch-seconds is {self.max_batch_seconds}; use a positive number of seconds.")
         if self.chunk_seconds < 0:
             raise ValueError(f"--chunk-seconds is {self.chunk_seconds}; use a positive length, or 0 to never chunk.")
-        if self.segmenter is not None and self.segmenter not in SEGMENTERS:
-            raise ValueError(f"--segmenter {self.segmenter!r} is unknown; use one of {', '.join(SEGMENTERS)}.")
-        if self.cut_at_pauses and self.segmenter not in (None, "energy"):
-            raise ValueError(f"--cut-at-pauses is --segmenter energy, but --segmenter {self.segmenter} was given too; "
-                             "drop --cut-at-pauses.")
+        if self.segmenter not in CUTS:
+            raise ValueError(f"--segmenter {self.segmenter!r} is unknown; use one of {', '.join(CUTS)}.")
         if self.chunk_seconds and not self.pause_segmenter and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
             raise ValueError(f"--overlap-seconds {self.overlap_seconds} must be positive and at most half of "
                              f"--chunk-seconds {self.chunk_seconds}; 5 s of overlap for 30 s chunks works well.")
@@ -96,7 +102,9 @@ class TranscribeOptions:
     @property
     def pause_segmenter(self) -> str | None:
         """The segmenter that cuts long files at pauses (cut_at_pauses meaning "energy"); None: the fixed grid."""
-        return self.segmenter or ("energy" if self.cut_at_pauses else None)
+        if self.cut_at_pauses:
+            return "energy"
+        return None if self.segmenter == GRID else self.segmenter
 
     def chunk_spec(self, frame_samples: int) -> ChunkSpec | None:
         """The chunk geometry on the model's frame grid, or None when chunking is off."""

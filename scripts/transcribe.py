@@ -32,9 +32,10 @@ The progress bar counts audio seconds, not files, and moves within a long file a
 so its rate is audio seconds per second (1 / RTF) and its ETA holds for one long file as for many.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
-stitched CTC output is decoded once; with --segmenter energy|webrtc|silero the pieces end at the pauses
-it finds instead, without overlap (better for models trained on short utterances: bench/chunking.py
-compares; --cut-at-pauses is --segmenter energy). Digital silence (a file or chunk whose samples all
+stitched CTC output is decoded once. The pieces end at the pauses --segmenter finds (silero by default;
+webrtc, energy), without overlap, or with --segmenter grid lie on a fixed grid of chunks overlapping by
+--overlap-seconds (bench/chunking.py compares; models trained on short utterances read short pieces best:
+--chunk-seconds 5). Digital silence (a file or chunk whose samples all
 lie within -80 dBFS of their mean) is not given to the model, which would read garbage into it: its
 transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
 the same command skips finished files; an interrupted run loses only the files in flight.
@@ -71,8 +72,8 @@ from asr.decoders import DECODERS, LM_SUBDIR
 from asr.inference import BACKENDS, load_acoustic_model
 from asr.outputs import ERRORS_FILE, NEMO_MANIFEST_FILE, TRANSCRIPTS_FILE, OutputBusy, OutputDir
 from asr.recognizer import make_decoder
-from asr.segmenters import SEGMENTERS, SegmenterUnavailable
-from asr.transcribe import FORMATS, SIDE_FORMATS, TranscribeOptions, Transcriber, find_audio
+from asr.segmenters import SegmenterUnavailable
+from asr.transcribe import CUTS, FORMATS, SIDE_FORMATS, TranscribeOptions, Transcriber, find_audio
 from asr.transcribe_run import StaleOutput, run_transcription
 
 logger = logging.getLogger("transcribe")
@@ -103,11 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunk files longer than this (0: never chunk)")
     p.add_argument("--overlap-seconds", type=float, default=defaults.overlap_seconds,
                    help="overlap of neighbouring chunks")
-    p.add_argument("--segmenter", choices=SEGMENTERS, default=defaults.segmenter, help="cut long files at the pauses "
-                   "this finds (energy: the quietest stretches; webrtc, silero: voice activity detectors) into pieces "
-                   "of at most --chunk-seconds, without overlap (suits models trained on short utterances); "
-                   "default: the fixed overlapping grid")
-    p.add_argument("--cut-at-pauses", action="store_true", help="the same as --segmenter energy")
+    p.add_argument("--segmenter", choices=CUTS, default=None, help="cut long files at the pauses this finds (silero, "
+                   "webrtc: voice activity detectors; energy: the quietest stretches) into pieces of at most "
+                   "--chunk-seconds, without overlap; grid: overlapping chunks on a fixed grid (--overlap-seconds). "
+                   f"Default: {defaults.segmenter}")
+    p.add_argument("--cut-at-pauses", action="store_true", help="deprecated: use --segmenter energy")
     p.add_argument("--max-batch-seconds", type=float, default=defaults.max_batch_seconds,
                    help="padded audio seconds per forward pass")
     p.add_argument("--in-place", action="store_true", help="write the per-file formats next to the audio files")
@@ -117,6 +118,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.inputs and not args.manifest:
         p.error("give at least one INPUT_DIR or --manifest FILE")
     return args
+
+
+def segmenter_from(args: argparse.Namespace) -> str:
+    """--segmenter, or energy for the deprecated --cut-at-pauses (warned), or the default."""
+    if args.cut_at_pauses:
+        if args.segmenter not in (None, "energy"):
+            raise ValueError(f"--cut-at-pauses means --segmenter energy, but --segmenter {args.segmenter} was given "
+                             "too; drop --cut-at-pauses.")
+        logger.warning("--cut-at-pauses is deprecated; use --segmenter energy (what it now means)")
+        return "energy"
+    return args.segmenter or TranscribeOptions().segmenter
 
 
 def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | None]:
@@ -131,8 +143,8 @@ def options_from(args: argparse.Namespace) -> tuple[TranscribeOptions, Path | No
         raise ValueError("--lm is ignored by --decoder greedy; drop --lm or choose --decoder beam or flashlight.")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
-                                overlap_seconds=args.overlap_seconds, segmenter=args.segmenter,
-                                cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
+                                overlap_seconds=args.overlap_seconds, segmenter=segmenter_from(args),
+                                max_batch_seconds=args.max_batch_seconds,
                                 formats=formats, in_place=args.in_place, mark_below=args.mark_below)
     if args.output == STDOUT:
         if "nemo" in formats:

@@ -213,9 +213,21 @@ def test_a_cut_in_silence_becomes_a_word_boundary(delimiter, silent, marked):
     assert (np.delete(out, boundary, axis=0).argmax(1) == 0).all()  # nothing else changed
 
 
-def test_pause_cutting_ignores_the_overlap_option():
-    options = TranscribeOptions(chunk_seconds=8, cut_at_pauses=True)  # the default 5 s overlap would not fit 8 s
-    assert options.chunk_spec(FRAME).at_pauses
+def test_pause_cutting_is_the_default_and_ignores_the_overlap_option():
+    # the default 5 s overlap would not fit 8 s chunks on the grid
+    assert TranscribeOptions(chunk_seconds=8).chunk_spec(FRAME).segmenter == "silero"
+    assert TranscribeOptions(chunk_seconds=8, cut_at_pauses=True).chunk_spec(FRAME).segmenter == "energy"
+    assert TranscribeOptions(segmenter="grid").chunk_spec(FRAME).segmenter is None
+    with pytest.raises(ValueError, match="use one of grid, energy, webrtc, silero"):
+        TranscribeOptions(segmenter="vad")
+
+
+def test_cut_at_pauses_is_a_deprecated_name_of_the_energy_segmenter(tiny_model, tmp_path, caplog):
+    script = load_script()
+    args = script.parse_args([str(tmp_path / "in"), "--model", str(tiny_model), "--output", str(tmp_path / "out"),
+                              "--cut-at-pauses"])
+    assert script.options_from(args)[0].chunk_spec(FRAME).segmenter == "energy"
+    assert "--cut-at-pauses is deprecated; use --segmenter energy" in caplog.text
 
 
 def test_chunks_overlap_keep_their_centres_and_are_read_lazily():
@@ -253,7 +265,7 @@ def test_stitcher_rejects_out_of_order_chunks():
                                                      (-1, 5, "0 to never chunk")])
 def test_bad_chunk_options_name_the_fix(chunk, overlap, message):
     with pytest.raises(ValueError, match=message):
-        TranscribeOptions(chunk_seconds=chunk, overlap_seconds=overlap)
+        TranscribeOptions(chunk_seconds=chunk, overlap_seconds=overlap, segmenter="grid")
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -488,7 +500,8 @@ def test_bad_arguments_exit_2_with_one_line(messy_tree, tiny_model, tmp_path):
     (["--decoder", "beam"], "needs a language model"),
     (["--formats", "txt,docx"], "unknown"),
     (["--lm", "lm_dir", "--decoder", "greedy"], "ignored by --decoder greedy"),
-    (["--overlap-seconds", "20"], "at most half"),
+    (["--overlap-seconds", "20", "--segmenter", "grid"], "at most half"),
+    (["--cut-at-pauses", "--segmenter", "webrtc"], "drop --cut-at-pauses"),
 ])
 def test_bad_options_are_one_sentence_errors(messy_tree, tiny_model, tmp_path, extra, message):
     script = load_script()
@@ -723,7 +736,7 @@ def test_long_file_chunked_matches_unchunked_away_from_chunk_edges(base_heldout_
     # ~40 GB; 75 s needs ~4 GB. Chunking exists for exactly this.
     reference, first_end = long_recording(base_heldout_corpus, long_wav, minutes=1.25)
     results = {name: transcribe_one(long_wav, BASE_MODEL, tmp_path / name, *chunking)
-               for name, chunking in (("chunked", ["--chunk-seconds", "30", "--overlap-seconds", "5"]),
+               for name, chunking in (("chunked", ["--chunk-seconds", "30", "--overlap-seconds", "5", "--segmenter", "grid"]),
                                       ("unchunked", ["--chunk-seconds", "0"]))}
     chunked, unchunked = results["chunked"], results["unchunked"]
     assert chunked["duration"] == unchunked["duration"] >= 75
