@@ -43,7 +43,7 @@ from asr.inference import plan_batches
 from asr.long_recordings import NOISES, LongRecording, RecordingOptions, join_utterances, read_manifest
 from asr.metrics import error_rates
 from asr.segmenters import SEGMENTERS
-from asr.transcribe import AudioItem, TranscribeOptions, Transcriber
+from asr.transcribe import GRID, AudioItem, TranscribeOptions, Transcriber
 from bench.common import machine_info, markdown_table, write_report
 
 logger = logging.getLogger("bench_chunking")
@@ -100,7 +100,7 @@ def chunk_options(length: float, how: str) -> TranscribeOptions:
         return TranscribeOptions(chunk_seconds=0)
     if how in SEGMENTERS:
         return TranscribeOptions(chunk_seconds=length, segmenter=how)
-    return TranscribeOptions(chunk_seconds=length, overlap_seconds=float(how))
+    return TranscribeOptions(chunk_seconds=length, overlap_seconds=float(how), segmenter=GRID)
 
 
 def read(transcriber: Transcriber, recording: LongRecording, oracle: bool) -> str:

@@ -181,6 +181,7 @@ def test_bench_chunking_compares_segmenters_on_noisy_joined_recordings(synth_cor
     assert all(r["cer"] > 0.5 and r["seconds"] > 0 and 30 <= r["audio_seconds"] < 45 for r in report["rows"])
     assert all(r["pieces"] >= 4 and 0 <= r["cuts_in_pauses"] <= 1 for r in report["rows"])
     assert all(r["cuts_in_pauses"] == 1 for r in report["rows"] if r["cut"] == "oracle")
+    assert bench.chunk_options(8, "2").chunk_spec(320).segmenter is None  # length:overlap is the grid
     out = capsys.readouterr().out
     assert "| clean | 8 s / 2 s |" in out and "| pink 10 dB | webrtc, <= 8 s |" in out
     for bad in ("10:6", "10:vad", ""):
