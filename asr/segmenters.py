@@ -20,7 +20,8 @@ The two detectors give speech regions; the cut goes in the middle of the longest
 speech throughout (babble: other voices fill the pauses) it goes where the energy rule puts it, not
 marked. The longest rather than the latest stretch: on 4 minutes of joined utterances in pink noise at
 10 dB SNR, the latest stretch of >= 0.1 s put 16 of 25 WebRTC cuts inside sentences, the longest 1 of 35.
-bench/chunking.py compares them on noisy recordings with natural pauses (README: "Long recordings").
+bench/chunking.py compares them on noisy recordings with natural pauses (README: "Where long files are cut");
+scripts/transcribe.py uses `silero` unless told otherwise (asr.transcribe.DEFAULT_SEGMENTER).
 """
 
 from __future__ import annotations
