@@ -165,7 +165,7 @@ def recording_log_probs(loaded: AcousticModel, blocks: Iterable[np.ndarray],
         return forward([audio])[0], len(audio)
     frame_samples = round(loaded.seconds_per_frame * SAMPLE_RATE)
     spec = ChunkSpec.from_seconds(options.chunk_seconds, options.overlap_seconds, frame_samples,
-                                  options.cut_at_pauses)
+                                  "energy" if options.cut_at_pauses else None)
     per_batch = max(1, int(options.max_batch_seconds * SAMPLE_RATE // spec.chunk_samples))
     return chunked_log_probs(blocks, spec, forward, per_batch, loaded.vocab.get(WORD_DELIMITER))
 

@@ -295,7 +295,7 @@ class Augmenter:
         if plan.babble is not None and pool is not None:
             x = _babble(x, plan.babble, pool, own_id)
         if plan.noise is not None:
-            x = _mix_at_snr(x, _colored_noise(len(x), plan.noise.color, plan.noise.seed), plan.noise.snr_db)
+            x = _mix_at_snr(x, colored_noise(len(x), plan.noise.color, plan.noise.seed), plan.noise.snr_db)
         if plan.gain_db is not None:
             x = x * np.float32(10.0 ** (plan.gain_db / 20.0))
         if plan.codec is not None:
@@ -395,7 +395,8 @@ def _simulate_room(spec: dict) -> np.ndarray:
     return (rir / np.abs(rir).max()).astype(np.float32)
 
 
-def _rms(x: np.ndarray) -> float:
+def rms(x: np.ndarray) -> float:
+    """Root mean square of x [n] (float64 accumulation)."""
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
@@ -404,11 +405,11 @@ def _reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
     # numpy's FFT: scipy.signal.fftconvolve is the same product but a 1 s import in every worker
     size = 1 << int(np.ceil(np.log2(len(x) + len(rir) - 1)))
     wet = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(rir, size), size)[: len(x)]
-    scale = _rms(x) / max(_rms(wet), 1e-12)
+    scale = rms(x) / max(rms(wet), 1e-12)
     return (wet * scale).astype(np.float32)
 
 
-def _colored_noise(n: int, color: str, seed: int) -> np.ndarray:
+def colored_noise(n: int, color: str, seed: int) -> np.ndarray:
     """n samples of Gaussian noise whose power falls as 1/f**NOISE_SLOPES[color] (float64)."""
     white = np.random.default_rng(seed).standard_normal(n)
     slope = NOISE_SLOPES[color]
@@ -422,7 +423,7 @@ def _colored_noise(n: int, color: str, seed: int) -> np.ndarray:
 
 def _mix_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """x + noise scaled so that 10 log10(power(x) / power(noise)) = snr_db (powers over the whole signal)."""
-    signal_power, noise_power = _rms(x) ** 2, _rms(noise) ** 2
+    signal_power, noise_power = rms(x) ** 2, rms(noise) ** 2
     if signal_power == 0.0 or noise_power == 0.0:
         return x
     scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
@@ -437,7 +438,7 @@ def _babble(x: np.ndarray, babble: Babble, pool: AudioPool, own_id: str | None) 
         if audio is None or talker_id == own_id or len(audio) == 0:
             continue
         talk = np.resize(np.roll(audio.astype(np.float64), -int(start * len(audio))), len(x))
-        level = _rms(talk)
+        level = rms(talk)
         if level > 0:
             mix += talk / level
     return _mix_at_snr(x, mix, babble.snr_db)

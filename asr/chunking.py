@@ -16,14 +16,14 @@ Chunk starts and boundaries are multiples of the model's frame step (320 samples
 frame t of a chunk starting at sample s is global frame s / step + t and the stitched array has
 exactly `frames(num_samples)` rows, as the unchunked forward pass would.
 
-Cutting at pauses (`ChunkSpec.at_pauses`) instead gives the model utterance-like pieces: each chunk
-runs from the previous cut to the quietest stretch (PAUSE_WINDOW_SECONDS of lowest mean energy) between
-a third of `chunk_samples` and its end, plus PAUSE_PAD_SECONDS, and keeps everything up to that cut. No
-chunk sees audio across a pause, which suits models fine-tuned on short utterances: they read such
-pieces better than long windows (bench/chunking.py measures it for a model). A cut in real
-silence (PAUSE_SILENCE_RATIO below the piece's median frame energy) is also a word boundary: the
-stitched log-probs get the word delimiter at the cut frame, so a model that marks word ends weakly
-does not run the last word of one piece into the first of the next.
+Cutting at pauses (`ChunkSpec.segmenter`) instead gives the model utterance-like pieces: each chunk
+runs from the previous cut to the pause a segmenter (asr.segmenters: the energy rule, WebRTC's or
+Silero's voice activity detector) finds between a third of `chunk_samples` and its end, plus
+PAUSE_PAD_SECONDS, and keeps everything up to that cut. No chunk sees audio across a pause, which suits
+models fine-tuned on short utterances: they read such pieces better than long windows (bench/chunking.py
+measures it for a model). A cut the segmenter places in a pause is also a word boundary: the stitched
+log-probs get the word delimiter at the cut frame, so a model that marks word ends weakly does not run
+the last word of one piece into the first of the next.
 
 Memory: the audio held is at most one chunk plus one stride plus one read block (about 3 MB for
 30 s chunks); what grows with the file is the stitched log-probs, 4 * V bytes per 20 ms frame
@@ -39,13 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from asr.constants import SAMPLE_RATE
+from asr.segmenters import SEGMENTERS, make_segmenter
 
 logger = logging.getLogger(__name__)
 
-PAUSE_WINDOW_SECONDS = 0.2  # a cut goes in the middle of the quietest stretch this long (pauses, not stop closures)
 PAUSE_PAD_SECONDS = 0.2  # audio past a cut given to the chunk before it: covers the conv receptive field
 PAUSE_MIN_FRACTION = 1 / 3  # a pause cut comes no earlier than this share of --chunk-seconds into a chunk
-PAUSE_SILENCE_RATIO = 10 ** -2.5  # -25 dB under the median frame: silence, so the cut is a word boundary
 
 
 # ----------------------------------------------------------------------------------------- chunking
@@ -62,19 +61,22 @@ class ChunkSpec:
     chunk_samples: int
     overlap_samples: int
     frame_samples: int
-    at_pauses: bool = False  # cut at the quietest stretch instead of the fixed grid (overlap then unused)
+    segmenter: str | None = None  # cut at pauses this one finds (asr.segmenters) instead of the fixed grid (no overlap)
 
     @classmethod
     def from_seconds(cls, chunk_seconds: float, overlap_seconds: float, frame_samples: int,
-                     at_pauses: bool = False) -> ChunkSpec:
+                     segmenter: str | None = None) -> ChunkSpec:
         """Round seconds to the frame grid: chunk to a whole number of frames, overlap to an even one (>= 2)."""
         if frame_samples < 1:
             raise ValueError(f"frame_samples is {frame_samples}; pass the model's frame step (e.g. 320).")
         chunk = max(1, round(chunk_seconds * SAMPLE_RATE / frame_samples)) * frame_samples
         overlap = max(1, round(overlap_seconds * SAMPLE_RATE / (2 * frame_samples))) * 2 * frame_samples
-        return cls(chunk, overlap, frame_samples, at_pauses)
+        return cls(chunk, overlap, frame_samples, segmenter)
 
     def __post_init__(self) -> None:
+        if self.segmenter is not None and self.segmenter not in SEGMENTERS:
+            raise ValueError(f"Segmenter {self.segmenter!r} is unknown; use one of {', '.join(SEGMENTERS)}, or None "
+                             "for the fixed grid.")
         if self.chunk_samples % self.frame_samples or self.overlap_samples % (2 * self.frame_samples):
             raise ValueError(f"Chunk {self.chunk_samples} and overlap {self.overlap_samples} samples must be multiples "
                              f"of the frame step {self.frame_samples} (overlap of twice it); use "
@@ -83,6 +85,11 @@ class ChunkSpec:
             raise ValueError(f"Overlap {self.overlap_samples / SAMPLE_RATE:g} s must be positive and at most half the "
                              f"chunk ({self.chunk_samples / SAMPLE_RATE:g} s); lower --overlap-seconds or raise "
                              "--chunk-seconds.")
+
+    @property
+    def at_pauses(self) -> bool:
+        """Whether pieces are cut at pauses (by `segmenter`) rather than on the fixed overlapping grid."""
+        return self.segmenter is not None
 
     @property
     def stride_samples(self) -> int:
@@ -99,7 +106,7 @@ class Chunk:
         start: Global sample index of audio[0] (a multiple of the frame step).
         keep_start: Global sample where this chunk's kept frames begin (a multiple of the frame step).
         keep_end: Global sample where they end; None for the last chunk (to the end of the file).
-        ends_in_silence: keep_end lies in silence (pause cuts only): the words on either side are apart.
+        ends_in_silence: keep_end lies in a pause (pause cuts only): the words on either side are apart.
     """
 
     audio: np.ndarray
@@ -155,7 +162,8 @@ def iter_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterator[Chunk
 
 
 def _iter_pause_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterator[Chunk]:
-    """`iter_chunks` for `spec.at_pauses`: consecutive pieces cut at the quietest stretch (see the module doc)."""
+    """`iter_chunks` for `spec.at_pauses`: consecutive pieces cut where `spec.segmenter` finds a pause."""
+    segmenter = make_segmenter(spec.segmenter)
     size, step = spec.chunk_samples, spec.frame_samples
     pad = -(-int(PAUSE_PAD_SECONDS * SAMPLE_RATE) // step) * step
     buffer = np.zeros(0, dtype=np.float32)
@@ -164,37 +172,12 @@ def _iter_pause_chunks(blocks: Iterable[np.ndarray], spec: ChunkSpec) -> Iterato
         if len(block):
             buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
         while len(buffer) > size + pad:
-            cut, silent = quietest_cut(buffer[:size], int(size * PAUSE_MIN_FRACTION), size, step)
-            yield Chunk(buffer[: cut + pad].copy(), start, start, start + cut, silent)
-            buffer, start = buffer[cut:], start + cut
+            cut = segmenter.cut(buffer[:size], int(size * PAUSE_MIN_FRACTION), size, step)
+            yield Chunk(buffer[: cut.sample + pad].copy(), start, start, start + cut.sample, cut.in_silence)
+            buffer, start = buffer[cut.sample :], start + cut.sample
     if start + len(buffer) == 0:
         return
     yield Chunk(buffer.copy(), start, start, None)
-
-
-def quietest_cut(audio: np.ndarray, lo: int, hi: int, frame_samples: int) -> tuple[int, bool]:
-    """The frame-aligned sample in [lo, hi) at the middle of `audio`'s lowest-energy stretch.
-
-    Args:
-        audio: Samples [n], n >= hi.
-        lo, hi: Where the cut may go (samples from audio[0]).
-        frame_samples: The model's frame step; energies are per frame, the cut is a multiple of it.
-
-    Returns:
-        (the cut, a multiple of `frame_samples` in [lo, hi) (lo rounded up); whether the stretch there is
-        silence: PAUSE_SILENCE_RATIO or more below the median frame energy of audio[:hi]).
-    """
-    frames = hi // frame_samples
-    energy = np.square(audio[: frames * frame_samples].reshape(frames, frame_samples), dtype=np.float64).mean(1)
-    width = max(1, round(PAUSE_WINDOW_SECONDS * SAMPLE_RATE / frame_samples))
-    padded = np.pad(energy, (width // 2, width - 1 - width // 2), mode="edge")  # no false quiet at the ends
-    smoothed = np.convolve(padded, np.ones(width) / width, mode="valid")  # [frames]: the window centred on each
-    first = -(-lo // frame_samples)
-    if first >= frames:
-        return first * frame_samples, False
-    # the latest of equally quiet places: longer pieces, fewer cuts in long silences
-    best = frames - 1 - int(np.argmin(smoothed[first:][::-1]))
-    return best * frame_samples, bool(smoothed[best] <= PAUSE_SILENCE_RATIO * np.median(energy))
 
 
 class Stitcher:

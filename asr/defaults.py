@@ -15,6 +15,15 @@ BEAM_DECODERS = ("beam", "flashlight")  # the ones that need a KenLM directory
 DEFAULT_MAX_BATCH_SECONDS = 60.0  # padded audio per forward pass; a 2.4 M-param model uses ~1 GB at this size
 CHUNK_SECONDS = 30.0  # longer recordings are cut into chunks this long (memory bound); 0 never chunks
 OVERLAP_SECONDS = 5.0  # audio shared by neighbouring chunks; half of it is context on each side
+# Where long files are cut: "grid" is the fixed grid of overlapping chunks, the others cut at pauses.
+SEGMENTERS = ("energy", "webrtc", "silero")  # asr.segmenters: the pause rule and two voice activity detectors
+GRID = "grid"
+CUTS = (GRID, *SEGMENTERS)
+# Measured on 4-minute recordings with natural pauses, clean, in pink noise (10 dB) and in babble (15 dB)
+# (README "Where long files are cut"): pieces cut at pauses read better than the grid at every length in every
+# condition (at 30 s, Silero's CER 0.327/0.367/0.532 vs the grid's 0.344/0.376/0.537); of the detectors, Silero
+# had the lowest mean CER at 5 s, and it and WebRTC put ~90% of their cuts in pauses in pink noise, energy 73%.
+DEFAULT_SEGMENTER = "silero"
 
 # ---------------------------------------------------------------------------------------- eval.py
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asr-toolkit" / "logits"

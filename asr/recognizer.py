@@ -73,7 +73,8 @@ class Recognizer:
             lm: The LM directory for decoder="beam"/"flashlight"; default: `path`, when it holds one.
             device: Where the PyTorch model runs.
             **options: `asr.transcribe.TranscribeOptions` fields: chunk_seconds, overlap_seconds,
-                cut_at_pauses, max_batch_seconds (defaults as in scripts/transcribe.py).
+                segmenter (silero, webrtc, energy or grid), max_batch_seconds (defaults as in
+                scripts/transcribe.py).
 
         Raises:
             ValueError: Not a model directory for `backend`, or an unknown option.

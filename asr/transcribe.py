@@ -32,8 +32,19 @@ from asr.beam import CTCDecoder, Hypothesis
 from asr.chunking import ChunkSpec, chunked_log_probs
 from asr.confidence import Calibration, WordLM, raw_confidence, word_features
 from asr.constants import SAMPLE_RATE, WORD_DELIMITER
-from asr.defaults import CHUNK_SECONDS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, FORMATS, OVERLAP_SECONDS, SIDE_FORMATS
+from asr.defaults import (
+    CHUNK_SECONDS,
+    CUTS,
+    DECODERS,
+    DEFAULT_MAX_BATCH_SECONDS,
+    DEFAULT_SEGMENTER,
+    FORMATS,
+    GRID,
+    OVERLAP_SECONDS,
+    SIDE_FORMATS,
+)
 from asr.inference import AcousticModel, log_probs_batch, plan_batches
+from asr.segmenters import make_segmenter
 from asr.sources import AUDIO_KEYS
 
 logger = logging.getLogger(__name__)
@@ -53,6 +64,7 @@ SILENCE_PEAK = 10 ** (SILENCE_PEAK_DBFS / 20)  # 1e-4 in float samples (full sca
 SILENT_TOKEN_LOGP = -30.0  # log-prob of every non-blank token in a silent frame (e^-30: never chosen)
 
 
+
 # ------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
 class TranscribeOptions:
@@ -61,7 +73,8 @@ class TranscribeOptions:
     decoder: str = "greedy"  # one of DECODERS (what the records name)
     chunk_seconds: float = CHUNK_SECONDS  # longer files are cut into chunks of this length; 0 never chunks
     overlap_seconds: float = OVERLAP_SECONDS  # audio shared by neighbouring chunks; half of it is context on each side
-    cut_at_pauses: bool = False  # cut long files at their quietest stretches into pieces <= chunk_seconds (no overlap)
+    segmenter: str = DEFAULT_SEGMENTER  # long files: pieces <= chunk_seconds cut at the pauses it finds, or "grid"
+    cut_at_pauses: bool = False  # deprecated: segmenter="energy" (it wins over `segmenter`)
     max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS  # padded audio seconds per forward pass (memory bound)
     formats: tuple[str, ...] = ()  # outputs besides transcripts.jsonl: per file txt/srt/vtt/ctm/tsv, per run nemo
     in_place: bool = False  # write .txt/.srt/.vtt next to the audio instead of under the output dir
@@ -79,15 +92,24 @@ class TranscribeOptions:
             raise ValueError(f"--max-batch-seconds is {self.max_batch_seconds}; use a positive number of seconds.")
         if self.chunk_seconds < 0:
             raise ValueError(f"--chunk-seconds is {self.chunk_seconds}; use a positive length, or 0 to never chunk.")
-        if self.chunk_seconds and not self.cut_at_pauses and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
+        if self.segmenter not in CUTS:
+            raise ValueError(f"--segmenter {self.segmenter!r} is unknown; use one of {', '.join(CUTS)}.")
+        if self.chunk_seconds and not self.pause_segmenter and not 0 < 2 * self.overlap_seconds <= self.chunk_seconds:
             raise ValueError(f"--overlap-seconds {self.overlap_seconds} must be positive and at most half of "
                              f"--chunk-seconds {self.chunk_seconds}; 5 s of overlap for 30 s chunks works well.")
+
+    @property
+    def pause_segmenter(self) -> str | None:
+        """The segmenter that cuts long files at pauses (cut_at_pauses meaning "energy"); None: the fixed grid."""
+        if self.cut_at_pauses:
+            return "energy"
+        return None if self.segmenter == GRID else self.segmenter
 
     def chunk_spec(self, frame_samples: int) -> ChunkSpec | None:
         """The chunk geometry on the model's frame grid, or None when chunking is off."""
         if not self.chunk_seconds:
             return None
-        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples, self.cut_at_pauses)
+        return ChunkSpec.from_seconds(self.chunk_seconds, self.overlap_seconds, frame_samples, self.pause_segmenter)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -430,6 +452,8 @@ class Transcriber:
         self.word_lm = WordLM.from_dir(lm) if calibration is not None and calibration.uses_lm and lm else None
         self.model_name = str(Path(loaded.path).resolve())
         self.spec = options.chunk_spec(round(loaded.seconds_per_frame * SAMPLE_RATE))
+        if self.spec is not None and self.spec.segmenter is not None:
+            make_segmenter(self.spec.segmenter)  # now: a missing package is an error before any file is read
         self.min_samples = _min_samples(loaded)  # the shortest input giving one output frame (wav2vec2: 400, 25 ms)
 
     def transcribe(self, items: Sequence[AudioItem], chunked: bool = False,

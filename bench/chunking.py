@@ -1,17 +1,26 @@
-"""How the chunk length of long-file transcription changes the transcript: a table to pick --chunk-seconds.
+"""How long files are cut changes the transcript: a table to pick --chunk-seconds and --segmenter.
 
-    # the demo's test sentences (data/synth, made by `make demo`) joined into a 4-minute recording
-    $ .venv/bin/python bench/chunking.py --model assets/base_model --output runs/bench/
-    # your model and a manifest of labelled utterances
-    $ .venv/bin/python bench/chunking.py --model runs/x/model --manifest data/x/dev.jsonl --minutes 10
+    # 80 test utterances (all four engines), joined into 4-minute recordings with 0.2-1.5 s pauses,
+    # clean, in pink noise at 10 dB SNR and in babble at 15 dB; the shipped base checkpoint
+    $ .venv/bin/python scripts/make_corpus.py --out data/longrec --train 0 --dev 0 --test 80 --seed 0
+    $ .venv/bin/python bench/chunking.py --model assets/base_model --manifest data/longrec/test.jsonl \
+          --noises none,pink:10,babble:15 --output runs/bench/
+    # your model, the demo's test sentences, chunk lengths on the fixed grid
+    $ .venv/bin/python bench/chunking.py --model runs/x/model --manifest data/synth/test.jsonl --chunks 10:2,30:5
 
-The manifest's utterances (JSONL: audio_filepath relative to the manifest, text) are joined, 0.4 s
-apart, into one recording of about --minutes; `asr.transcribe` reads it unchunked and with each
---chunks length:overlap (fixed grid) or length:pauses (`--cut-at-pauses`), greedy, on one process. Per row: WER and CER against the joined reference
-text, word agreement with the unchunked transcript (1 - word edits / unchunked words), and seconds.
+The manifest's utterances (JSONL: audio_filepath relative to the manifest, text) are joined with pauses
+drawn from 0.2-1.5 s into one recording of about --minutes per --noises condition
+(`asr.long_recordings`: noise at an SNR over the speech); `asr.transcribe` reads it with each --chunks
+setting, greedy, on one process: length:overlap is the fixed overlapping grid, length:SEGMENTER
+(energy, webrtc, silero; `pauses` = energy) cuts at pauses into pieces <= length, `oracle` cuts in the
+middle of every pause between utterances (what a perfect segmenter would do; each piece is read alone)
+and `unchunked` gives the whole file at once (attention over all of it: slow and memory-hungry). Per
+row: WER and CER against the joined reference text, the pieces and the share of cuts that fall in a
+pause between utterances (or a word gap the segmenter found inside one: utterances have pauses too),
+and seconds.
 
 A transformer attends over everything it is given, so how much audio it sees changes its reading of
-every frame a little; a model fine-tuned on short utterances often reads chunks near its training
+every frame a little; a model fine-tuned on short utterances often reads pieces near its training
 lengths better than a whole long file. The stitching itself adds nothing (tests/test_transcribe.py
 checks each chunk's kept words against that chunk read alone).
 """
@@ -24,108 +33,160 @@ if __package__ in (None, ""):  # run by path (python bench/chunking.py): the rep
     sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
 
 import argparse
-import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
-from asr.audio import load_audio
-from bench.common import machine_info, markdown_table, write_report
+from asr.chunking import ChunkSpec, iter_chunks
 from asr.constants import SAMPLE_RATE
+from asr.inference import plan_batches
+from asr.long_recordings import NOISES, LongRecording, RecordingOptions, join_utterances, read_manifest
 from asr.metrics import error_rates
-from asr.transcribe import TranscribeOptions, Transcriber, find_audio
+from asr.segmenters import SEGMENTERS
+from asr.defaults import GRID
+from asr.transcribe import AudioItem, TranscribeOptions, Transcriber
+from bench.common import machine_info, markdown_table, write_report
 
 logger = logging.getLogger("bench_chunking")
-GAP_SECONDS = 0.4
+UNCHUNKED = (0.0, "")
+ORACLE = (0.0, "oracle")
 
 
-def join_utterances(manifest: Path, minutes: float, out: Path) -> str:
-    """Writes the manifest's utterances (repeated if needed) as one 16 kHz file; returns its reference text."""
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{manifest} lists no utterances; pass a JSONL manifest with audio_filepath and text")
-    gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
-    parts, texts, total = [], [], 0
-    while total < minutes * 60 * SAMPLE_RATE:
-        row = rows[len(texts) % len(rows)]
-        audio = load_audio(manifest.parent / row["audio_filepath"])
-        parts += [audio, gap]
-        texts.append(row["text"])
-        total += len(audio) + len(gap)
-    sf.write(out, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
-    return " ".join(texts)
-
-
-def parse_chunks(spec: str) -> list[tuple[float, float]]:
-    """"10:2,30:5,15:pauses" -> [(10.0, 2.0), (30.0, 5.0), (15.0, 0.0)]; overlap 0 means cut at pauses."""
+def parse_chunks(spec: str) -> list[tuple[float, str]]:
+    """"10:2,30:silero,15:pauses,unchunked,oracle" -> [(10.0, "2"), (30.0, "silero"), (15.0, "energy"), (0.0, ""),
+    (0.0, "oracle")]."""
+    pairs = []
     try:
-        pairs = [(float(a), 0.0 if b == "pauses" else float(b)) for a, b in (item.split(":") for item in spec.split(",")
-                                                                              if item)]
-        if not pairs or any(a <= 0 or (b and not 0 < 2 * b <= a) for a, b in pairs):
-            raise ValueError
+        for item in filter(None, spec.split(",")):
+            if item in ("unchunked", "oracle"):
+                pairs.append(UNCHUNKED if item == "unchunked" else ORACLE)
+                continue
+            length, how = item.split(":")
+            how = "energy" if how == "pauses" else how
+            if float(length) <= 0 or (how not in SEGMENTERS and not 0 < 2 * float(how) <= float(length)):
+                raise ValueError
+            pairs.append((float(length), how))
     except ValueError:
         raise SystemExit(f"bench_chunking: --chunks {spec!r} must be length:overlap pairs in seconds with "
-                         "0 < 2 * overlap <= length, or length:pauses, e.g. 10:2,30:5,15:pauses") from None
+                         f"0 < 2 * overlap <= length, length:SEGMENTER ({'|'.join(SEGMENTERS)}|pauses) or "
+                         "unchunked or oracle, e.g. 10:2,30:5,15:silero") from None
+    if not pairs:
+        raise SystemExit("bench_chunking: --chunks is empty; give e.g. 30:5,10:silero")
     return pairs
 
 
+def parse_noises(spec: str) -> list[tuple[str, float]]:
+    """"none,pink:10,babble:15" -> [("none", 0.0), ("pink", 10.0), ("babble", 15.0)]."""
+    try:
+        noises = [(item, 0.0) if item == "none" else (item.split(":")[0], float(item.split(":")[1]))
+                  for item in filter(None, spec.split(","))]
+        if not noises or any(noise not in NOISES for noise, _ in noises):
+            raise ValueError
+    except (ValueError, IndexError):
+        raise SystemExit(f"bench_chunking: --noises {spec!r} must be none or NOISE:SNR_DB items, NOISE one of "
+                         f"{', '.join(NOISES[1:])}, e.g. none,pink:10,babble:15") from None
+    return noises
+
+
+def chunk_name(length: float, how: str) -> str:
+    """A row's label: "30 s / 5 s", "silero, <= 10 s", "unchunked", "oracle: at the true pauses"."""
+    if not length:
+        return "oracle: at the true pauses" if how == "oracle" else "unchunked"
+    return f"{how}, <= {length:g} s" if how in SEGMENTERS else f"{length:g} s / {float(how):g} s"
+
+
+def chunk_options(length: float, how: str) -> TranscribeOptions:
+    """The transcription options of a --chunks item (greedy; as parsed by parse_chunks)."""
+    if not length:
+        return TranscribeOptions(chunk_seconds=0)
+    if how in SEGMENTERS:
+        return TranscribeOptions(chunk_seconds=length, segmenter=how)
+    return TranscribeOptions(chunk_seconds=length, overlap_seconds=float(how), segmenter=GRID)
+
+
+def read(transcriber: Transcriber, recording: LongRecording, oracle: bool) -> str:
+    """The transcript of `recording` as `transcriber`'s options cut it, or cut in the middle of every pause."""
+    if oracle:
+        middles = [(start + end) // 2 for start, end in recording.pauses]
+        bounds = list(zip([0, *middles], [*middles, len(recording.audio)]))
+        items = [AudioItem(i, "bench", f"piece{i}.wav", Path(f"piece{i}.wav"), audio=recording.audio[a:b])
+                 for i, (a, b) in enumerate(bounds)]
+        batches = plan_batches([b - a for a, b in bounds], int(transcriber.options.max_batch_seconds * SAMPLE_RATE))
+        results = sorted((pair for batch in batches for pair in transcriber.transcribe([items[i] for i in batch])),
+                         key=lambda pair: pair[0].index)
+        return " ".join(transcript.text for _, transcript in results)
+    item = AudioItem(0, "bench", "long.wav", Path("long.wav"), audio=recording.audio)
+    [(_, transcript)] = list(transcriber.transcribe([item], chunked=transcriber.spec is not None))
+    return transcript.text
+
+
+def cuts(recording: LongRecording, spec: ChunkSpec | None, oracle: bool) -> tuple[int, float | None]:
+    """(pieces, share of the cuts between them inside a pause between utterances) of `recording`."""
+    if oracle:
+        return len(recording.speech), 1.0
+    if spec is None:
+        return 1, None
+    chunks = list(iter_chunks([recording.audio], spec))
+    ends = [c.keep_end for c in chunks[:-1]]  # on the grid: where one chunk's kept frames give way to the next's
+    inside = sum(any(start <= end <= stop for start, stop in recording.pauses) for end in ends)
+    return len(chunks), inside / len(ends) if ends else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Prints (and with --output saves) the chunk-length table."""
+    """Prints (and with --output saves) the table of chunk settings x noise conditions."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=Path("assets/base_model"), help="a model directory")
     p.add_argument("--manifest", type=Path, default=Path("data/synth/test.jsonl"),
                    help="labelled utterances to join (default: the demo corpus's test split)")
-    p.add_argument("--minutes", type=float, default=4.0, help="length of the joined recording")
-    p.add_argument("--chunks", default="10:2,15:3,30:5,60:5,5:pauses,10:pauses,15:pauses",
-                   help="length:overlap seconds to compare; length:pauses cuts at pauses into pieces <= length")
+    p.add_argument("--minutes", type=float, default=4.0, help="length of each joined recording")
+    p.add_argument("--noises", default="none", help="recordings to make: none, or NOISE:SNR_DB with NOISE one of "
+                   f"{', '.join(NOISES[1:])}, e.g. none,pink:10,babble:15")
+    p.add_argument("--chunks", default="oracle,30:5,5:energy,5:webrtc,5:silero,10:energy,10:webrtc,10:silero,30:energy,"
+                   "30:webrtc,30:silero",
+                   help="settings to compare: length:overlap (fixed grid), length:SEGMENTER (cut at pauses into "
+                   "pieces <= length; pauses = energy), unchunked, oracle (cut in the middle of every pause)")
+    p.add_argument("--seed", type=int, default=0, help="pauses and noise")
     p.add_argument("--output", type=Path, help="write bench_chunking.md/.json here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.manifest.is_file():
         raise SystemExit(f"bench_chunking: no manifest {args.manifest}; run `make demo` (or scripts/make_corpus.py) "
                          "or pass --manifest")
-    chunks = parse_chunks(args.chunks)
+    chunks, noises = parse_chunks(args.chunks), parse_noises(args.noises)
 
     from asr.beam import GreedyCTC
     from asr.inference import load_model
 
     loaded = load_model(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "long.wav"
-        reference = join_utterances(args.manifest, args.minutes, wav)
-        [item] = find_audio([tmp])
-        duration = sf.info(wav).duration
-        logger.info("%s: %.1f s joined from %s", wav.name, duration, args.manifest)
-        results = {}
-        for length, overlap in [(0.0, 0.0)] + chunks:
-            options = TranscribeOptions(chunk_seconds=length, overlap_seconds=overlap,
-                                        cut_at_pauses=bool(length) and not overlap)
-            transcriber = Transcriber(loaded, GreedyCTC(loaded.vocab), options)
-            started = time.perf_counter()
-            [(_, transcript)] = list(transcriber.transcribe([item], chunked=bool(length)))
-            results[(length, overlap)] = (transcript.text, time.perf_counter() - started)
-
-    unchunked = results[(0.0, 0.0)][0]
+    utterances = read_manifest(args.manifest)
     rows, data = [], []
-    for (length, overlap), (text, seconds) in results.items():
-        rates = error_rates([reference], [text])
-        agree = 1 - error_rates([unchunked], [text]).wer
-        name = (f"{length:g} s / {overlap:g} s" if overlap else f"at pauses, <= {length:g} s") if length else "unchunked"
-        rows.append([name, f"{rates.wer:.3f}", f"{rates.cer:.3f}", f"{agree:.3f}", f"{seconds:.1f}"])
-        data.append({"chunk_seconds": length, "overlap_seconds": overlap, "wer": rates.wer, "cer": rates.cer,
-                     "agreement_with_unchunked": agree, "seconds": seconds})
-    table = markdown_table(["chunks", "WER", "CER", "words as unchunked", "seconds"], rows)
-    header = (f"Chunk length on a {duration:.0f} s recording joined from {args.manifest} "
-              f"({args.model}, greedy, 1 process)\n\n")
+    for noise, snr in noises:
+        recording = join_utterances(utterances, RecordingOptions(args.minutes, noise=noise, snr_db=snr, seed=args.seed))
+        duration = len(recording.audio) / SAMPLE_RATE
+        condition = "clean" if noise == "none" else f"{noise} {snr:g} dB"
+        logger.info("%s: %.1f s joined from %s", condition, duration, args.manifest)
+        for length, how in chunks:
+            transcriber = Transcriber(loaded, GreedyCTC(loaded.vocab), chunk_options(length, how))
+            started = time.perf_counter()
+            text = read(transcriber, recording, oracle=how == "oracle")
+            seconds = time.perf_counter() - started
+            rates = error_rates([recording.text], [text])
+            pieces, in_pauses = cuts(recording, transcriber.spec, oracle=how == "oracle")
+            name = chunk_name(length, how)
+            logger.info("%s, %s: WER %.3f CER %.3f (%.1f s)", condition, name, rates.wer, rates.cer, seconds)
+            rows.append([condition, name, rates.wer, rates.cer, pieces, in_pauses, seconds])
+            data.append({"noise": noise, "snr_db": snr, "chunk_seconds": length, "cut": how or "unchunked",
+                         "wer": rates.wer, "cer": rates.cer, "pieces": pieces, "cuts_in_pauses": in_pauses,
+                         "seconds": seconds, "audio_seconds": duration})
+    table = markdown_table(["recording", "chunks", "WER", "CER", "pieces", "cuts in pauses", "seconds"], rows)
+    header = (f"Long-file cutting on {args.minutes:g}-minute recordings joined from {args.manifest} with 0.2-1.5 s "
+              f"pauses ({args.model}, greedy, 1 process)\n\n")
     print(header + table)
     if args.output:
         write_report(args.output, "bench_chunking", header + table,
-                     {"model": str(args.model), "manifest": str(args.manifest), "duration": duration,
+                     {"model": str(args.model), "manifest": str(args.manifest), "minutes": args.minutes,
                       "rows": data, "machine": machine_info()})
+
 
 if __name__ == "__main__":
     sys.exit(main())

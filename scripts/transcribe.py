@@ -34,10 +34,12 @@ The progress bar counts audio seconds, not files, and moves within a long file a
 so its rate is audio seconds per second (1 / RTF) and its ETA holds for one long file as for many.
 
 Files longer than --chunk-seconds are streamed in overlapping chunks (memory stays bounded) and their
-stitched CTC output is decoded once; with --cut-at-pauses the pieces end at pauses instead, without
-overlap (better for models trained on short utterances: bench/chunking.py compares). Digital
-silence (a file or chunk whose samples all lie within -80 dBFS of their mean) is not given to the model,
-which would read garbage into it: its transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
+stitched CTC output is decoded once. The pieces end at the pauses --segmenter finds (silero by default;
+webrtc, energy), without overlap, or with --segmenter grid lie on a fixed grid of chunks overlapping by
+--overlap-seconds (bench/chunking.py compares; models trained on short utterances read short pieces best:
+--chunk-seconds 5). Digital silence (a file or chunk whose samples all
+lie within -80 dBFS of their mean) is not given to the model, which would read garbage into it: its
+transcript is "" (asr.transcribe.SILENCE_PEAK_DBFS). Re-running
 the same command skips finished files; an interrupted run loses only the files in flight.
 
 Exit code: 0 every file transcribed; 1 a crash (a traceback: a bug or the environment, e.g. a full disk;
@@ -63,8 +65,8 @@ from pathlib import Path
 
 from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from asr.defaults import (BACKENDS, CHUNK_SECONDS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, FORMATS, NEMO_MANIFEST_FILE,
-                          OVERLAP_SECONDS, SIDE_FORMATS)
+from asr.defaults import (BACKENDS, CHUNK_SECONDS, CUTS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, DEFAULT_SEGMENTER,
+                          FORMATS, NEMO_MANIFEST_FILE, OVERLAP_SECONDS, SIDE_FORMATS)
 
 # The library (torch, numpy) is imported in the functions below, after parsing, so that --help is instant.
 logger = logging.getLogger("transcribe")
@@ -99,8 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunk files longer than this (0: never chunk)")
     p.add_argument("--overlap-seconds", type=float, default=OVERLAP_SECONDS,
                    help="overlap of neighbouring chunks")
-    p.add_argument("--cut-at-pauses", action="store_true", help="cut long files at their quietest stretches into "
-                   "pieces of at most --chunk-seconds, without overlap (suits models trained on short utterances)")
+    p.add_argument("--segmenter", choices=CUTS, default=None, help="cut long files at the pauses this finds (silero, "
+                   "webrtc: voice activity detectors; energy: the quietest stretches) into pieces of at most "
+                   "--chunk-seconds, without overlap; grid: overlapping chunks on a fixed grid (--overlap-seconds). "
+                   f"Default: {DEFAULT_SEGMENTER}")
+    p.add_argument("--cut-at-pauses", action="store_true", help="deprecated: use --segmenter energy")
     p.add_argument("--max-batch-seconds", type=float, default=DEFAULT_MAX_BATCH_SECONDS,
                    help="padded audio seconds per forward pass")
     p.add_argument("--in-place", action="store_true", help="write the per-file formats next to the audio files")
@@ -111,6 +116,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.inputs and not args.manifest:
         p.error("give at least one INPUT_DIR or --manifest FILE")
     return args
+
+
+def segmenter_from(args: argparse.Namespace) -> str:
+    """--segmenter, or energy for the deprecated --cut-at-pauses (warned), or the default."""
+    if args.cut_at_pauses:
+        if args.segmenter not in (None, "energy"):
+            raise ValueError(f"--cut-at-pauses means --segmenter energy, but --segmenter {args.segmenter} was given "
+                             "too; drop --cut-at-pauses.")
+        logger.warning("--cut-at-pauses is deprecated; use --segmenter energy (what it now means)")
+        return "energy"
+    return args.segmenter or DEFAULT_SEGMENTER
 
 
 def options_from(args: argparse.Namespace) -> tuple:
@@ -130,7 +146,8 @@ def options_from(args: argparse.Namespace) -> tuple:
         raise ValueError("--hotwords need a beam decoder; add --decoder beam or flashlight (and --lm DIR).")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     options = TranscribeOptions(decoder=decoder, chunk_seconds=args.chunk_seconds,
-                                overlap_seconds=args.overlap_seconds, cut_at_pauses=args.cut_at_pauses, max_batch_seconds=args.max_batch_seconds,
+                                overlap_seconds=args.overlap_seconds, segmenter=segmenter_from(args),
+                                max_batch_seconds=args.max_batch_seconds,
                                 formats=formats, in_place=args.in_place, mark_below=args.mark_below)
     if args.output == STDOUT:
         if "nemo" in formats:
@@ -162,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from asr.inference import load_acoustic_model
     from asr.outputs import ERRORS_FILE, TRANSCRIPTS_FILE, OutputBusy, OutputDir
     from asr.recognizer import make_decoder
+    from asr.segmenters import SegmenterUnavailable
     from asr.transcribe import Transcriber, find_audio
     from asr.transcribe_run import StaleOutput, run_transcription
 
@@ -182,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        hotword_weight=args.hotword_weight), options,
                                   lm=str(lm.resolve()) if lm else None,
                                   calibration=load_calibrations(args.model).get(options.decoder))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, SegmenterUnavailable) as e:
         logger.error("%s", e)
         return EXIT_USAGE
     logger.info("memory allocator: %s", active_allocator())

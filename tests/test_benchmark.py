@@ -182,30 +182,29 @@ def test_bench_transcribe_compares_with_the_pipeline(synth_corpus, tmp_path):
     assert "| ours, ONNX Runtime int8 |" in table and "texts != ours (PyTorch)" in table
 
 
-def test_bench_chunking_table_rows_and_joined_recording(synth_corpus, tmp_path, capsys):
+def test_bench_chunking_compares_segmenters_on_noisy_joined_recordings(synth_corpus, tmp_path, capsys):
     bench = chunking
     model = transcribe.tiny_random_model(tmp_path / "model")
-    wav = tmp_path / "long.wav"
-    reference = bench.join_utterances(synth_corpus / "test.jsonl", 0.5, wav)
-    texts = [json.loads(line)["text"] for line in (synth_corpus / "test.jsonl").read_text().splitlines()]
-    assert reference.startswith(" ".join(texts)) and 30 <= sf_duration(wav) < 45
     bench.main(["--model", str(model), "--manifest", str(synth_corpus / "test.jsonl"), "--minutes", "0.5",
-                "--chunks", "8:2,12:3,8:pauses", "--output", str(tmp_path / "out")])
+                "--noises", "none,pink:10", "--chunks", "8:2,8:pauses,8:webrtc,oracle", "--output", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "bench_chunking.json").read_text())
-    rows = {(r["chunk_seconds"], r["overlap_seconds"]): r for r in report["rows"]}
-    assert list(rows) == [(0.0, 0.0), (8.0, 2.0), (12.0, 3.0), (8.0, 0.0)]
-    # scored against the joined recording's reference (a random model reads next to none of it), not each other
-    assert all(r["cer"] > 0.5 and r["seconds"] > 0 for r in rows.values())
+    rows = [(r["noise"], r["chunk_seconds"], r["cut"]) for r in report["rows"]]
+    assert rows == [(noise, length, cut) for noise in ("none", "pink")
+                    for length, cut in ((8.0, "2"), (8.0, "energy"), (8.0, "webrtc"), (0.0, "oracle"))]
+    # scored against the joined recording's reference (a random model reads next to none of it)
+    assert all(r["cer"] > 0.5 and r["seconds"] > 0 and 30 <= r["audio_seconds"] < 45 for r in report["rows"])
+    assert all(r["pieces"] >= 4 and 0 <= r["cuts_in_pauses"] <= 1 for r in report["rows"])
+    assert all(r["cuts_in_pauses"] == 1 for r in report["rows"] if r["cut"] == "oracle")
+    assert bench.chunk_options(8, "2").chunk_spec(320).segmenter is None  # length:overlap is the grid
     out = capsys.readouterr().out
-    assert "| 8 s / 2 s |" in out and "| at pauses, <= 8 s |" in out
-    with pytest.raises(SystemExit, match="length:overlap pairs"):
-        bench.parse_chunks("10:6")
-
-
-def sf_duration(path: Path) -> float:
-    import soundfile as sf
-
-    return sf.info(path).duration
+    assert "| clean | 8 s / 2 s |" in out and "| pink 10 dB | webrtc, <= 8 s |" in out
+    for bad in ("10:6", "10:vad", ""):
+        with pytest.raises(SystemExit, match="--chunks"):
+            bench.parse_chunks(bad)
+    with pytest.raises(SystemExit, match="--noises"):
+        bench.parse_noises("fan:10")
+    assert bench.parse_chunks("10:2,15:pauses,30:silero,unchunked,oracle") == [
+        (10.0, "2"), (15.0, "energy"), (30.0, "silero"), (0.0, ""), (0.0, "oracle")]
 
 
 def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):

@@ -206,7 +206,7 @@ def test_transcribing_a_directory_with_the_onnx_backend_equals_torch(models, exp
         sf.write(inputs / f"d{i % 2}" / f"u{i}.wav", audio, 16000, subtype="PCM_16")
     sf.write(inputs / "long.flac", np.concatenate(utterances[7:12]), 16000)  # longer than a chunk: streamed
     script = load_script("transcribe")
-    common = [str(inputs), "--max-batch-seconds", "8", "--chunk-seconds", "6", "--overlap-seconds", "1",
+    common = [str(inputs), "--max-batch-seconds", "8", "--chunk-seconds", "6", "--overlap-seconds", "1", "--segmenter", "grid",
               "--decoder", "greedy", "--formats", "srt"]
     assert script.main([*common, "--model", str(model_dir), "--output", str(tmp_path / "torch")]) == 0
     assert script.main([*common, "--backend", "onnx", "--model", str(exported[0]),

@@ -152,7 +152,8 @@ def test_transcribe_export_and_publish_a_filterbank_model(synth_corpus, bert_run
     for backend, path in (("torch", model), ("onnx", tmp_path / "onnx")):
         out = tmp_path / f"tr_{backend}"
         _script("scripts/transcribe.py", str(audio_dir), "--model", str(path), "--backend", backend,
-                "--decoder", "greedy", "--chunk-seconds", "8", "--overlap-seconds", "2", "--output", str(out))
+                "--decoder", "greedy", "--chunk-seconds", "8", "--overlap-seconds", "2", "--segmenter", "grid",
+                "--output", str(out))
         rows[backend] = {r["path"]: r for r in map(json.loads, (out / "transcripts.jsonl").read_text().splitlines())}
     assert set(rows["torch"]) == {"long.wav", "short.wav"}
     for name, row in rows["torch"].items():

@@ -19,8 +19,8 @@ import soxr
 from asr.audio import load_audio
 
 ROOT = Path(__file__).resolve().parents[1]
-CHUNKING = ("--chunk-seconds", "4", "--overlap-seconds", "1")  # the joined file (~8 s) is chunked
-RECOGNIZER_CHUNKING = {"chunk_seconds": 4.0, "overlap_seconds": 1.0}
+CHUNKING = ("--chunk-seconds", "4", "--overlap-seconds", "1", "--segmenter", "grid")  # the joined file (~8 s) is chunked
+RECOGNIZER_CHUNKING = {"chunk_seconds": 4.0, "overlap_seconds": 1.0, "segmenter": "grid"}
 
 
 def load_script():

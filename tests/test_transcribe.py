@@ -133,11 +133,11 @@ def messy_tree(tmp_path_factory, utterances) -> Path:
 # ------------------------------------------------------------------------------- chunking, stitching
 @pytest.mark.parametrize("num_samples", [400, 5_000, 32_000, 32_001, 32_320, 40_000, 123_457, 500_000])
 @pytest.mark.parametrize("block", [1_000, 7_777, 100_000])
-@pytest.mark.parametrize("at_pauses", [False, True])
-def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block, at_pauses):
+@pytest.mark.parametrize("segmenter", [None, "energy", "webrtc", "silero"])
+def test_stitched_frames_are_the_unchunked_frame_grid(num_samples, block, segmenter):
     # A fake model whose frame t says which global sample it starts at: stitching must put every frame
     # of the file exactly once, in order, at the unchunked model's frame count.
-    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME, at_pauses=at_pauses)
+    spec = ChunkSpec.from_seconds(2.0, 0.5, FRAME, segmenter)
     # noise with a quiet stretch every 0.7 s, so that pause cuts move around
     audio = np.random.default_rng(num_samples).normal(0, 1, num_samples).astype(np.float32)
     audio[(np.arange(num_samples) % 11_200) < 3_000] *= 1e-3
@@ -167,7 +167,7 @@ def test_pause_cuts_fall_in_pauses_and_pieces_stay_short():
     pauses = (7, 19, 26, 41, 52)  # ... with half-second pauses
     for t in pauses:
         audio[t * 16_000 : int((t + 0.5) * 16_000)] *= 1e-3
-    spec = ChunkSpec.from_seconds(15, 5, FRAME, at_pauses=True)
+    spec = ChunkSpec.from_seconds(15, 5, FRAME, "energy")
     consumed = []
 
     def blocks():
@@ -213,9 +213,21 @@ def test_a_cut_in_silence_becomes_a_word_boundary(delimiter, silent, marked):
     assert (np.delete(out, boundary, axis=0).argmax(1) == 0).all()  # nothing else changed
 
 
-def test_pause_cutting_ignores_the_overlap_option():
-    options = TranscribeOptions(chunk_seconds=8, cut_at_pauses=True)  # the default 5 s overlap would not fit 8 s
-    assert options.chunk_spec(FRAME).at_pauses
+def test_pause_cutting_is_the_default_and_ignores_the_overlap_option():
+    # the default 5 s overlap would not fit 8 s chunks on the grid
+    assert TranscribeOptions(chunk_seconds=8).chunk_spec(FRAME).segmenter == "silero"
+    assert TranscribeOptions(chunk_seconds=8, cut_at_pauses=True).chunk_spec(FRAME).segmenter == "energy"
+    assert TranscribeOptions(segmenter="grid").chunk_spec(FRAME).segmenter is None
+    with pytest.raises(ValueError, match="use one of grid, energy, webrtc, silero"):
+        TranscribeOptions(segmenter="vad")
+
+
+def test_cut_at_pauses_is_a_deprecated_name_of_the_energy_segmenter(tiny_model, tmp_path, caplog):
+    script = load_script()
+    args = script.parse_args([str(tmp_path / "in"), "--model", str(tiny_model), "--output", str(tmp_path / "out"),
+                              "--cut-at-pauses"])
+    assert script.options_from(args)[0].chunk_spec(FRAME).segmenter == "energy"
+    assert "--cut-at-pauses is deprecated; use --segmenter energy" in caplog.text
 
 
 def test_chunks_overlap_keep_their_centres_and_are_read_lazily():
@@ -253,7 +265,7 @@ def test_stitcher_rejects_out_of_order_chunks():
                                                      (-1, 5, "0 to never chunk")])
 def test_bad_chunk_options_name_the_fix(chunk, overlap, message):
     with pytest.raises(ValueError, match=message):
-        TranscribeOptions(chunk_seconds=chunk, overlap_seconds=overlap)
+        TranscribeOptions(chunk_seconds=chunk, overlap_seconds=overlap, segmenter="grid")
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -416,6 +428,56 @@ def test_exit_codes_tell_a_crash_from_failed_files(utterances, tiny_model, tmp_p
     assert "Traceback" not in usage.stderr
 
 
+@pytest.fixture(scope="module")
+def noisy_meeting(synth_corpus, tmp_path_factory):
+    """40 s of the corpus's utterances joined with 0.2-1.5 s pauses in pink noise at 20 dB, as a wav file."""
+    from asr.long_recordings import RecordingOptions, join_utterances, read_manifest
+
+    rec = join_utterances(read_manifest(synth_corpus / "train.jsonl"),
+                          RecordingOptions(minutes=40 / 60, noise="pink", snr_db=20, seed=1))
+    path = tmp_path_factory.mktemp("long") / "in" / "meeting.wav"
+    path.parent.mkdir()
+    sf.write(path, rec.audio, 16_000, subtype="PCM_16")
+    return path, rec
+
+
+@pytest.mark.parametrize("segmenter", ["energy", "webrtc", "silero"])
+def test_segmenter_cuts_a_long_file_into_pieces_with_file_timestamps(noisy_meeting, tmp_path, segmenter):
+    from asr.metrics import error_rates
+
+    path, rec = noisy_meeting
+    duration = len(rec.audio) / 16_000
+    proc = run_cli(str(path.parent), "--model", str(ROOT / "assets" / "base_model"), "--chunk-seconds", "8",
+                   "--segmenter", segmenter, "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [record] = read_jsonl(tmp_path / "out" / "transcripts.jsonl")
+    assert record["duration"] == pytest.approx(duration, abs=0.01)
+    words = record["words"]
+    assert [w["word"] for w in words] == record["text"].split()
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(0 <= w["start"] < w["end"] <= duration + 0.02 for w in words)
+    assert words[-1]["end"] > duration - 8  # in file seconds: the last piece's words are near the end, not at 0-8 s
+    # the shipped base checkpoint reads these voices: most of the reference, whatever the cuts
+    assert error_rates([rec.text], [record["text"]]).cer < 0.5
+
+
+def test_a_segmenter_whose_package_is_missing_is_a_one_line_error(utterances, tiny_model, tmp_path):
+    inputs = tmp_path / "in"
+    write_audio(inputs / "one.wav", utterances[0], 16000, 1, "WAV", "PCM_16")
+    (tmp_path / "shadow").mkdir()  # first on the path: a webrtcvad that cannot be imported, as if not installed
+    (tmp_path / "shadow" / "webrtcvad.py").write_text("raise ImportError('No module named webrtcvad')\n")
+    environment = env()
+    environment["PYTHONPATH"] = f"{tmp_path / 'shadow'}{os.pathsep}{environment['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(inputs), "--model", str(tiny_model), "--segmenter",
+                           "webrtc", "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=environment, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [line] = [line for line in proc.stderr.splitlines() if "webrtcvad" in line]
+    assert "--segmenter webrtc needs the webrtcvad-wheels package" in line
+    assert "pip install webrtcvad-wheels==2.0.14.post1" in line
+    assert not (tmp_path / "out" / "transcripts.jsonl").exists()
+
+
 @pytest.mark.parametrize("decoder", ["beam", "flashlight"])
 def test_an_lm_for_another_alphabet_is_refused(messy_tree, tiny_model, greek_lm, tmp_path, decoder):
     proc = run_cli(str(messy_tree), "--model", str(tiny_model), "--lm", str(greek_lm), "--decoder", decoder,
@@ -438,7 +500,8 @@ def test_bad_arguments_exit_2_with_one_line(messy_tree, tiny_model, tmp_path):
     (["--decoder", "beam"], "needs a language model"),
     (["--formats", "txt,docx"], "unknown"),
     (["--lm", "lm_dir", "--decoder", "greedy"], "ignored by --decoder greedy"),
-    (["--overlap-seconds", "20"], "at most half"),
+    (["--overlap-seconds", "20", "--segmenter", "grid"], "at most half"),
+    (["--cut-at-pauses", "--segmenter", "webrtc"], "drop --cut-at-pauses"),
 ])
 def test_bad_options_are_one_sentence_errors(messy_tree, tiny_model, tmp_path, extra, message):
     script = load_script()
@@ -721,7 +784,7 @@ def test_long_file_chunked_matches_unchunked_away_from_chunk_edges(base_heldout_
     # ~40 GB; 75 s needs ~4 GB. Chunking exists for exactly this.
     reference, first_end = long_recording(base_heldout_corpus, long_wav, minutes=1.25)
     results = {name: transcribe_one(long_wav, BASE_MODEL, tmp_path / name, *chunking)
-               for name, chunking in (("chunked", ["--chunk-seconds", "30", "--overlap-seconds", "5"]),
+               for name, chunking in (("chunked", ["--chunk-seconds", "30", "--overlap-seconds", "5", "--segmenter", "grid"]),
                                       ("unchunked", ["--chunk-seconds", "0"]))}
     chunked, unchunked = results["chunked"], results["unchunked"]
     assert chunked["duration"] == unchunked["duration"] >= 75

@@ -128,7 +128,7 @@ def test_cli_writes_ctm_tsv_subtitles_and_a_nemo_manifest(trained_model, speech_
     out = tmp_path / "out"
     code = load_script().main([str(speech_dir), "--model", str(trained_model), "--output", str(out),
                                "--formats", "txt,srt,vtt,ctm,tsv,nemo", "--chunk-seconds", "8",
-                               "--overlap-seconds", "2"])
+                               "--overlap-seconds", "2", "--segmenter", "grid"])
     assert code == 0
     records = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
     assert [r["path"] for r in records] == sorted(r["path"] for r in records) and len(records) == 3
@@ -157,7 +157,7 @@ def test_cli_writes_ctm_tsv_subtitles_and_a_nemo_manifest(trained_model, speech_
 
 def test_output_dash_prints_jsonl_on_stdout_and_the_progress_bar_counts_audio_seconds(trained_model, speech_dir):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(speech_dir), "--model", str(trained_model),
-                           "--output", "-", "--chunk-seconds", "8", "--overlap-seconds", "2"],
+                           "--output", "-", "--chunk-seconds", "8", "--overlap-seconds", "2", "--segmenter", "grid"],
                           capture_output=True, text=True, cwd=ROOT, timeout=900,
                           env={**env(), "PYTHONPATH": str(ROOT)})  # this checkout's asr, not the installed one
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -188,7 +188,7 @@ def test_progress_moves_within_one_long_file_by_audio_seconds(trained_model, spe
     from asr.transcribe import TranscribeOptions, Transcriber, find_audio
 
     loaded = load_acoustic_model(trained_model)
-    options = TranscribeOptions(chunk_seconds=4, overlap_seconds=1, max_batch_seconds=8)  # 2 chunks a pass
+    options = TranscribeOptions(chunk_seconds=4, overlap_seconds=1, segmenter="grid", max_batch_seconds=8)  # 2 chunks a pass
     transcriber = Transcriber(loaded, GreedyCTC(loaded.vocab), options)
     item = next(i for i in find_audio([speech_dir]) if i.path == "long.wav")
     steps: list[float] = []
