@@ -10,14 +10,18 @@
 #   4. stages 3 to 5, three warm restarts, each from the previous stage's best model: a new cosine schedule
 #      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
 #      folder (BASE_RESTARTS sets how many; the shipped base had 3),
-#   5. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
+#   5. the text stage: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
+#      the 8,000-sentence one, same seed, dev and test) at peak 3e-4 for 1,200 steps
+#      (configs/train/base_natural_stage6.yaml; BASE_TEXT_STAGE=0 skips it),
+#   6. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
 #      assets/base_model.
-# Every stage is resumable: re-running the script continues where it stopped (~7 h on 2 idle cores).
-# Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_NATURAL (data/natural),
+# Every stage is resumable: re-running the script continues where it stopped (~8 h on 2 idle cores).
+# Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
+# BASE_TEXT_TRAIN (15000), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_OUT (assets/base_model), BASE_PROCS (2).
+# BASE_TEXT_STAGE (1), BASE_STEPS6 (1200), BASE_OUT (assets/base_model), BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
@@ -30,7 +34,9 @@ RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
-TOTAL=$((RESTARTS + 4))  # corpora, stages 1 and 2, the warm restarts, publishing
+TEXT_STAGE=${BASE_TEXT_STAGE:-1}
+TEXT_CORPUS=${BASE_TEXT_CORPUS:-data/base_nat15}
+TOTAL=$((RESTARTS + TEXT_STAGE + 4))  # corpora, stages 1 and 2, the warm restarts, the text stage, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
 say() { printf '\n==> %s\n' "$*"; }
@@ -41,10 +47,14 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     --num_processes "$PROCS" --main_process_port "$port" scripts/train.py --config "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3) and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
+if ((TEXT_STAGE)); then  # the same options with nearly every usable sentence: the text stage's corpus
+  $PY scripts/make_corpus.py --out "$TEXT_CORPUS" --train "${BASE_TEXT_TRAIN:-15000}" --dev 200 --test 200 --seed 0 \
+    --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
+fi
 # The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
 # used here), so that both scripts share data/natural.
 $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATURAL_TRAIN:-600}" \
@@ -66,6 +76,16 @@ for ((stage = 3; stage < RESTARTS + 3; stage++)); do
     train.max_steps="${BASE_STEPS3:-2400}" "$@"
   prev="$next"
 done
+
+if ((TEXT_STAGE)); then
+  stage=$((RESTARTS + 3))
+  next="${RUN}_stage$stage"
+  say "$((stage + 1))/$TOTAL stage $stage: more text, from $prev/model on $TEXT_CORPUS, ${BASE_STEPS6:-1200} steps -> $next"
+  train configs/train/base_natural_stage6.yaml data.train.path="$TEXT_CORPUS/train.jsonl" \
+    data.dev.path="$NATURAL/dev.jsonl" model.name_or_path="$prev/model" data.vocab="$prev/model" \
+    train.output_dir="$next" train.max_steps="${BASE_STEPS6:-1200}" "$@"
+  prev="$next"
+fi
 
 say "$TOTAL/$TOTAL publishing $prev/model -> $OUT (float16 weights)"
 $PY scripts/publish_model.py --model "$prev/model" --output "$OUT"

@@ -55,8 +55,9 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 @pytest.mark.slow
 @needs_engines
 def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
-    """scripts/build_base_model.sh end to end: a 40-utterance corpus, stage 1 stopped at step 3, stage 2 to step 6,
-    stages 3 and 4 (warm restarts, each from the previous stage's model) 3 steps each, stage 4 published."""
+    """scripts/build_base_model.sh end to end: a 40-utterance corpus (and a 60-utterance one for the text stage),
+    stage 1 stopped at step 3, stage 2 to step 6, stages 3 to 5 (warm restarts, each from the previous stage's model)
+    3 steps each, stage 6 (the text stage, from stage 5's model on the bigger corpus) 3 steps, stage 6 published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -67,7 +68,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     run_env = {**env(), "BASE_CORPUS": str(tmp_path / "corpus"), "BASE_TRAIN": "40", "BASE_STOP1": "3",
                "BASE_STEPS": "6", "BASE_NATURAL": str(tmp_path / "natural"), "BASE_NATURAL_DEV": "10",
                "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out),
-               "BASE_STEPS3": "3"}
+               "BASE_STEPS3": "3", "BASE_TEXT_CORPUS": str(tmp_path / "corpus15"), "BASE_TEXT_TRAIN": "60",
+               "BASE_STEPS6": "3"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -90,14 +92,20 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
     assert steps3 == [1, 2, 3] and f"name_or_path: {run / 'model'}" in (run3 / "train_config.yaml").read_text()
-    # the later warm restarts each start from the previous stage's model; the third (stage 5) is the one published
-    for stage in (4, 5):
+    # the later warm restarts each start from the previous stage's model; then the text stage (6), the one published
+    for stage in (4, 5, 6):
         previous, current = tmp_path / f"run_stage{stage - 1}", tmp_path / f"run_stage{stage}"
         steps = [r["step"] for r in map(json.loads, (current / "metrics.jsonl").read_text().splitlines())
                  if r["kind"] == "train"]
         assert steps == [1, 2, 3] and f"name_or_path: {previous / 'model'}" in (current / "train_config.yaml").read_text()
-    assert not (tmp_path / "run_stage6").exists()
-    assert f"publishing {tmp_path / 'run_stage5' / 'model'} -> {out}" in proc.stdout
+    config6 = (tmp_path / "run_stage6" / "train_config.yaml").read_text()
+    assert f"path: {tmp_path / 'corpus15' / 'train.jsonl'}" in config6 and "lr: 0.0003" in config6
+    assert len((tmp_path / "corpus15" / "train.jsonl").read_text().splitlines()) == 60
+    # the same dev sentences, read by the same voices, as the 40-utterance corpus: only the training text grew
+    small_dev = (tmp_path / "corpus" / "dev.jsonl").read_text()
+    assert (tmp_path / "corpus15" / "dev.jsonl").read_text().replace("corpus15", "corpus") == small_dev
+    assert not (tmp_path / "run_stage7").exists()
+    assert f"publishing {tmp_path / 'run_stage6' / 'model'} -> {out}" in proc.stdout
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
