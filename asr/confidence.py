@@ -22,7 +22,7 @@ utterances, /work/logs/conf_feat.py in NOTES), the raw score alone calibrated to
 0.023 (beam); with the minimum frame and the length 0.040 and 0.016, and the least confident 10% of words
 held more of the errors (17.6% vs 13.7% of greedy's, 19.7% vs 16.2% of beam's). The LM's share, measured on the
 shipped base with a 4-gram from the natural corpus's LM text (fitted on the natural dev set, graded on its test
-set; /work/logs/lm_share_exp.py in NOTES): errors among the least confident 10% of words 19.6% -> 30.4% (beam) and
+set; README "How sure is each word?" has the command): errors among the least confident 10% of words 19.6% -> 30.4% (beam) and
 17.5% -> 28.5% (flashlight), ECE 0.020 -> 0.032 and 0.035 -> 0.022; for greedy, which decodes without the LM, it
 would add little (21.4% -> 23.6%) and is not used.
 
