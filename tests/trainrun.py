@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -130,8 +131,13 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 
 def newest_checkpoint(root: Path) -> int:
-    """Step of the newest complete checkpoint under `root` (0 if there is none)."""
-    return max((json.loads(p.read_text())["step"] for p in root.glob("step_*/trainer_state.json")), default=0)
+    """Step of the newest complete checkpoint under `root` (0 if there is none).
+
+    Complete means renamed to `step_<n>` with its state file: a `step_<n>.tmp` folder holds the state file
+    too between its last write and the rename (the fsyncs), and a resume rightly ignores it.
+    """
+    return max((json.loads((p / "trainer_state.json").read_text())["step"] for p in root.glob("step_*")
+                if re.fullmatch(r"step_\d+", p.name) and (p / "trainer_state.json").is_file()), default=0)
 
 
 # What `kill_at_random_moments` needs from a run: a metrics line per step and a checkpoint per step.
