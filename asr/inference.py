@@ -25,7 +25,8 @@ from asr.audio import normalize_audio
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.defaults import BACKENDS
-from asr.model import WEIGHT_SUFFIXES, output_frames, seconds_per_frame, takes_filterbank
+from asr.model import (WEIGHT_SUFFIXES, output_frames, seconds_per_frame, takes_filterbank,
+                       use_fast_relative_key_attention)
 from asr.onnx_model import load_onnx_model
 from asr.packing import pack_by_length
 from asr.text import TextNormalizer, load_processor
@@ -118,6 +119,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ValueError(f"{path} has no processor/normalizer files ({e}); use a directory written by scripts/train.py") from e
     if (path / "model.onnx").is_file() and not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
         raise ValueError(f"{path} holds an ONNX export without PyTorch weights; run it with --backend onnx")
+    use_fast_relative_key_attention()
     try:
         model = AutoModelForCTC.from_pretrained(path).to(device).eval()
     except OSError as e:

