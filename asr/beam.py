@@ -104,10 +104,13 @@ class FlashlightOptions:
     # a phrase is boosted word by word, as pyctcdecode does. Costs ~1.5x decode time (bench/hotwords.py).
     hotwords: tuple[str, ...] = ()
     hotword_weight: float = DEFAULT_HOTWORD_WEIGHT  # score added per hotword word in the text, as pyctcdecode's
+    num_processes: int = 0  # decode_batch: fork-pool workers, as PyCTCDecodeOptions'; 0 or 1 = in-process
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"FlashlightOptions.beam_size is {self.beam_size}; use 1 or more.")
+        if self.num_processes < 0:
+            raise ValueError(f"FlashlightOptions.num_processes is {self.num_processes}; use 0 (in-process) or more.")
         if self.beam_size_token is not None and self.beam_size_token < 1:
             raise ValueError(f"FlashlightOptions.beam_size_token is {self.beam_size_token}; use 1 or more, or None.")
         object.__setattr__(self, "hotwords", tuple(self.hotwords))  # as PyCTCDecodeOptions: hashable
@@ -691,8 +694,28 @@ class FlashlightBeam:
 
     def decode_batch(self, logits: Sequence[np.ndarray],
                      lengths: Sequence[int | None] | None = None) -> list[Hypothesis]:
-        """`decode` for each utterance of a list (or a padded [B, T, V] array); one process, it is fast."""
-        return [self.decode(x, n) for x, n in zip(logits, _lengths(len(logits), lengths))]
+        """`decode` for each utterance of a list (or a padded [B, T, V] array), on a fork pool of
+        `options.num_processes` workers if > 1 (the same hypotheses as in one process)."""
+        batch = list(zip(logits, _lengths(len(logits), lengths)))
+        workers = min(self.options.num_processes, len(batch))
+        if workers <= 1:
+            return [self.decode(x, n) for x, n in batch]
+        # Interleaved chunks, several per worker, balance long and short utterances. Workers inherit this decoder
+        # (its LM and trie are C++ objects that cannot be pickled) and the log-probs by fork; hypotheses come back.
+        chunks = [list(range(start, len(batch), workers * 4)) for start in range(workers * 4)]
+        chunks = [c for c in chunks if c]
+        global _FORKED
+        _FORKED = (self, batch)
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                results = pool.map(_decode_forked, chunks, chunksize=1)
+        finally:
+            _FORKED = None
+        out: list[Hypothesis] = [Hypothesis("", (), 0.0)] * len(batch)
+        for chunk, hypotheses in zip(chunks, results):
+            for i, hypothesis in zip(chunk, hypotheses):
+                out[i] = hypothesis
+        return out
 
     def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
         """Up to `n` hypotheses with distinct text, best first; `logits` [T, V], `length` valid frames."""
@@ -700,6 +723,15 @@ class FlashlightBeam:
         if not results:
             return [Hypothesis("", (), 0.0)]
         return _unique_texts((self._to_hypothesis(r, idle) for r in results), n)
+
+
+_FORKED: tuple[FlashlightBeam, list] | None = None  # (decoder, [(log_probs, length)]) for the fork pool's workers
+
+
+def _decode_forked(indices: list[int]) -> list[Hypothesis]:
+    """Pool worker: the inherited decoder's hypotheses for these utterances of the inherited batch."""
+    decoder, batch = _FORKED
+    return [decoder.decode(*batch[i]) for i in indices]
 
 
 # ------------------------------------------------------------------------------------------ oracle

@@ -520,7 +520,7 @@ def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarr
         vocab: Token -> id of the model.
         log_probs: [T_i, V] per utterance.
         lm_dir: LM directory (beam decoders).
-        settings: Search settings; `settings.pyctcdecode.num_processes` > 1 decodes on a fork pool.
+        settings: Search settings; a beam decoder's `num_processes` > 1 decodes on a fork pool.
     """
     settings = settings or DecoderSettings()
     started = time.perf_counter()
@@ -532,7 +532,8 @@ def decode_all(name: str, vocab: Mapping[str, int], log_probs: Sequence[np.ndarr
     # outside the timed search; a beam decoder's words also get its LM's share
     lm = WordLM.from_dir(lm_dir) if name in BEAM_DECODERS and lm_dir is not None else None
     features = [word_features(lp, h, lm) for lp, h in zip(log_probs, hypotheses)]
-    processes = max(1, settings.pyctcdecode.num_processes) if name == "beam" else 1
+    options = {"beam": settings.pyctcdecode, "flashlight": settings.flashlight}.get(name)
+    processes = max(1, options.num_processes) if options is not None else 1
     logger.info("%s: %d utterances in %.2f s (+%.2f s loading)", name, len(texts), done - loaded, loaded - started)
     return DecodeRun(name, texts, done - loaded, loaded - started, processes, describe_settings(name, settings),
                      features)

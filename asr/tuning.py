@@ -333,7 +333,8 @@ def tune_and_save(log_probs: Sequence[np.ndarray], references: Sequence[str], vo
 
 def _single_process(settings: DecoderSettings) -> DecoderSettings:
     """Settings for use inside a pool worker (no nested pool)."""
-    return DecoderSettings(dataclasses.replace(settings.pyctcdecode, num_processes=0), settings.flashlight)
+    return DecoderSettings(dataclasses.replace(settings.pyctcdecode, num_processes=0),
+                           dataclasses.replace(settings.flashlight, num_processes=0))
 
 
 def _tune_point(state: Mapping[str, Any], task: tuple[str, float, float, int | None]) -> TunePoint:

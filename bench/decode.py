@@ -60,6 +60,7 @@ import numpy as np
 
 from asr.beam import (
     FlashlightBeam,
+    FlashlightOptions,
     PYCTCDECODE_UNK,
     GreedyCTC,
     PyCTCDecodeBeam,
@@ -71,7 +72,6 @@ from asr.decoders import DecoderSettings, has_lm, load_decoder_settings, load_lm
 from asr.defaults import DEFAULT_CACHE_DIR
 from asr.metrics import error_rates
 from asr.text import build_vocab, load_vocab
-from asr.tuning import fork_map
 
 logger = logging.getLogger("bench_decode")
 
@@ -152,26 +152,9 @@ def clean_baseline_text(text: str) -> str:
     return " ".join(text.replace(PYCTCDECODE_UNK, "").split())
 
 
-def _decode_chunk(state: Mapping[str, Any], chunk: list[int]) -> list[str]:
-    """Fork-pool task: one chunk of utterances through the inherited decoder."""
-    return [state["decoder"].decode(state["log_probs"][i]).text for i in chunk]
-
-
-def pooled(decoder: Any, processes: int) -> Callable[[list[np.ndarray]], list[str]]:
-    """Decode a list on a fork pool of `processes` workers that inherit `decoder` (nothing is pickled but texts)."""
-
-    def run(log_probs: list[np.ndarray]) -> list[str]:
-        # Interleaved chunks balance long and short utterances; several per worker absorb the rest.
-        chunks = [list(range(start, len(log_probs), processes * 4)) for start in range(processes * 4)]
-        chunks = [c for c in chunks if c]
-        texts = [""] * len(log_probs)
-        for chunk, out in zip(chunks, fork_map(_decode_chunk, chunks, processes,
-                                               {"decoder": decoder, "log_probs": log_probs})):
-            for i, text in zip(chunk, out):
-                texts[i] = text
-        return texts
-
-    return run
+def replace_beam(options: FlashlightOptions, beam_size: int, tokens: int | None = None) -> FlashlightOptions:
+    """`options` with another beam size and tokens tried per frame (None: all)."""
+    return dataclasses.replace(options, beam_size=beam_size, beam_size_token=tokens)
 
 
 @dataclass(frozen=True)
@@ -215,35 +198,32 @@ def make_decoders(decode_set: DecodeSet, settings: DecoderSettings, processes: i
                               workers, True, time.perf_counter() - started,
                               lambda lps, d=ours_py: [h.text for h in d.decode_batch(lps)]))
 
-    started = time.perf_counter()
-    flashlight = FlashlightBeam(decode_set.vocab, files.kenlm_path, files.unigrams, fl)
-    load = time.perf_counter() - started
+    def flashlight_row(name: str, options: FlashlightOptions) -> Candidate:
+        started = time.perf_counter()
+        decoder = FlashlightBeam(decode_set.vocab, files.kenlm_path, files.unigrams, options)
+        pool = f", fork pool x{options.num_processes}" if options.num_processes > 1 else ""
+        settings_text = fl_settings.replace(f"beam {fl.beam_size}", f"beam {options.beam_size}")
+        return Candidate(name + pool, settings_text, max(1, options.num_processes), True,
+                         time.perf_counter() - started, lambda lps, d=decoder: [h.text for h in d.decode_batch(lps)])
+
     fl_settings = f"lexicon, lm_weight={fl.lm_weight:.3g} word_score={fl.word_score:g} beam {fl.beam_size}"
-    rows.append(Candidate("flashlight", fl_settings, 1, True, load,
-                          lambda lps: [h.text for h in flashlight.decode_batch(lps)]))
+    # flashlight's own fork pool (FlashlightOptions.num_processes), as eval.py --workers and transcribe.py use it
+    fl_pool = dataclasses.replace(fl, num_processes=processes)
+    rows.append(flashlight_row("flashlight", dataclasses.replace(fl, num_processes=0)))
     if processes > 1:
-        rows.append(Candidate(f"flashlight, fork pool x{processes}", fl_settings, processes, True, load,
-                              pooled(flashlight, processes)))
-        if fast_beam_width != fl.beam_size:
-            started = time.perf_counter()
-            fast = FlashlightBeam(decode_set.vocab, files.kenlm_path, files.unigrams,
-                                  dataclasses.replace(fl, beam_size=fast_beam_width))
-            rows.append(Candidate(f"flashlight beam {fast_beam_width}, fork pool x{processes}",
-                                  fl_settings.replace(f"beam {fl.beam_size}", f"beam {fast_beam_width}"), processes,
-                                  True, time.perf_counter() - started, pooled(fast, processes)))
+        rows.append(flashlight_row("flashlight", fl_pool))
+    if fast_beam_width != fl.beam_size:
+        rows.append(flashlight_row(f"flashlight beam {fast_beam_width}", replace_beam(fl_pool, fast_beam_width)))
+        rows.append(flashlight_row(f"flashlight beam {fast_beam_width}, {TOKEN_BEAM} tokens/frame",
+                                   replace_beam(fl_pool, fast_beam_width, TOKEN_BEAM)))
     # Skipping idle frames (asr.beam.IdleFrames): each threshold, at the full and the narrow beam, with and without
     # a cap on the tokens tried per frame.
     for logp in idle_token_logps:
         for beam_size, tokens in ((fl.beam_size, None), (fast_beam_width, None), (fast_beam_width, TOKEN_BEAM)):
-            started = time.perf_counter()
-            options = dataclasses.replace(fl, beam_size=beam_size, beam_size_token=tokens, idle_token_logp=logp)
-            skipping = FlashlightBeam(decode_set.vocab, files.kenlm_path, files.unigrams, options)
             name = (f"flashlight beam {beam_size}" + (f", {tokens} tokens/frame" if tokens else "")
-                    + f", idle frames < {logp:g} skipped" + (f", fork pool x{processes}" if processes > 1 else ""))
-            rows.append(Candidate(name, fl_settings.replace(f"beam {fl.beam_size}", f"beam {beam_size}"), processes,
-                                  True, time.perf_counter() - started,
-                                  pooled(skipping, processes) if processes > 1 else
-                                  (lambda lps, d=skipping: [h.text for h in d.decode_batch(lps)])))
+                    + f", idle frames < {logp:g} skipped")
+            rows.append(flashlight_row(name, dataclasses.replace(replace_beam(fl_pool, beam_size, tokens),
+                                                                 idle_token_logp=logp)))
 
     greedy = GreedyCTC(decode_set.vocab)
     rows.append(Candidate("greedy (ceiling)", "no LM", 1, False, 0.0,

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lm", type=Path, default=None, help="LM directory (default: --model when it holds one)")
     p.add_argument("--output", type=Path, required=True, help="where results go")
     p.add_argument("--workers", type=int, default=1,
-                   help="fork-pool processes for pyctcdecode decoding and for tuning (flashlight runs in one)")
+                   help="fork-pool processes for beam decoding (both decoders) and for tuning")
     p.add_argument("--reference", default="", metavar="NAME[,NAME]",
                    help=f"reference recognisers to add as rows, comma-separated ({', '.join(REFERENCES)}); they "
                         "hear the audio themselves on every available core and are not decoders of this model")

@@ -296,6 +296,17 @@ def test_fork_pool_matches_in_process(lm_dir, vocab, noisy_set):
     assert [h.text for h in pooled] == [h.text for h in sequential]
 
 
+def test_flashlight_fork_pool_gives_the_in_process_hypotheses(lm_dir, vocab, noisy_set):
+    """Same texts, word spans and scores, in input order (9 utterances: 8 interleaved chunks, one holds two)."""
+    _, log_probs = noisy_set
+    sequential = build_decoder("flashlight", vocab, lm_dir).decode_batch(log_probs[:9])
+    pooled = build_decoder("flashlight", vocab, lm_dir, FlashlightOptions(num_processes=2)).decode_batch(log_probs[:9])
+    assert pooled == sequential
+    assert len({h.text for h in pooled}) > 5  # distinct utterances: an order mix-up would show
+    with pytest.raises(ValueError, match="num_processes"):
+        FlashlightOptions(num_processes=-1)
+
+
 @pytest.mark.parametrize("name", ["pyctcdecode", "flashlight"])
 def test_nbest_and_oracle_wer(decoders, noisy_set, name):
     refs, log_probs = noisy_set
