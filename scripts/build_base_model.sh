@@ -10,18 +10,19 @@
 #   4. stages 3 to 5, three warm restarts, each from the previous stage's best model: a new cosine schedule
 #      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
 #      folder (BASE_RESTARTS sets how many; the shipped base had 3),
-#   5. the text stage: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
+#   5. two text stages: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
 #      the 8,000-sentence one, same seed, dev and test) at peak 3e-4 for 1,200 steps
-#      (configs/train/base_natural_stage6.yaml; BASE_TEXT_STAGE=0 skips it),
+#      (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
+#      with another seed (configs/train/base_natural_stage7.yaml); BASE_TEXT_STAGES=1 stops after the first, 0 skips both,
 #   6. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
 #      assets/base_model.
-# Every stage is resumable: re-running the script continues where it stopped (~8 h on 2 idle cores).
+# Every stage is resumable: re-running the script continues where it stopped (~9 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGE (1), BASE_STEPS6 (1200), BASE_OUT (assets/base_model), BASE_PROCS (2).
+# BASE_TEXT_STAGES (2), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_OUT (assets/base_model), BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
@@ -34,9 +35,14 @@ RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
-TEXT_STAGE=${BASE_TEXT_STAGE:-1}
+TEXT_STAGES=${BASE_TEXT_STAGES:-2}
+if ((TEXT_STAGES < 0 || TEXT_STAGES > 2)); then
+  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1 or 2" >&2
+  exit 2
+fi
+TEXT_STAGE=$((TEXT_STAGES > 0))  # whether the bigger corpus is needed
 TEXT_CORPUS=${BASE_TEXT_CORPUS:-data/base_nat15}
-TOTAL=$((RESTARTS + TEXT_STAGE + 4))  # corpora, stages 1 and 2, the warm restarts, the text stage, publishing
+TOTAL=$((RESTARTS + TEXT_STAGES + 4))  # corpora, stages 1 and 2, the warm restarts, the text stages, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
 say() { printf '\n==> %s\n' "$*"; }
@@ -77,15 +83,18 @@ for ((stage = 3; stage < RESTARTS + 3; stage++)); do
   prev="$next"
 done
 
-if ((TEXT_STAGE)); then
-  stage=$((RESTARTS + 3))
+# The text stages: the first on stage6.yaml (1,200 steps), the second on stage7.yaml (1,800 steps, another seed).
+text_configs=(configs/train/base_natural_stage6.yaml configs/train/base_natural_stage7.yaml)
+text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}")
+for ((i = 0; i < TEXT_STAGES; i++)); do
+  stage=$((RESTARTS + 3 + i))
   next="${RUN}_stage$stage"
-  say "$((stage + 1))/$TOTAL stage $stage: more text, from $prev/model on $TEXT_CORPUS, ${BASE_STEPS6:-1200} steps -> $next"
-  train configs/train/base_natural_stage6.yaml data.train.path="$TEXT_CORPUS/train.jsonl" \
+  say "$((stage + 1))/$TOTAL stage $stage: more text, from $prev/model on $TEXT_CORPUS, ${text_steps[i]} steps -> $next"
+  train "${text_configs[i]}" data.train.path="$TEXT_CORPUS/train.jsonl" \
     data.dev.path="$NATURAL/dev.jsonl" model.name_or_path="$prev/model" data.vocab="$prev/model" \
-    train.output_dir="$next" train.max_steps="${BASE_STEPS6:-1200}" "$@"
+    train.output_dir="$next" train.max_steps="${text_steps[i]}" "$@"
   prev="$next"
-fi
+done
 
 say "$TOTAL/$TOTAL publishing $prev/model -> $OUT (float16 weights)"
 $PY scripts/publish_model.py --model "$prev/model" --output "$OUT"

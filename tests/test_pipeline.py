@@ -57,7 +57,8 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     """scripts/build_base_model.sh end to end: a 40-utterance corpus (and a 60-utterance one for the text stage),
     stage 1 stopped at step 3, stage 2 to step 6, stages 3 to 5 (warm restarts, each from the previous stage's model)
-    3 steps each, stage 6 (the text stage, from stage 5's model on the bigger corpus) 3 steps, stage 6 published."""
+    3 steps each, stages 6 and 7 (the text stages, from stage 5's model on the bigger corpus) 3 steps each, stage 7
+    published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -69,7 +70,7 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_STEPS": "6", "BASE_NATURAL": str(tmp_path / "natural"), "BASE_NATURAL_DEV": "10",
                "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out),
                "BASE_STEPS3": "3", "BASE_TEXT_CORPUS": str(tmp_path / "corpus15"), "BASE_TEXT_TRAIN": "60",
-               "BASE_STEPS6": "3"}
+               "BASE_STEPS6": "3", "BASE_STEPS7": "3"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -92,8 +93,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
     assert steps3 == [1, 2, 3] and f"name_or_path: {run / 'model'}" in (run3 / "train_config.yaml").read_text()
-    # the later warm restarts each start from the previous stage's model; then the text stage (6), the one published
-    for stage in (4, 5, 6):
+    # the later warm restarts each start from the previous stage's model; then the text stages (6, 7: published)
+    for stage in (4, 5, 6, 7):
         previous, current = tmp_path / f"run_stage{stage - 1}", tmp_path / f"run_stage{stage}"
         steps = [r["step"] for r in map(json.loads, (current / "metrics.jsonl").read_text().splitlines())
                  if r["kind"] == "train"]
@@ -104,8 +105,11 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # the same dev sentences, read by the same voices, as the 40-utterance corpus: only the training text grew
     small_dev = (tmp_path / "corpus" / "dev.jsonl").read_text()
     assert (tmp_path / "corpus15" / "dev.jsonl").read_text().replace("corpus15", "corpus") == small_dev
-    assert not (tmp_path / "run_stage7").exists()
-    assert f"publishing {tmp_path / 'run_stage6' / 'model'} -> {out}" in proc.stdout
+    config7 = (tmp_path / "run_stage7" / "train_config.yaml").read_text()
+    assert f"path: {tmp_path / 'corpus15' / 'train.jsonl'}" in config7 and "lr: 0.0002" in config7
+    assert "seed: 7" in config7
+    assert not (tmp_path / "run_stage8").exists()
+    assert f"publishing {tmp_path / 'run_stage7' / 'model'} -> {out}" in proc.stdout
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
