@@ -207,7 +207,7 @@ def make_decoders(decode_set: DecodeSet, settings: DecoderSettings, processes: i
                          time.perf_counter() - started, lambda lps, d=decoder: [h.text for h in d.decode_batch(lps)])
 
     fl_settings = f"lexicon, lm_weight={fl.lm_weight:.3g} word_score={fl.word_score:g} beam {fl.beam_size}"
-    # flashlight's own fork pool (FlashlightOptions.num_processes), as eval.py --workers and transcribe.py use it
+    # flashlight's own fork pool (FlashlightOptions.num_processes), the one eval.py --workers uses
     fl_pool = dataclasses.replace(fl, num_processes=processes)
     rows.append(flashlight_row("flashlight", dataclasses.replace(fl, num_processes=0)))
     if processes > 1:
