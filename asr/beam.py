@@ -33,6 +33,7 @@ import numpy as np
 from flashlight.lib.text.decoder import LM as FlashlightLM
 
 from asr.constants import PAD, UNK, WORD_DELIMITER
+from asr.forkpool import fork_map, in_item_order, interleaved_chunks
 from asr.metrics import word_edits
 
 logger = logging.getLogger(__name__)
@@ -700,22 +701,11 @@ class FlashlightBeam:
         workers = min(self.options.num_processes, len(batch))
         if workers <= 1:
             return [self.decode(x, n) for x, n in batch]
-        # Interleaved chunks, several per worker, balance long and short utterances. Workers inherit this decoder
+        # Several interleaved chunks per worker balance long and short utterances. Workers inherit this decoder
         # (its LM and trie are C++ objects that cannot be pickled) and the log-probs by fork; hypotheses come back.
-        chunks = [list(range(start, len(batch), workers * 4)) for start in range(workers * 4)]
-        chunks = [c for c in chunks if c]
-        global _FORKED
-        _FORKED = (self, batch)
-        try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                results = pool.map(_decode_forked, chunks, chunksize=1)
-        finally:
-            _FORKED = None
-        out: list[Hypothesis] = [Hypothesis("", (), 0.0)] * len(batch)
-        for chunk, hypotheses in zip(chunks, results):
-            for i, hypothesis in zip(chunk, hypotheses):
-                out[i] = hypothesis
-        return out
+        chunks = interleaved_chunks(len(batch), workers * 4)
+        return in_item_order(chunks, fork_map(_decode_chunk, chunks, workers, {"decoder": self, "batch": batch}),
+                             len(batch))
 
     def decode_nbest(self, logits: np.ndarray, length: int | None = None, n: int = 10) -> list[Hypothesis]:
         """Up to `n` hypotheses with distinct text, best first; `logits` [T, V], `length` valid frames."""
@@ -725,12 +715,9 @@ class FlashlightBeam:
         return _unique_texts((self._to_hypothesis(r, idle) for r in results), n)
 
 
-_FORKED: tuple[FlashlightBeam, list] | None = None  # (decoder, [(log_probs, length)]) for the fork pool's workers
-
-
-def _decode_forked(indices: list[int]) -> list[Hypothesis]:
+def _decode_chunk(state: Mapping[str, Any], indices: list[int]) -> list[Hypothesis]:
     """Pool worker: the inherited decoder's hypotheses for these utterances of the inherited batch."""
-    decoder, batch = _FORKED
+    decoder, batch = state["decoder"], state["batch"]
     return [decoder.decode(*batch[i]) for i in indices]
 
 

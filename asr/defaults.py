@@ -7,6 +7,15 @@ The library modules that use a value import it from here (asr.evaluation, asr.tr
 import os
 from pathlib import Path
 
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 # ---------------------------------------------------------------------------------------- decoding
 DECODERS = ("greedy", "beam", "flashlight")  # table order; "beam" is pyctcdecode
 BEAM_DECODERS = ("beam", "flashlight")  # the ones that need a KenLM directory

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,24 +26,16 @@ from typing import Any
 import numpy as np
 
 from asr.audio import AudioSource, load_audio
-from asr.defaults import REFERENCES
+from asr.defaults import REFERENCES, available_cores
 from asr.evaluation import DecodeRun
 from asr.text import TextNormalizer
-from asr.tuning import fork_map
+from asr.forkpool import fork_map
 
 logger = logging.getLogger(__name__)
 
 POCKETSPHINX_VERSION = "5.1.1"  # the pin in requirements/lock.txt
 INT16_FULL_SCALE = 32767  # pocketsphinx reads 16-bit PCM; float audio in [-1, 1] is scaled to it
 _INSTALL_HINT = f"run `bash scripts/setup.sh` or `.venv/bin/pip install pocketsphinx=={POCKETSPHINX_VERSION}`"
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which a container or taskset narrows)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def check_reference(name: str) -> None:

@@ -4,7 +4,7 @@
     result = tune(acoustic.log_probs, acoustic.references, vocab, "lm/", grid=TuneGrid(), processes=4)
     save_tuned("lm/", result)                                          # every later decode uses the winners
 
-Each grid point decodes the whole set in one worker of a fork pool (`fork_map`: workers inherit the
+Each grid point decodes the whole set in one worker of a fork pool (`asr.forkpool.fork_map`: workers inherit the
 log-probs instead of receiving them pickled). `save_tuned` writes `language_model/attrs.json` and
 `decoder.json` in the LM directory, which `asr.decoders.load_decoder_settings` reads back (the
 file layout is described in `asr.evaluation`).
@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from asr.beam import LN10, oracle_texts
 from asr.decoders import ATTRS_FILE, BEAM_DECODERS, LM_SUBDIR, DecoderSettings, build_decoder, save_decoder_settings
 from asr.defaults import DEFAULT_NBEST, TUNE_ALPHAS, TUNE_BEAM_WIDTHS, TUNE_BETAS
 from asr.files import write_text_atomic
+from asr.forkpool import fork_map, in_item_order, interleaved_chunks
 from asr.metrics import error_rates
 
 logger = logging.getLogger(__name__)
@@ -361,51 +360,12 @@ def _oracle(name: str, point: TunePoint, state: Mapping[str, Any], nbest: int, p
             progress: bool = False) -> OracleResult:
     """N-best oracle WER of one decoder at its best point."""
     n = len(state["log_probs"])
-    chunks = [list(range(k, n, max(processes, 1))) for k in range(max(processes, 1))]
+    chunks = interleaved_chunks(n, processes)
     setting = (point.alpha, point.beta, point.beam_width)
-    lists = fork_map(_nbest_chunk, [(name, setting, c, nbest) for c in chunks if c], processes, state,
+    lists = fork_map(_nbest_chunk, [(name, setting, c, nbest) for c in chunks], processes, state,
                      progress=f"{name} {nbest}-best" if progress else None)
-    nbest_lists: list[list] = [[] for _ in range(n)]
-    for chunk, result in zip([c for c in chunks if c], lists):
-        for i, hyps in zip(chunk, result):
-            nbest_lists[i] = hyps
+    nbest_lists: list[list] = in_item_order(chunks, lists, n, empty=[])
     refs = state["references"]
     oracle = error_rates(refs, oracle_texts(refs, nbest_lists)).wer
     first = error_rates(refs, [h[0].text if h else "" for h in nbest_lists]).wer
     return OracleResult(name, nbest, first, oracle)
-
-
-_POOL_STATE: dict[str, Any] = {}  # what fork-pool workers inherit instead of receiving it pickled
-
-
-def fork_map(fn: Callable[[Mapping[str, Any], Any], Any], tasks: Sequence[Any], processes: int,
-             state: Mapping[str, Any], progress: str | None = None) -> list[Any]:
-    """`[fn(state, t) for t in tasks]` on a fork pool; workers inherit `state` (log-probs are never pickled).
-
-    `fn` must be a module-level function; results come back in task order. `processes` <= 1, or
-    one task, runs in this process. `progress` names a tqdm bar counting finished tasks (None: no bar).
-    """
-    global _POOL_STATE
-    bar = tqdm(total=len(tasks), desc=progress, unit="decode", dynamic_ncols=True, disable=progress is None)
-    try:
-        if processes <= 1 or len(tasks) <= 1:
-            return [_counted(fn(state, t), bar) for t in tasks]
-        _POOL_STATE = dict(state)
-        # fork: workers get the log-probs and loaded modules by copy-on-write; pyctcdecode also needs it.
-        with multiprocessing.get_context("fork").Pool(min(processes, len(tasks))) as pool:
-            return [_counted(r, bar) for r in pool.imap(_call_with_task, [(fn, t) for t in tasks], chunksize=1)]
-    finally:
-        _POOL_STATE = {}
-        bar.close()
-
-
-def _counted(result: Any, bar: tqdm) -> Any:
-    """`result`, after moving `bar` by one task."""
-    bar.update(1)
-    return result
-
-
-def _call_with_task(fn_task: tuple[Callable[[Mapping[str, Any], Any], Any], Any]) -> Any:
-    """Pool entry point for imap: `fn(state, task)` with the inherited state."""
-    fn, task = fn_task
-    return fn(_POOL_STATE, task)

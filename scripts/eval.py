@@ -52,7 +52,8 @@ from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.defaults import (BEAM_DECODERS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DECODERS, DEFAULT_CACHE_DIR,
                           DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MAX_PADDING, DEFAULT_NBEST, DEFAULT_PADDING_SAMPLE,
-                          EVAL_MAX_DURATION, EVAL_MIN_DURATION, REFERENCES, TUNE_ALPHAS, TUNE_BEAM_WIDTHS, TUNE_BETAS)
+                          EVAL_MAX_DURATION, EVAL_MIN_DURATION, REFERENCES, TUNE_ALPHAS, TUNE_BEAM_WIDTHS,
+                          TUNE_BETAS, available_cores)
 
 logger = logging.getLogger("eval")
 # The library (numpy, jiwer, torch) is imported in the functions below, after parsing, so that --help is instant.
@@ -70,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder", nargs="+", default=["all"], choices=[*DECODERS, "all"], help="decoders to compare")
     p.add_argument("--lm", type=Path, default=None, help="LM directory (default: --model when it holds one)")
     p.add_argument("--output", type=Path, required=True, help="where results go")
-    p.add_argument("--workers", type=int, default=1,
-                   help="fork-pool processes for beam decoding (both decoders) and for tuning")
+    p.add_argument("--workers", type=int, default=available_cores(),
+                   help="fork-pool processes for beam decoding and tuning, same hypotheses for any (default: cores)")
     p.add_argument("--reference", default="", metavar="NAME[,NAME]",
                    help=f"reference recognisers to add as rows, comma-separated ({', '.join(REFERENCES)}); they "
                         "hear the audio themselves on every available core and are not decoders of this model")
@@ -198,18 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")))
     try:
-        return _evaluate(args, lm, accelerator)
+        return _evaluate(args, lm, vocab, accelerator)
     finally:
         launch.finish(accelerator)
 
 
-def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
+def _evaluate(args: argparse.Namespace, lm: Path | None, vocab: dict[str, int], accelerator) -> int:
     """main's work between setting up and tearing down the process group; returns the exit code."""
     from asr.confidence import load_calibrations
     from asr.evaluation import FAILED_AUDIO, calibrate_decoders
     from asr.model_card import card_after_tuning
     from asr.report import compare_decoders, write_results
-    from asr.text import TextNormalizer, load_vocab
+    from asr.text import TextNormalizer
 
     setup_logging(args, main_process=accelerator.is_main_process)
     # Every process takes part in the acoustic passes; only the main one decodes, so both passes come
@@ -231,7 +232,6 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, accelerator) -> int:
                            "--tune-data DEV to tune on another set")
         run_tuning(args, lm, tune_acoustic or acoustic, args.tune_data or args.data)
     settings = decoder_settings(args, lm)  # after tuning, the LM directory holds the tuned values
-    vocab = load_vocab(args.model)
     if args.calibrate:
         calibrate_decoders(args.model, args.decoder, vocab, tune_acoustic, lm, settings, data=args.tune_data)
     report, rows = compare_decoders(

@@ -52,7 +52,8 @@ from asr.metrics import error_rates
 from asr.report import build_report, comparison_labels, run_name, score_run, utterance_rows, write_results
 from asr.sources import SourceConfig, load_source
 from asr.text import TextNormalizer, build_vocab, encode
-from asr.tuning import TuneGrid, TunePoint, TuneResult, fork_map, plot_grid, plot_pareto, save_tuned, tune
+from asr.forkpool import fork_map, in_item_order, interleaved_chunks
+from asr.tuning import TuneGrid, TunePoint, TuneResult, plot_grid, plot_pareto, save_tuned, tune
 from lm.build import LMBuildOptions, build_lm
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,18 @@ def test_fork_pool_gives_the_serial_results(acoustic, vocab, lm_dir):
 
 def _square(state, x):
     return x * x + state["offset"]
+
+
+def test_interleaved_chunks_come_back_in_item_order():
+    chunks = interleaved_chunks(7, 3)
+    assert chunks == [[0, 3, 6], [1, 4], [2, 5]]
+    assert interleaved_chunks(2, 8) == [[0], [1]] and interleaved_chunks(0, 2) == []
+    results = fork_map(_squares, chunks, 2, {"offset": 1})
+    assert in_item_order(chunks, results, 7) == [x * x + 1 for x in range(7)]
+
+
+def _squares(state, indices):
+    return [_square(state, i) for i in indices]
 
 
 def test_stored_settings_default_to_the_attrs_objective(lm_dir):
@@ -646,6 +659,18 @@ def eval_script():
     spec.loader.exec_module(module)
     sys.modules["eval_script"] = module
     return module
+
+
+def test_workers_default_to_the_cores_the_process_may_use(eval_script):
+    import os
+
+    args = eval_script.parse_args(["--model", "m", "--data", "d", "--output", "o"])
+    assert args.workers == len(os.sched_getaffinity(0))
+    # narrowed to one core (as taskset or a container's cpuset does): one process, no pool
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); sys.path.insert(0, 'scripts'); "
+            "import eval; print(eval.parse_args(['--model', 'm', '--data', 'd', '--output', 'o']).workers)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert proc.stdout.strip() == "1"
 
 
 # --------------------------------------------------------------------------------------------- slow
