@@ -273,8 +273,10 @@ def _read_directory(model_dir: Path) -> _Directory:
         if (model_dir / CONFIG_FILE).is_file() else {}
     lm = _read_json(model_dir / INFO_FILE) if has_lm(model_dir) else None
     resolved = model_dir.resolve()
-    # scripts/train.py exports into RUN/model: the run's name says which model it is
-    name = resolved.parent.name if resolved.name == "model" else resolved.name
+    # scripts/train.py exports into RUN/model (written as RUN/model.tmp, then renamed): the run's name says which
+    # model it is
+    stem = resolved.name.removesuffix(".tmp")
+    name = resolved.parent.name if stem == "model" else stem
     return _Directory(name=name, config=config or {}, metrics=_read_json(model_dir / METRICS_FILE), lm=lm,
                       tuned=_read_json(model_dir / DECODER_FILE) if lm is not None else {})
 

@@ -10,19 +10,23 @@
 #   4. stages 3 to 5, three warm restarts, each from the previous stage's best model: a new cosine schedule
 #      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
 #      folder (BASE_RESTARTS sets how many; the shipped base had 3),
-#   5. two text stages: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
+#   5. three text stages: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
 #      the 8,000-sentence one, same seed, dev and test) at peak 3e-4 for 1,200 steps
 #      (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
-#      with another seed (configs/train/base_natural_stage7.yaml); BASE_TEXT_STAGES=1 stops after the first, 0 skips both,
+#      with another seed (configs/train/base_natural_stage7.yaml), then that one's on NEW text: 5,769 sentences of
+#      15-25 words (data/base_long, made in step 1; disjoint from every 4-14-word sentence the other corpora and the
+#      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml); BASE_TEXT_STAGES=N stops
+#      after the first N (0 skips them),
 #   6. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
 #      assets/base_model.
-# Every stage is resumable: re-running the script continues where it stopped (~9 h on 2 idle cores).
+# Every stage is resumable: re-running the script continues where it stopped (~10 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
-# BASE_TEXT_TRAIN (15000), BASE_NATURAL (data/natural),
+# BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
+# BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGES (2), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_OUT (assets/base_model), BASE_PROCS (2).
+# BASE_TEXT_STAGES (3), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_OUT (assets/base_model), BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
@@ -35,13 +39,14 @@ RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
-TEXT_STAGES=${BASE_TEXT_STAGES:-2}
-if ((TEXT_STAGES < 0 || TEXT_STAGES > 2)); then
-  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1 or 2" >&2
+TEXT_STAGES=${BASE_TEXT_STAGES:-3}
+if ((TEXT_STAGES < 0 || TEXT_STAGES > 3)); then
+  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2 or 3" >&2
   exit 2
 fi
 TEXT_STAGE=$((TEXT_STAGES > 0))  # whether the bigger corpus is needed
 TEXT_CORPUS=${BASE_TEXT_CORPUS:-data/base_nat15}
+LONG_CORPUS=${BASE_LONG_CORPUS:-data/base_long}
 TOTAL=$((RESTARTS + TEXT_STAGES + 4))  # corpora, stages 1 and 2, the warm restarts, the text stages, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
@@ -53,13 +58,17 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     --num_processes "$PROCS" --main_process_port "$port" scripts/train.py --config "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
 if ((TEXT_STAGE)); then  # the same options with nearly every usable sentence: the text stage's corpus
   $PY scripts/make_corpus.py --out "$TEXT_CORPUS" --train "${BASE_TEXT_TRAIN:-15000}" --dev 200 --test 200 --seed 0 \
     --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
+fi
+if ((TEXT_STAGES > 2)); then  # new text: the sentences of 15-25 words, none of which any other corpus reads
+  $PY scripts/make_corpus.py --out "$LONG_CORPUS" --train "${BASE_LONG_TRAIN:-5769}" --dev "${BASE_LONG_DEV:-100}" --test 0 --seed 9 \
+    --min-words 15 --max-words 25 --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
 fi
 # The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
 # used here), so that both scripts share data/natural.
@@ -83,14 +92,17 @@ for ((stage = 3; stage < RESTARTS + 3; stage++)); do
   prev="$next"
 done
 
-# The text stages: the first on stage6.yaml (1,200 steps), the second on stage7.yaml (1,800 steps, another seed).
-text_configs=(configs/train/base_natural_stage6.yaml configs/train/base_natural_stage7.yaml)
-text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}")
+# The text stages: stage6.yaml (1,200 steps), stage7.yaml (1,800 steps, another seed), both on the 15,000 sentences,
+# then stage8.yaml (1,200 steps) on the long sentences.
+text_configs=(configs/train/base_natural_stage6.yaml configs/train/base_natural_stage7.yaml
+  configs/train/base_natural_stage8.yaml)
+text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS")
+text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}" "${BASE_STEPS8:-1200}")
 for ((i = 0; i < TEXT_STAGES; i++)); do
   stage=$((RESTARTS + 3 + i))
   next="${RUN}_stage$stage"
-  say "$((stage + 1))/$TOTAL stage $stage: more text, from $prev/model on $TEXT_CORPUS, ${text_steps[i]} steps -> $next"
-  train "${text_configs[i]}" data.train.path="$TEXT_CORPUS/train.jsonl" \
+  say "$((stage + 1))/$TOTAL stage $stage: more text, from $prev/model on ${text_corpora[i]}, ${text_steps[i]} steps -> $next"
+  train "${text_configs[i]}" data.train.path="${text_corpora[i]}/train.jsonl" \
     data.dev.path="$NATURAL/dev.jsonl" model.name_or_path="$prev/model" data.vocab="$prev/model" \
     train.output_dir="$next" train.max_steps="${text_steps[i]}" "$@"
   prev="$next"

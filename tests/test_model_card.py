@@ -52,6 +52,13 @@ def _processor_classes(path: Path) -> set[str]:
     return names
 
 
+def test_a_card_written_before_the_atomic_rename_names_the_run(tmp_path):
+    """The trainer writes RUN/model.tmp, then renames it to RUN/model: the card names the run, not "model.tmp"."""
+    model = _model_dir(tmp_path / "base_natural9" / "model.tmp", [])
+    write_model_card(model)
+    assert _card(model)["model-index"][0]["name"] == "base_natural9"
+
+
 def test_card_metadata_from_the_config_and_the_dev_metrics(tmp_path):
     model = _model_dir(tmp_path / "run" / "model", ["model.name_or_path=facebook/wav2vec2-base",
                                                     "card.license=mit", "card.language=[en, fr]"])

@@ -53,12 +53,13 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~7 min on idle cores, three times that beside another job
 @needs_engines
 def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
-    """scripts/build_base_model.sh end to end: a 40-utterance corpus (and a 60-utterance one for the text stage),
-    stage 1 stopped at step 3, stage 2 to step 6, stages 3 to 5 (warm restarts, each from the previous stage's model)
-    3 steps each, stages 6 and 7 (the text stages, from stage 5's model on the bigger corpus) 3 steps each, stage 7
-    published."""
+    """scripts/build_base_model.sh end to end: a 40-utterance corpus (a 60-utterance one for the text stages, a
+    20-utterance one of long sentences), stage 1 stopped at step 3, stage 2 to step 6, stages 3 to 5 (warm
+    restarts, each from the previous stage's model) 3 steps each, stages 6 and 7 (the text stages on the bigger
+    corpus) and 8 (on the long sentences) 3 steps each, stage 8 published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -70,11 +71,12 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_STEPS": "6", "BASE_NATURAL": str(tmp_path / "natural"), "BASE_NATURAL_DEV": "10",
                "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out),
                "BASE_STEPS3": "3", "BASE_TEXT_CORPUS": str(tmp_path / "corpus15"), "BASE_TEXT_TRAIN": "60",
-               "BASE_STEPS6": "3", "BASE_STEPS7": "3"}
+               "BASE_STEPS6": "3", "BASE_STEPS7": "3", "BASE_LONG_CORPUS": str(tmp_path / "long"),
+               "BASE_LONG_TRAIN": "20", "BASE_LONG_DEV": "0", "BASE_STEPS8": "3"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
-                          cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=1200)
+                          cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=2300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     corpus = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
     demo_voices = ("flite:rms", "festival:ked_diphone", "espeak-ng:en-gb-scotland", "espeak-ng:en-029")
@@ -93,8 +95,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
     assert steps3 == [1, 2, 3] and f"name_or_path: {run / 'model'}" in (run3 / "train_config.yaml").read_text()
-    # the later warm restarts each start from the previous stage's model; then the text stages (6, 7: published)
-    for stage in (4, 5, 6, 7):
+    # the later warm restarts each start from the previous stage's model; then the text stages (6, 7, 8: published)
+    for stage in (4, 5, 6, 7, 8):
         previous, current = tmp_path / f"run_stage{stage - 1}", tmp_path / f"run_stage{stage}"
         steps = [r["step"] for r in map(json.loads, (current / "metrics.jsonl").read_text().splitlines())
                  if r["kind"] == "train"]
@@ -108,8 +110,16 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     config7 = (tmp_path / "run_stage7" / "train_config.yaml").read_text()
     assert f"path: {tmp_path / 'corpus15' / 'train.jsonl'}" in config7 and "lr: 0.0002" in config7
     assert "seed: 7" in config7
-    assert not (tmp_path / "run_stage8").exists()
-    assert f"publishing {tmp_path / 'run_stage7' / 'model'} -> {out}" in proc.stdout
+    # stage 8 reads new text: sentences of 15-25 words, none of them in the other corpora (nor the demo's sets)
+    config8 = (tmp_path / "run_stage8" / "train_config.yaml").read_text()
+    assert f"path: {tmp_path / 'long' / 'train.jsonl'}" in config8 and "seed: 9" in config8
+    long_rows = [json.loads(line) for line in (tmp_path / "long" / "train.jsonl").read_text().splitlines()]
+    assert len(long_rows) == 20 and all(15 <= len(r["text"].split()) <= 25 for r in long_rows)
+    short_texts = {json.loads(line)["text"] for name in ("train", "dev", "test")
+                   for line in (tmp_path / "corpus15" / f"{name}.jsonl").read_text().splitlines()}
+    assert short_texts and not short_texts & {r["text"] for r in long_rows}
+    assert not (tmp_path / "run_stage9").exists()
+    assert f"publishing {tmp_path / 'run_stage8' / 'model'} -> {out}" in proc.stdout
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
