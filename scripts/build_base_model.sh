@@ -26,7 +26,8 @@
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGES (3), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_OUT (assets/base_model), BASE_PROCS (2).
+# BASE_TEXT_STAGES (3), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_OUT (assets/base_model),
+# BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
@@ -67,8 +68,9 @@ if ((TEXT_STAGE)); then  # the same options with nearly every usable sentence: t
     --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
 fi
 if ((TEXT_STAGES > 2)); then  # new text: the sentences of 15-25 words, none of which any other corpus reads
-  $PY scripts/make_corpus.py --out "$LONG_CORPUS" --train "${BASE_LONG_TRAIN:-5769}" --dev "${BASE_LONG_DEV:-100}" --test 0 --seed 9 \
-    --min-words 15 --max-words 25 --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
+  $PY scripts/make_corpus.py --out "$LONG_CORPUS" --train "${BASE_LONG_TRAIN:-5769}" --dev "${BASE_LONG_DEV:-100}" \
+    --test 0 --seed 9 --min-words 15 --max-words 25 --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" \
+    --no-progress
 fi
 # The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
 # used here), so that both scripts share data/natural.
