@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 ENGINES = ("espeak-ng", "flite", "festival", "piper")
 SPLITS = ("train", "dev", "test")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian's wordnet-base: the data.<pos> files
+# Where sentences come from when no text file is given: fortunes' quotes, or WordNet's usage examples
+# ("he ran the store for his father"), a second source of real English of other topics and styles.
+TEXT_SOURCES = ("fortunes", "wordnet")
 FESTIVAL_VOICES_DIR = Path("/usr/share/festival/voices")
 
 _SETUP_HINT = "run `bash scripts/setup.sh`"
@@ -98,6 +102,7 @@ _ABBREVIATION = re.compile(r"\b(mr|mrs|ms|dr|st|jr|sr|vs|prof|etc)\.", re.IGNORE
 _SENTENCE_END = re.compile(r"[.!?]+[\"'`)\]]*(?:\s+|$)")
 _UNSPEAKABLE = re.compile(r"[0-9@#$%&*+=<>/\\|_~^{}\[\]]")  # the audio would say words the text lacks
 _STRAY_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+_WORDNET_EXAMPLE = re.compile(r'"([^"]+)"')  # a synset's gloss quotes its usage examples
 
 
 # ----------------------------------------------------------------------------------------- text
@@ -119,30 +124,40 @@ def normalise_sentence(text: str) -> str | None:
     return " ".join(_STRAY_APOSTROPHE.sub(" ", text).split())
 
 
-def load_sentences(path: Path | None = None, min_words: int = 4, max_words: int = 14) -> list[str]:
+def load_sentences(path: Path | None = None, min_words: int = 4, max_words: int = 14,
+                   source: str = "fortunes") -> list[str]:
     """Loads distinct normalised sentences of `min_words`-`max_words` words, in a fixed order.
 
     Args:
-        path: a UTF-8 text file with one sentence per line, or None for the English sentences of
-            Debian's `fortunes` (every file of FORTUNES_DIR, entries split into sentences).
+        path: a UTF-8 text file with one sentence per line, or None for the built-in `source`.
         min_words: shortest sentence kept, in words.
         max_words: longest sentence kept, in words.
+        source: with no `path`, one of TEXT_SOURCES: "fortunes" (the English sentences of Debian's
+            `fortunes`, every file of FORTUNES_DIR, entries split into sentences) or "wordnet" (WordNet's
+            usage examples, without any sentence fortunes also holds, so that a WordNet corpus never
+            shares a sentence with a fortunes test set or LM text).
 
     Returns:
         Sentences in file order, first occurrence of each duplicate kept.
     """
     if min_words < 1 or max_words < min_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words} and {max_words}; fix the word limits")
-    if path is None:
-        raw, source = _fortune_sentences(), str(FORTUNES_DIR)
-    else:
+    if source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {source!r}; use one of {', '.join(TEXT_SOURCES)}")
+    excluded: set[str] = set()
+    if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"text file {path} does not exist; pass a file with one sentence per line")
         raw, source = path.read_text(encoding="utf-8", errors="replace").splitlines(), str(path)
+    elif source == "wordnet":
+        raw, source = _wordnet_examples(), str(WORDNET_DIR)
+        excluded = {s for s in map(normalise_sentence, _fortune_sentences()) if s}
+    else:
+        raw, source = _fortune_sentences(), str(FORTUNES_DIR)
     kept: list[str] = []
     seen: set[str] = set()
-    unspeakable = wrong_length = duplicates = 0
+    unspeakable = wrong_length = duplicates = in_fortunes = 0
     for line in raw:
         sentence = normalise_sentence(line)
         if sentence is None:
@@ -151,18 +166,36 @@ def load_sentences(path: Path | None = None, min_words: int = 4, max_words: int 
             wrong_length += 1
         elif sentence in seen:
             duplicates += 1
+        elif sentence in excluded:
+            in_fortunes += 1
         else:
             seen.add(sentence)
             kept.append(sentence)
     logger.info(
-        "%d sentences from %s (dropped %d with digits/symbols, %d outside %d-%d words, %d duplicates)",
+        "%d sentences from %s (dropped %d with digits/symbols, %d outside %d-%d words, %d duplicates%s)",
         len(kept), source, unspeakable, wrong_length, min_words, max_words, duplicates,
+        f", {in_fortunes} also in fortunes" if excluded else "",
     )
     if not kept:
         raise ValueError(
             f"no usable sentence of {min_words}-{max_words} words in {source}; pass a file with one sentence per line"
         )
     return kept
+
+
+def _wordnet_examples() -> list[str]:
+    """Raw usage examples of every synset (data.noun, data.verb, data.adj, data.adv), in file order."""
+    files = [WORDNET_DIR / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
+    if not all(f.is_file() for f in files):
+        raise RuntimeError(f"WordNet not found in {WORDNET_DIR} (Debian's wordnet-base); {_SETUP_HINT} "
+                           "or pass a text file")
+    examples = []
+    for file in files:
+        for line in file.read_text(encoding="latin-1").splitlines():
+            if line.startswith(" ") or "|" not in line:  # the licence header; every synset line has a gloss
+                continue
+            examples.extend(e.strip() for e in _WORDNET_EXAMPLE.findall(line.split("|", 1)[1]))
+    return examples
 
 
 def _fortune_sentences() -> list[str]:
@@ -492,7 +525,8 @@ class CorpusOptions:
     dev: int = 200
     test: int = 200
     seed: int = 0  # picks sentences, voices and held-out voices
-    text: Path | None = None  # one sentence per line; None = the English sentences of Debian fortunes
+    text: Path | None = None  # one sentence per line; None = the sentences of `text_source`
+    text_source: str = "fortunes"  # with no `text`: one of TEXT_SOURCES (fortunes' quotes, WordNet's examples)
     engines: tuple[str, ...] = ENGINES  # absent engines are skipped with a warning
     engine_weights: dict[str, float] = field(default_factory=dict)  # draw share per engine (missing: 1); e.g. {"piper": 3}
     heldout_voices: int | tuple[str, ...] = 0  # K voices picked per seed, or explicit voice ids; dev/test only
@@ -506,6 +540,11 @@ class CorpusOptions:
         if min(self.train, self.dev, self.test) < 0 or self.train + self.dev + self.test == 0:
             counts = f"{self.train}/{self.dev}/{self.test}"
             raise ValueError(f"utterance counts must be >= 0 and not all 0, got {counts}; fix --train/--dev/--test")
+        if self.text_source not in TEXT_SOURCES:
+            raise ValueError(f"unknown text source {self.text_source!r}; use one of {', '.join(TEXT_SOURCES)} "
+                             "(--text-source)")
+        if self.text is not None and self.text_source != "fortunes":
+            raise ValueError("pass either a text file (--text) or a text source (--text-source), not both")
         if unknown := sorted(set(self.engines) - set(ENGINES)):
             raise ValueError(f"unknown engine(s) {', '.join(unknown)}; use some of {', '.join(ENGINES)}")
         if not 0.0 <= self.heldout_fraction <= 1.0:
@@ -571,7 +610,7 @@ def make_corpus(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file, not a directory; choose a directory for the corpus")
-    sentences = load_sentences(options.text, options.min_words, options.max_words)
+    sentences = load_sentences(options.text, options.min_words, options.max_words, options.text_source)
     catalogue = sorted(voices if voices is not None else list_voices(options.engines), key=lambda v: v.id)
     if not catalogue:
         raise ValueError("the voice catalogue is empty; pass voices from list_voices()")
@@ -636,6 +675,8 @@ def _args_record(options: CorpusOptions, sentences: list[str], catalogue: list[V
     record = asdict(options)
     if not options.engine_weights:
         del record["engine_weights"]  # equal weights: the record of corpora made before weights existed
+    if options.text_source == "fortunes":
+        del record["text_source"]  # likewise: corpora made before WordNet keep their record
     record["text"] = str(Path(options.text).resolve()) if options.text is not None else None
     record["sentences_sha256"] = hashlib.sha256("\n".join(sentences).encode()).hexdigest()
     record["voices_sha256"] = hashlib.sha256("\n".join(v.id for v in catalogue).encode()).hexdigest()

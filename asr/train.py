@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,10 @@ class OptimConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup to 0 at max_steps
     max_grad_norm: float | None = 1.0  # clip the global grad norm; None disables
     grad_accum_steps: int = 1  # micro-batches per optimizer step
+    # Layer-wise LR decay: the CTC head and the top encoder layer train at `lr`, each layer below at this factor
+    # times the one above, the front end (feature encoder/projection, positional embedding) at the lowest rate,
+    # so fine-tuning moves the lower layers' acoustics less. None (or 1.0): one rate for all.
+    layer_decay: float | None = None
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr, "a positive learning rate such as 1e-4")
@@ -56,6 +61,8 @@ class OptimConfig:
                "optim.max_grad_norm", self.max_grad_norm, "a positive norm such as 1.0, or null to not clip")
         require(self.grad_accum_steps >= 1, "optim.grad_accum_steps", self.grad_accum_steps,
                "1 or more micro-batches per optimizer step")
+        require(self.layer_decay is None or (math.isfinite(self.layer_decay) and 0 < self.layer_decay <= 1),
+               "optim.layer_decay", self.layer_decay, "a factor in (0, 1] such as 0.8, or null for one rate")
 
 
 @dataclass
@@ -169,20 +176,56 @@ class TrainConfig:
 
 
 _NO_DECAY = ("bias", "layer_norm", "layernorm", "norm.weight", "masked_spec_embed", "pos_conv")
+_LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")  # wav2vec2, HuBERT, WavLM, w2v-bert, conformer, data2vec
+
+
+def layer_depths(model: torch.nn.Module) -> dict[str, int]:
+    """Each trainable parameter's depth: 0 for the front end, n + 1 for encoder layer n, the top for the rest.
+
+    The rest is what sits above the layers: the CTC head, an adapter, and the encoder's final norm in
+    pre-LN (stable layer norm) models; a post-LN model's encoder norm comes before the layers (depth 0).
+    Raises ConfigError for a model without `encoder.layers.N` (layer-wise decay cannot place its layers).
+    """
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    layers = {name: int(m.group(1)) for name in names if (m := _LAYER.search(name))}
+    if not layers:
+        raise ConfigError(f"optim.layer_decay needs encoder layers named encoder.layers.N, and "
+                          f"{type(model).__name__} has none; set optim.layer_decay=null")
+    top = max(layers.values()) + 2
+    pre_ln = bool(getattr(model.config, "do_stable_layer_norm", False))
+    front = ("feature_extractor", "feature_projection", "masked_spec_embed", "pos_conv_embed")
+
+    def depth(name: str) -> int:
+        if name in layers:
+            return layers[name] + 1
+        if any(f".{part}" in f".{name}" for part in front):
+            return 0
+        if ".encoder.layer_norm." in f".{name}":
+            return top if pre_ln else 0
+        return top
+
+    return {name: depth(name) for name in names}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (biases, norms and embeddings excluded)."""
-    decay, no_decay = [], []
+    """AdamW with weight decay on weight matrices only (biases, norms and embeddings excluded).
+
+    With `cfg.layer_decay`, one pair of groups per depth (`layer_depths`), each with its own peak rate
+    lr x decay^(top - depth); the schedule scales every group's rate by the same factor.
+    """
+    decay_factor = cfg.layer_decay if cfg.layer_decay is not None and cfg.layer_decay < 1 else None
+    depths = layer_depths(model) if decay_factor is not None else {}
+    top = max(depths.values(), default=0)
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or any(k in name.lower() for k in _NO_DECAY) else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        decayed = not (param.ndim < 2 or any(k in name.lower() for k in _NO_DECAY))
+        groups.setdefault((depths.get(name, top), decayed), []).append(param)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0,
+                     "lr": cfg.lr * (decay_factor ** (top - depth) if decay_factor else 1.0)}
+                    for (depth, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int):

@@ -339,7 +339,7 @@ def run_training(run: TrainingRun) -> None:
                 # every rank clips with the same all-reduced norm: rank 0's mean is the run's
                 state.audio_seconds += audio
                 record = {"kind": "train", "step": state.step, "epoch": state.epoch,
-                          "loss": loss_sum / max(1, loss_n), "lr": scheduler.get_last_lr()[0],
+                          "loss": loss_sum / max(1, loss_n), "lr": max(scheduler.get_last_lr()),
                           "audio_s_per_s": audio / max(elapsed, 1e-9), "skipped": state.skipped_nonfinite,
                           "grad_norm": window["grad_norm"] / window["norms"] if window["norms"] else None}
                 if accelerator.is_main_process:

@@ -9,6 +9,7 @@ into a complete corpus is a no-op, and an interrupted run resumes where it stopp
 
 Options worth knowing:
     --text FILE               one sentence per line instead of Debian's fortunes
+    --text-source wordnet     WordNet's ~30k usage examples instead (none that fortunes also holds)
     --engines espeak-ng,flite   engines to use (default: all four; absent ones are skipped)
     --engine-weights piper=3  draw an engine 3x as often as the others (default: all equal)
     --heldout-voices 3        keep 3 voices (or comma-separated voice ids) out of train, so dev/test
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_USAGE
-from asr.corpus import ENGINES, CorpusOptions, list_voices, make_corpus, select_voices
+from asr.corpus import ENGINES, TEXT_SOURCES, CorpusOptions, list_voices, make_corpus, select_voices
 from asr.layouts import LAYOUTS, export_layout
 
 
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=200, help="test utterances")
     p.add_argument("--seed", type=int, default=0, help="picks sentences and voices")
     p.add_argument("--text", type=Path, default=None, help="text file, one sentence per line (default: fortunes)")
+    p.add_argument("--text-source", choices=TEXT_SOURCES, default="fortunes",
+                   help="built-in sentences when no --text: fortunes' quotes or WordNet's usage examples")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")
     p.add_argument("--engine-weights", default="", help="comma-separated engine=weight, e.g. piper=3 (default: all 1)")
     p.add_argument("--heldout-voices", default="0", help="voices only in dev/test: a count, or comma-separated ids")
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             test=args.test,
             seed=args.seed,
             text=args.text,
+            text_source=args.text_source,
             engines=engines,
             engine_weights=weights,
             heldout_voices=heldout_voices,

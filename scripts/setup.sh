@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 APT_PACKAGES=(
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts  # voices
   fortunes fortunes-min        # ~16k real English sentences for transcripts and LM text
+  wordnet-base                 # ~30k more: WordNet's usage examples (make_corpus.py --text-source wordnet)
   alsa-utils                   # its 8 recorded phrases: the one real human voice on the machine (demo)
   ffmpeg sox libsndfile1       # decoding of formats libsndfile cannot read; audio checks
   libjemalloc2                 # train/transcribe re-run under it: glibc malloc fragments (asr/allocator.py)

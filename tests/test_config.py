@@ -53,6 +53,8 @@ def test_overrides_are_typed():
         (["optim.betas=[0.9]"], "optim.betas is [0.9]; set it to two numbers in [0, 1)"),
         (["optim.eps=0"], "optim.eps is 0.0"),
         (["optim.max_grad_norm=-1"], "optim.max_grad_norm is -1.0"),
+        (["optim.layer_decay=0"], "optim.layer_decay is 0.0; set it to a factor in (0, 1]"),
+        (["optim.layer_decay=1.5"], "optim.layer_decay is 1.5"),
         (["train.save_total_limit=0"], "train.save_total_limit is 0"),
         (["train.seed=-1"], "train.seed is -1"),
         (["train.output_dir=README.md"], "train.output_dir is 'README.md'; set it to a directory path (README.md is a file"),

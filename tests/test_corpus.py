@@ -99,6 +99,43 @@ def test_load_sentences_from_fortunes() -> None:
     assert load_sentences(None) == sentences  # fixed order: the seed alone decides the corpus
 
 
+@pytest.mark.skipif(not (corpus.FORTUNES_DIR.is_dir() and corpus.WORDNET_DIR.is_dir()),
+                    reason="Debian fortunes and wordnet-base are needed; run `bash scripts/setup.sh`")
+def test_wordnet_examples_are_a_second_source_sharing_no_sentence_with_fortunes() -> None:
+    sentences = load_sentences(None, source="wordnet")
+    assert len(sentences) > 25_000  # 33,705 of 4-14 words in WordNet 3.0
+    assert len(set(sentences)) == len(sentences)
+    assert all(NORMALISED.match(s) and 4 <= len(s.split()) <= 14 for s in sentences)
+    assert not set(sentences) & set(load_sentences(None, min_words=1, max_words=200))
+    # usage examples (quoted in the glosses), not the definitions themselves
+    assert {"it was full of rackets balls and other objects", "the team is a unit"} <= set(sentences)
+    assert "an assemblage of parts that is regarded as a single entity" not in sentences  # that synset's definition
+    assert load_sentences(None, source="wordnet") == sentences  # fixed order: the seed alone decides a corpus
+
+
+@pytest.mark.skipif(not corpus.WORDNET_DIR.is_dir(), reason="wordnet-base is needed; run `bash scripts/setup.sh`")
+def test_a_wordnet_corpus_reads_wordnet_sentences_and_keeps_its_own_record(tmp_path: Path, corpus_dir: Path) -> None:
+    options = CorpusOptions(train=4, dev=1, test=1, seed=3, text_source="wordnet")
+    summary = make_corpus(options, tmp_path / "wn", voices=VOICES[:2], workers=2, progress=False)
+    wordnet = set(load_sentences(None, source="wordnet"))
+    rows = [r for split in SPLITS for r in read_jsonl(tmp_path / "wn" / f"{split}.jsonl")]
+    assert len(rows) == 6 and all(r["text"] in wordnet for r in rows)
+    assert all(sf.info(str(tmp_path / "wn" / r["audio_filepath"])).duration > 0.5 for r in rows)
+    assert summary.args["text_source"] == "wordnet"
+    # a fortunes corpus keeps the record it had before text sources existed (no re-synthesis after an upgrade)
+    assert "text_source" not in json.loads((corpus_dir / "corpus.json").read_text())["args"]
+    # the same folder with fortunes' sentences is another corpus
+    with pytest.raises(ValueError, match="overwrite"):
+        make_corpus(CorpusOptions(train=4, dev=1, test=1, seed=3), tmp_path / "wn", voices=VOICES[:2], progress=False)
+
+
+def test_text_source_is_checked_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown text source 'gutenberg'; use one of fortunes, wordnet"):
+        CorpusOptions(text_source="gutenberg")
+    with pytest.raises(ValueError, match=r"either a text file \(--text\) or a text source"):
+        CorpusOptions(text=tmp_path / "t.txt", text_source="wordnet")
+
+
 # --------------------------------------------------------------------------------------- voices
 def test_voice_id_is_stable_and_checked() -> None:
     assert Voice("espeak-ng", "en-us+f3", speed=1.15, pitch=0.8).id == "espeak-ng:en-us+f3:s115:p080"

@@ -142,6 +142,74 @@ def test_weight_decay_shrinks_weight_matrices_only():
             torch.testing.assert_close(p, before[name] * (1 - 0.1 * 0.5)), name
 
 
+def tiny_model_of(**arch):
+    from asr.model import ModelConfig, build_model
+
+    arch = dict(model_type="wav2vec2", hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                intermediate_size=64, conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                **arch)
+    vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2, **{c: i + 3 for i, c in enumerate("abcdefghij")}}
+    torch.manual_seed(0)
+    return build_model(ModelConfig(architecture=arch, freeze_feature_encoder=False), vocab, pad_token_id=0)
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_layer_decay_steps_each_layer_at_its_own_rate(pre_ln):
+    """optim.layer_decay=0.5 on a 3-layer model: the head at lr, layer 2 at lr/2, layer 1 at lr/4, layer 0 at
+    lr/8 and the front end at lr/16. Adam's first step moves every weight by its rate (the gradient's sign),
+    so one real step with unit gradients and no weight decay shows the rate each parameter trained at."""
+    model = tiny_model_of(do_stable_layer_norm=pre_ln)
+    lr = 0.01
+    optimizer = build_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0, layer_decay=0.5))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    expected = {"lm_head.weight": lr, "lm_head.bias": lr,
+                "wav2vec2.encoder.layers.2.feed_forward.output_dense.weight": lr / 2,
+                "wav2vec2.encoder.layers.1.attention.q_proj.bias": lr / 4,
+                "wav2vec2.encoder.layers.0.layer_norm.weight": lr / 8,
+                "wav2vec2.feature_projection.projection.weight": lr / 16,
+                "wav2vec2.feature_extractor.conv_layers.0.conv.weight": lr / 16,
+                "wav2vec2.encoder.pos_conv_embed.conv.bias": lr / 16,
+                "wav2vec2.masked_spec_embed": lr / 16,
+                # a pre-LN encoder's norm follows the last layer; a post-LN one's precedes the first
+                "wav2vec2.encoder.layer_norm.weight": lr if pre_ln else lr / 16}
+    for name, rate in expected.items():
+        moved = (before[name] - dict(model.named_parameters())[name]).abs()
+        torch.testing.assert_close(moved, torch.full_like(moved, rate), rtol=1e-3, atol=1e-7, msg=name)
+    # every trainable parameter in exactly one group, weight decay still split as without the decay
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [lr / 16, lr / 8, lr / 4, lr / 2, lr]
+
+
+def test_layer_decay_rates_keep_their_ratios_through_the_schedule():
+    model = tiny_model_of()
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, layer_decay=0.8))
+    scheduler = build_scheduler(optimizer, OptimConfig(lr=1e-3, warmup_steps=4, schedule="cosine"), 20)
+    peaks = [g["initial_lr"] for g in optimizer.param_groups]  # the peaks the schedule scales
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+    factor = 0.5 * (1 + math.cos(math.pi * 3 / 16))  # 7 steps: 4 of warmup, 3 of 16 into the cosine
+    assert scheduler.get_last_lr() == pytest.approx([peak * factor for peak in peaks])
+    assert max(peaks) == 1e-3 and min(peaks) == pytest.approx(1e-3 * 0.8 ** 4)
+
+
+def test_layer_decay_on_a_model_without_encoder_layers_fails_in_one_line():
+    from asr.config import ConfigError
+
+    class NoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ConfigError, match="optim.layer_decay needs encoder layers named encoder.layers.N, and "
+                                          "NoLayers has none; set optim.layer_decay=null"):
+        build_optimizer(NoLayers(), OptimConfig(layer_decay=0.9))
+
+
 # (schedule, step) -> LR factor, from the schedule's definition: linear warmup from 0 over 10 steps (peak at the
 # 10th), then linear or cosine decay over the remaining 100 to 0 at step 110. Step n is the n-th optimizer step.
 WARMUP, MAX_STEPS = 10, 110
