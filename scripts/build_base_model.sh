@@ -15,18 +15,22 @@
 #      (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
 #      with another seed (configs/train/base_natural_stage7.yaml), then that one's on NEW text: 5,769 sentences of
 #      15-25 words (data/base_long, made in step 1; disjoint from every 4-14-word sentence the other corpora and the
-#      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml); BASE_TEXT_STAGES=N stops
-#      after the first N (0 skips them),
+#      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml), then (BASE_TEXT_STAGES=4)
+#      that one's on text of a second source: 12,000 of WordNet's usage examples (data/base_wn, made in step 1; no
+#      fortunes sentence among them) at peak 2e-4 for 1,500 steps (configs/train/base_natural_stage9.yaml);
+#      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
 #   6. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
 #      assets/base_model.
 # Every stage is resumable: re-running the script continues where it stopped (~10 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
+# BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100),
 # BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGES (3), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_OUT (assets/base_model),
+# BASE_TEXT_STAGES (3), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_STEPS9 (1500),
+# BASE_OUT (assets/base_model),
 # BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
@@ -41,13 +45,14 @@ OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
 TEXT_STAGES=${BASE_TEXT_STAGES:-3}
-if ((TEXT_STAGES < 0 || TEXT_STAGES > 3)); then
-  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2 or 3" >&2
+if ((TEXT_STAGES < 0 || TEXT_STAGES > 4)); then
+  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2, 3 or 4" >&2
   exit 2
 fi
 TEXT_STAGE=$((TEXT_STAGES > 0))  # whether the bigger corpus is needed
 TEXT_CORPUS=${BASE_TEXT_CORPUS:-data/base_nat15}
 LONG_CORPUS=${BASE_LONG_CORPUS:-data/base_long}
+WN_CORPUS=${BASE_WN_CORPUS:-data/base_wn}
 TOTAL=$((RESTARTS + TEXT_STAGES + 4))  # corpora, stages 1 and 2, the warm restarts, the text stages, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
@@ -59,7 +64,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     --num_processes "$PROCS" --main_process_port "$port" scripts/train.py --config "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -70,6 +75,11 @@ fi
 if ((TEXT_STAGES > 2)); then  # new text: the sentences of 15-25 words, none of which any other corpus reads
   $PY scripts/make_corpus.py --out "$LONG_CORPUS" --train "${BASE_LONG_TRAIN:-5769}" --dev "${BASE_LONG_DEV:-100}" \
     --test 0 --seed 9 --min-words 15 --max-words 25 --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" \
+    --no-progress
+fi
+if ((TEXT_STAGES > 3)); then  # a second text source: WordNet's usage examples, none of them a fortunes sentence
+  $PY scripts/make_corpus.py --out "$WN_CORPUS" --text-source wordnet --train "${BASE_WN_TRAIN:-12000}" \
+    --dev "${BASE_WN_DEV:-100}" --test 0 --seed 11 --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" \
     --no-progress
 fi
 # The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
@@ -95,11 +105,11 @@ for ((stage = 3; stage < RESTARTS + 3; stage++)); do
 done
 
 # The text stages: stage6.yaml (1,200 steps), stage7.yaml (1,800 steps, another seed), both on the 15,000 sentences,
-# then stage8.yaml (1,200 steps) on the long sentences.
+# then stage8.yaml (1,200 steps) on the long sentences, stage9.yaml (1,500 steps) on WordNet's.
 text_configs=(configs/train/base_natural_stage6.yaml configs/train/base_natural_stage7.yaml
-  configs/train/base_natural_stage8.yaml)
-text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS")
-text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}" "${BASE_STEPS8:-1200}")
+  configs/train/base_natural_stage8.yaml configs/train/base_natural_stage9.yaml)
+text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS" "$WN_CORPUS")
+text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}" "${BASE_STEPS8:-1200}" "${BASE_STEPS9:-1500}")
 for ((i = 0; i < TEXT_STAGES; i++)); do
   stage=$((RESTARTS + 3 + i))
   next="${RUN}_stage$stage"
