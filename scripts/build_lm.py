@@ -13,6 +13,9 @@ $ASR_KENLM_BIN, on PATH or in tools/kenlm/bin (`bash scripts/setup.sh` builds th
 
 Text inputs (any mix, all concatenated):
     --text FILE ...            plain text, one sentence per line
+    --text-source wordnet      WordNet's ~47k usage examples (Debian's wordnet-base): general English that
+                               widens the vocabulary; none is a fortunes sentence, so a synthetic corpus's test
+                               sentences stay out (fortunes itself is not offered: it holds them)
     --source PATH ...          transcripts of a corpus: a manifest (.jsonl/.csv/.tsv), a LibriSpeech tree,
                                an audiofolder, a folder layout, or a `datasets` dataset (save_to_disk dir,
                                parquet, hub name), read through asr.sources; --split/--text-column apply
@@ -43,6 +46,7 @@ from pathlib import Path
 from asr.beam import PyCTCDecodeOptions
 from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_USAGE
+from asr.corpus import load_sentences
 from asr.model_card import write_model_card
 from asr.sources import SourceConfig, read_source_texts
 from asr.text import TextNormalizer, load_model_text_config
@@ -54,6 +58,9 @@ from lm.build import (
 )
 
 logger = logging.getLogger("build_lm")
+# Built-in text sources for the LM: not fortunes, whose sentences include every synthetic corpus's dev/test ones
+# (a corpus's lm.txt is fortunes without them).
+LM_TEXT_SOURCES = ("wordnet",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = LMBuildOptions()
     p = ArgumentParser(description=__doc__)
     p.add_argument("--text", type=Path, nargs="+", default=[], help="text files, one sentence per line")
+    p.add_argument("--text-source", nargs="+", default=[], choices=LM_TEXT_SOURCES,
+                   help="built-in text added to the LM's: WordNet's usage examples")
     p.add_argument("--encoding", default="utf-8", help="encoding of the --text/--heldout files")
     p.add_argument("--source", nargs="+", default=[], help="corpus sources whose transcripts are LM text")
     p.add_argument("--source-kind", default="auto", help="layout of --source (auto|manifest|librispeech|hf|...)")
@@ -94,8 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=PyCTCDecodeOptions.beta, help="attrs.json word bonus for pyctcdecode")
     add_common_flags(p)
     args = p.parse_args(argv)
-    if not args.text and not args.source:
-        p.error("give LM text with --text FILE and/or --source PATH")
+    if not args.text and not args.source and not args.text_source:
+        p.error("give LM text with --text FILE, --source PATH and/or --text-source wordnet")
     if args.output is None and args.model is None:
         p.error("give --output DIR, or --model DIR to write the LM beside the model")
     if (args.heldout or args.heldout_source) and args.heldout_fraction:
@@ -133,6 +142,11 @@ def build(args: argparse.Namespace) -> None:
     texts: list[str] = list(read_text_files(args.text, args.encoding))
     for path in args.source:
         texts.extend(read_source_texts(_source(args, path)))
+    for name in args.text_source:  # every example, fragments too: n-gram statistics, not utterances
+        try:
+            texts.extend(load_sentences(None, min_words=1, max_words=10_000, source=name))
+        except RuntimeError as e:  # its package is not installed: the message names the set-up
+            raise ValueError(str(e)) from None
     heldout = None
     if args.heldout or args.heldout_source:
         heldout = list(read_text_files(args.heldout or [], args.encoding))

@@ -4,7 +4,7 @@
 #   2. `accelerate launch` fine-tuning of the shipped base checkpoint (assets/base_model) on voices it
 #      never heard, on 2 CPU processes, with a share of the natural voice (Piper reading other training
 #      sentences) mixed in so that the fine-tuning does not erase it,
-#   3. a KenLM 4-gram beside the model,
+#   3. a KenLM 4-gram beside the model (the corpus's LM text and WordNet's usage examples),
 #   4. greedy vs beam+LM evaluation on the test set, with pocketsphinx (a classic offline recogniser) as a
 #      reference row (~1 min more on 2 cores),
 #   5. the same on a natural-voice test set: Piper (a neural voice trained on a real speaker) reading the
@@ -77,8 +77,11 @@ ACCELERATE_USE_CPU=true .venv/bin/accelerate launch --config_file configs/accele
   data.dev.path="$CORPUS/dev.jsonl" data.feature_cache.dir="$OUT/feature_cache" model.name_or_path="$BASE" \
   data.vocab="$BASE" --resume latest
 
-say "3/6 KenLM 4-gram from $CORPUS/lm.txt, beside the model"
-$PY scripts/build_lm.py --model "$OUT/model" --text "$CORPUS/lm.txt" --order 4 --heldout-fraction 0.02
+# The LM text: fortunes without the dev/test sentences, plus WordNet's usage examples (none a fortunes sentence), which
+# halve the test sentences' unknown words (6.2% -> 3.2%): beam+LM WER 27.1 -> 23.7 on the synthetic test set.
+say "3/6 KenLM 4-gram from $CORPUS/lm.txt and WordNet's usage examples, beside the model"
+$PY scripts/build_lm.py --model "$OUT/model" --text "$CORPUS/lm.txt" --text-source wordnet --order 4 \
+  --heldout-fraction 0.02
 
 if [ -f scripts/eval.py ]; then
   # The tuning grid: eval.py's default without its far corners (alpha 1.5, beta 3), which no demo run picked
