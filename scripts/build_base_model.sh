@@ -17,7 +17,8 @@
 #      15-25 words (data/base_long, made in step 1; disjoint from every 4-14-word sentence the other corpora and the
 #      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml), then (BASE_TEXT_STAGES=4)
 #      that one's on text of a second source: 12,000 of WordNet's usage examples (data/base_wn, made in step 1; no
-#      fortunes sentence among them) at peak 2e-4 for 1,500 steps (configs/train/base_natural_stage9.yaml);
+#      fortunes sentence among them) at peak 2e-4 for 1,500 steps (configs/train/base_natural_stage9.yaml; measured
+#      worse than stage 8 on every set but WordNet's own, so not in the default);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
 #   6. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
 #      assets/base_model.
