@@ -177,6 +177,7 @@ class TrainConfig:
 
 _NO_DECAY = ("bias", "layer_norm", "layernorm", "norm.weight", "masked_spec_embed", "pos_conv")
 _LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")  # wav2vec2, HuBERT, WavLM, w2v-bert, conformer, data2vec
+_FRONT_END = ("feature_extractor", "feature_projection", "masked_spec_embed", "pos_conv_embed")  # below the layers
 
 
 def layer_depths(model: torch.nn.Module) -> dict[str, int]:
@@ -193,12 +194,11 @@ def layer_depths(model: torch.nn.Module) -> dict[str, int]:
                           f"{type(model).__name__} has none; set optim.layer_decay=null")
     top = max(layers.values()) + 2
     pre_ln = bool(getattr(model.config, "do_stable_layer_norm", False))
-    front = ("feature_extractor", "feature_projection", "masked_spec_embed", "pos_conv_embed")
 
     def depth(name: str) -> int:
         if name in layers:
             return layers[name] + 1
-        if any(f".{part}" in f".{name}" for part in front):
+        if any(f".{part}" in f".{name}" for part in _FRONT_END):
             return 0
         if ".encoder.layer_norm." in f".{name}":
             return top if pre_ln else 0
@@ -213,8 +213,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     With `cfg.layer_decay`, one pair of groups per depth (`layer_depths`), each with its own peak rate
     lr x decay^(top - depth); the schedule scales every group's rate by the same factor.
     """
-    decay_factor = cfg.layer_decay if cfg.layer_decay is not None and cfg.layer_decay < 1 else None
-    depths = layer_depths(model) if decay_factor is not None else {}
+    factor = cfg.layer_decay or 1.0
+    depths = layer_depths(model) if factor < 1 else {}  # without decay every parameter is at the top
     top = max(depths.values(), default=0)
     groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -223,7 +223,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
         decayed = not (param.ndim < 2 or any(k in name.lower() for k in _NO_DECAY))
         groups.setdefault((depths.get(name, top), decayed), []).append(param)
     param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0,
-                     "lr": cfg.lr * (decay_factor ** (top - depth) if decay_factor else 1.0)}
+                     "lr": cfg.lr * factor ** (top - depth)}
                     for (depth, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
