@@ -288,7 +288,7 @@ def load_training_state(accelerator, folder: Path, model, optimizer, scheduler, 
         _keep_scheduler_on_live_groups(scheduler, model)
     else:
         _load_model(accelerator.unwrap_model(model), folder / MODEL_FILE)
-        _load_state_dict(optimizer, _torch_load(folder / OPTIMIZER_FILE), folder / OPTIMIZER_FILE)
+        _load_state_dict(optimizer, load_weights_only(folder / OPTIMIZER_FILE), folder / OPTIMIZER_FILE)
     _load_state_dict(scheduler, read_json(folder / SCHEDULER_FILE), folder / SCHEDULER_FILE, layout=True)
     if accelerator.scaler is not None:
         _load_state_dict(accelerator.scaler, read_json(folder / SCALER_FILE), folder / SCALER_FILE, layout=True)
@@ -309,7 +309,7 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"checkpoint file {path} is not JSON ({_first_line(e)}); it was not loaded") from e
 
 
-def _torch_load(path: Path, map_location: Any = "cpu", allowed: tuple[type, ...] = ()) -> Any:
+def load_weights_only(path: Path, map_location: Any = "cpu", allowed: tuple[type, ...] = ()) -> Any:
     """torch.load with weights_only=True (plus the `allowed` classes): a pickle calling anything else is refused."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing; resume from a checkpoint this version wrote")
@@ -363,7 +363,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _load_deepspeed(engine, folder: Path) -> None:
-    """DeepSpeed's model and optimizer shards, read through `_torch_load` instead of DeepSpeed's unsafe loader."""
+    """DeepSpeed's model and optimizer shards, read through `load_weights_only` instead of DeepSpeed's unsafe loader."""
     if engine.load_universal_checkpoint():
         raise CheckpointError("DeepSpeed's checkpoint.load_universal reads files with torch.load(weights_only=False), "
                               "which can run code from a checkpoint; remove it from the DeepSpeed config to resume")
@@ -417,22 +417,27 @@ def _replay_cpu_adam_steps(zero_optimizer) -> None:
                                      group.get("bias_correction", True), params, grads, exp_avg, exp_avg_sq)
 
 
-@contextlib.contextmanager
-def _weights_only_deepspeed_loads(engine) -> Iterator[None]:
-    """Makes `engine` read its checkpoint files with `_torch_load` (DeepSpeed's own loader passes weights_only=False).
-
-    Every file `load_checkpoint` reads goes through the engine's `checkpoint_engine.load` (the universal
-    checkpoint path, refused above, is the exception). The four classes allowed are the plain records
-    DeepSpeed pickles in its optimizer shards (ZeRO-1/2/3, offload, fp16/bf16).
-    """
-    # imported here, not at the top: only DeepSpeed runs get this far, and importing it takes seconds
+def deepspeed_pickled_records() -> tuple[type, ...]:
+    """The plain record classes DeepSpeed pickles in its shards (ZeRO-1/2/3, offload, fp16/bf16): what
+    `load_weights_only` allows besides tensors when it reads them."""
+    # imported here, not at the top: only DeepSpeed checkpoints get this far, and importing it takes seconds
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    allowed = (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
+@contextlib.contextmanager
+def _weights_only_deepspeed_loads(engine) -> Iterator[None]:
+    """Makes `engine` read its checkpoint files with `load_weights_only` (DeepSpeed's own loader passes weights_only=False).
+
+    Every file `load_checkpoint` reads goes through the engine's `checkpoint_engine.load` (the universal
+    checkpoint path, refused above, is the exception); they may hold `deepspeed_pickled_records` besides tensors.
+    """
+    allowed = deepspeed_pickled_records()
     loader = engine.checkpoint_engine
-    loader.load = lambda path, map_location=None: _torch_load(Path(path), map_location, allowed)  # this instance only
+    loader.load = lambda path, map_location=None: load_weights_only(Path(path), map_location, allowed)  # this instance only
     try:
         yield
     finally:

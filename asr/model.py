@@ -12,9 +12,11 @@ mean over the batch with `ctc_zero_infinity` so one impossible alignment cannot 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,12 +272,14 @@ def build_model(cfg: ModelConfig, vocab: dict[str, int], pad_token_id: int):
     return model
 
 
-def _write_beside(src: Path, dst: Path, model, state: dict | None = None) -> None:
-    """Writes `model` to `dst` with every non-weight file of `src` (processor, card, LM folder) beside it.
+def _write_beside(src: Path, dst: Path, model, state: dict | None = None, metrics: dict | None = None) -> None:
+    """Writes `model` to `dst` with every non-weight file of `src` (processor, card, LM folder) beside it;
+    with `metrics`, those replace metrics.json and the card is rewritten from them.
 
     Built in a temporary directory and renamed, so `dst` is never half-written.
     """
     from asr.files import replace_dir
+    from asr.model_card import METRICS_FILE, write_model_card
 
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -283,6 +287,9 @@ def _write_beside(src: Path, dst: Path, model, state: dict | None = None) -> Non
     # Only the top-level weights are rewritten: an LM folder's lm.bin is copied as it is.
     shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if Path(d) == src and n in weights])
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    if metrics is not None:
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        write_model_card(tmp)
     replace_dir(tmp, dst)
 
 
@@ -393,3 +400,27 @@ def deepen_model(src: str | Path, dst: str | Path, num_layers: int) -> dict[str,
         "params": (params_before, sum(p.numel() for p in model.parameters())),
         "max_abs_diff": _logit_change(reference, dst)[0],
     }
+
+
+def average_checkpoints(run_dir: str | Path, dst: str | Path, last: int | None = None,
+                        steps: Sequence[int] | None = None) -> dict[str, Any]:
+    """Writes the mean of a run's checkpoints (its `last` newest, or those of `steps`) as a model directory.
+
+    The directory is the run's exported model (`run_dir/model`: processor, normaliser, LM folder, training
+    config) with the averaged weights; metrics.json records the steps averaged instead of one step's dev
+    metrics. Checkpoints of any launch (one process, DDP, DeepSpeed ZeRO-1/2/3) are read without running code.
+
+    Returns:
+        {"steps": the steps averaged, "max_abs_diff": the largest logit difference between the average and
+        the run's exported model on one second of noise}.
+    """
+    from asr.averaging import average_weights, averaged_metrics, select_checkpoints
+
+    run_dir, dst = Path(run_dir), Path(dst)
+    folders = select_checkpoints(run_dir, last, steps)
+    model = _load_exported(run_dir / "model", dst)
+    model.load_state_dict(average_weights(folders, model), strict=True)
+    metrics = averaged_metrics(run_dir / "model", folders)
+    _write_beside(run_dir / "model", dst, model, metrics=metrics)
+    exported = _load_exported(run_dir / "model", dst)
+    return {"steps": [int(f.name.split("_")[1]) for f in folders], "max_abs_diff": _logit_change(exported, dst)[0]}

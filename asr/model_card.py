@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 CARD_FILE = "README.md"
 CONFIG_FILE = "train_config.yaml"  # written by scripts/train.py beside the weights
 METRICS_FILE = "metrics.json"
+AVERAGED_KEY = "averaged"  # metrics.json of an averaged model: the steps, in place of one step's dev metrics
 DEFAULT_LICENSE = "apache-2.0"  # this toolkit's licence, for weights trained from scratch or from a base that names none
 DECODER_TITLES = {"greedy": "greedy", "beam": "KenLM beam search (pyctcdecode)",
                   "flashlight": "KenLM beam search (flashlight-text)"}
@@ -225,6 +226,10 @@ def _body(directory: _Directory, results: Sequence[CardResult]) -> str:
             lines.append(f"| {split} | {s['source']} | {s['utterances']} | {s['hours']:.2f} | {s['dropped']} |")
     lines += ["", "## Use", "", *_usage(directory)]
     optim, data = config.get("optim") or {}, config.get("data") or {}
+    averaged = metrics.get(AVERAGED_KEY)
+    if averaged:
+        lines += ["", f"Weights: the mean of the run's checkpoints at steps {', '.join(map(str, averaged['steps']))} "
+                      "(scripts/average_checkpoints.py)."]
     if "step" in metrics:
         lines += ["", f"Training: {metrics['step']} steps, peak LR {optim.get('lr')}, {optim.get('schedule')} "
                       f"schedule, {data.get('max_batch_seconds')} s of audio per batch per process. The resolved "

@@ -1,7 +1,7 @@
 """The entry points. In a checkout they run by path (`python scripts/eval.py`, `accelerate launch scripts/train.py`);
 installed (`pip install .`, or the set-up's editable install) this folder is the package `asr_scripts`, and each
 entry point is also a console command: asr-train, asr-eval, asr-transcribe, asr-build-lm, asr-export,
-asr-make-corpus, asr-align, asr-publish, asr-compare-runs, asr-deepen (pyproject.toml [project.scripts]).
+asr-make-corpus, asr-align, asr-publish, asr-compare-runs, asr-deepen, asr-average (pyproject.toml [project.scripts]).
 
 A command runs the same `main()` as the script, after the same jemalloc re-execution the heavy scripts do
 first (asr/allocator.py). Multi-process training keeps its documented form, or runs the module:
@@ -46,3 +46,4 @@ align = _command("align")
 publish = _command("publish_model")
 compare_runs = _command("compare_runs")
 deepen = _command("deepen_model")
+average = _command("average_checkpoints")

@@ -114,6 +114,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[tuple[list, str]]]:
         "compare_runs": [([missing], "does not exist"), ([broken], "is not JSON lines")],
         "deepen_model": [(["--model", missing, "--output", tmp / "d", "--layers", "8"], "has no config.json"),
                          (["--model", BASE_MODEL, "--output", a_file, "--layers", "8"], "is a file, not a directory")],
+        "average_checkpoints": [(["--run", missing, "--last", "2", "--output", tmp / "a"], "holds no complete checkpoint"),
+                                (["--run", BASE_MODEL, "--steps", "5", "--output", tmp / "a"], "holds no complete checkpoint")],
     }
 
 

@@ -22,7 +22,8 @@ COMMANDS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scri
 # The command of each script (a new script without one fails the first test).
 EXPECTED = {"train": "asr-train", "eval": "asr-eval", "transcribe": "asr-transcribe", "build_lm": "asr-build-lm",
             "export": "asr-export", "make_corpus": "asr-make-corpus", "align": "asr-align",
-            "publish_model": "asr-publish", "compare_runs": "asr-compare-runs", "deepen_model": "asr-deepen"}
+            "publish_model": "asr-publish", "compare_runs": "asr-compare-runs", "deepen_model": "asr-deepen",
+            "average_checkpoints": "asr-average"}
 
 
 def test_every_entry_script_has_a_console_command():

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asr.averaging import checkpoint_weights
+from asr.checkpoint import CheckpointError
+from asr.model import average_checkpoints
 from trainrun import (
     KILLABLE,
     Kill,
@@ -30,12 +33,14 @@ pytestmark = pytest.mark.slow
 # Deterministic batches (ascending length) so that 2 ranks x 1 batch == 1 rank x 2 accumulated batches.
 SAME_BATCHES = ["data.shuffle=false", "model.mask_time_prob=0", "model.hidden_dropout=0", "model.attention_dropout=0",
                 "train.eval_every=1000", "train.log_every=1"]
+# checkpoints at steps 2 and 4, both kept: the DeepSpeed runs' are averaged and compared with DDP's
+KEEP_2_AND_4 = ["train.save_every=2", "train.save_total_limit=null"]
 
 
 @pytest.fixture(scope="module")
 def ddp_run(synth_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    run_train(synth_corpus, out, "train.max_steps=4", *SAME_BATCHES, kind="ddp2")
+    run_train(synth_corpus, out, "train.max_steps=4", *SAME_BATCHES, *KEEP_2_AND_4, kind="ddp2")
     return out / "run"
 
 
@@ -52,18 +57,26 @@ def test_ddp_two_processes_matches_one_process_with_same_global_batch(synth_corp
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3", "zero2_offload"])
 def test_deepspeed_zero_runs_and_matches_ddp(synth_corpus, tmp_path, ddp_run, stage):
-    proc = run_train(synth_corpus, tmp_path, "train.max_steps=4", *SAME_BATCHES, kind=stage)
+    proc = run_train(synth_corpus, tmp_path, "train.max_steps=4", *SAME_BATCHES, *KEEP_2_AND_4, kind=stage)
     run = tmp_path / "run"
     # really DeepSpeed, not DDP under another name: the engine ran and wrote its partitioned state
     assert "2 processes (DEEPSPEED)" in proc.stderr
     if stage == "zero2_offload":  # the optimizer step ran in DeepSpeed's CPU Adam on the offloaded states
         assert "optimizer DeepSpeedCPUAdam" in proc.stderr
-    [last] = sorted((run / "checkpoints").glob("step_*"))
+    last = run / "checkpoints" / "step_4"
     assert list(last.rglob("*zero_pp_rank_1*optim_states.pt")), sorted(p.name for p in last.rglob("*"))
     np.testing.assert_allclose([r["loss"] for r in metrics(run, "train")],
                                [r["loss"] for r in metrics(ddp_run, "train")], rtol=1e-4)
     # ZeRO-3 shards the parameters: the exported model must hold the gathered full weights
     assert max_weight_diff(run / "model", ddp_run / "model") < 1e-4
+    # averaging consolidates the shards (read weights-only): the last alone is the exported model, and the
+    # mean of steps 2 and 4 is DDP's mean of its plain weights files
+    average_checkpoints(run, tmp_path / "last", last=1)
+    assert max_weight_diff(tmp_path / "last", run / "model") < 1e-6
+    average_checkpoints(run, tmp_path / "avg", steps=[2, 4])
+    average_checkpoints(ddp_run, tmp_path / "ddp_avg", steps=[2, 4])
+    assert max_weight_diff(tmp_path / "avg", tmp_path / "ddp_avg") < 1e-4
+    assert max_weight_diff(tmp_path / "avg", run / "model") > 1e-4  # step 2 moved it
 
 
 def test_layer_decay_under_zero3_stopped_and_resumed_matches_ddp(synth_corpus, tmp_path):
@@ -192,6 +205,9 @@ def test_deepspeed_resume_refuses_a_crafted_pickle_in_its_shards(synth_corpus, t
         assert not (out / "marker").exists(), f"{name}: the checkpoint's pickle ran"
         assert proc.returncode != 0
         assert f"checkpoint file {checkpoint / name} refused" in proc.stderr, proc.stderr[-3000:]
+        with pytest.raises(CheckpointError, match="refused"):  # averaging reads the shards the same way
+            checkpoint_weights(checkpoint)
+        assert not (out / "marker").exists(), f"{name}: averaging ran the checkpoint's pickle"
 
 
 def test_nan_batch_is_skipped_on_every_rank(synth_corpus, tmp_path):
