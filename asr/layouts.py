@@ -28,6 +28,41 @@ logger = logging.getLogger(__name__)
 LAYOUTS = ("librispeech", "audiofolder", "folder", "parquet", "nemo_csv", "tsv")
 
 
+# -------------------------------------------------------------------------------------- combining
+def combine_corpora(corpora: Sequence[Path], out_file: Path, split: str = "train") -> int:
+    """Writes one manifest holding the `split` of several corpora: a training mix without copying audio.
+
+    Each row keeps its fields; its id gets the corpus folder's name as a prefix (`synth-train-000001`: ids
+    stay unique, and augmentation draws, keyed by id, differ between corpora) and its audio path becomes
+    absolute, so the manifest can live anywhere. Written atomically.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        ValueError: a corpus without `<split>.jsonl`, two corpora of the same folder name, `out_file` a directory.
+    """
+    names = [Path(os.path.abspath(c)).name for c in corpora]  # abspath: a symlinked folder keeps its own name
+    if len(set(names)) != len(names):
+        raise ValueError(f"corpora {', '.join(map(str, corpora))} share a folder name, which prefixes their ids; "
+                         "rename one folder")
+    if Path(out_file).is_dir():
+        raise ValueError(f"{out_file} is a directory; give the manifest file to write, e.g. {out_file}/train.jsonl")
+    lines = []
+    for corpus, name in zip(corpora, names):
+        if not (Path(corpus) / f"{split}.jsonl").is_file():
+            raise ValueError(f"{corpus} has no {split}.jsonl; pass corpus folders made by scripts/make_corpus.py")
+        for row in _read_corpus_manifest(Path(corpus), split):
+            path = row.pop("path")
+            row["id"] = f"{name}-{row['id']}"
+            row["audio_filepath"] = os.path.abspath(path)
+            lines.append(json.dumps(row) + "\n")
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_file, "".join(lines))
+    logger.info("wrote %d utterances of %s into %s", len(lines), ", ".join(map(str, corpora)), out_file)
+    return len(lines)
+
+
 # -------------------------------------------------------------------------------------- layouts
 def export_layout(corpus_dir: Path, layout: str, out_dir: Path, splits: Sequence[str] = SPLITS) -> dict[str, int]:
     """Copies a corpus into another dataset layout, so every loader can be tested on real audio.

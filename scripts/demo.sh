@@ -54,18 +54,7 @@ TRAIN_MANIFEST="$CORPUS/train.jsonl"
 if [ "$NATURAL_TRAIN" -gt 0 ]; then
   mkdir -p "$OUT"
   TRAIN_MANIFEST="$OUT/train_mix.jsonl"
-  $PY - "$TRAIN_MANIFEST" "$CORPUS" "$NATURAL" <<'PY'
-import json, os, sys
-out, corpora = sys.argv[1], sys.argv[2:]
-with open(out + ".tmp", "w") as f:
-    for corpus in corpora:
-        for line in open(os.path.join(corpus, "train.jsonl")):
-            row = json.loads(line)
-            row["id"] = f"{os.path.basename(os.path.normpath(corpus))}-{row['id']}"
-            row["audio_filepath"] = os.path.abspath(os.path.join(corpus, row["audio_filepath"]))
-            f.write(json.dumps(row) + "\n")
-os.replace(out + ".tmp", out)
-PY
+  $PY scripts/make_corpus.py --combine "$CORPUS" "$NATURAL" --out "$TRAIN_MANIFEST" --no-progress
 fi
 
 say "2/6 fine-tuning $BASE on $PROCS processes ($CONFIG) -> $OUT/model"

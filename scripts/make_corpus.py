@@ -19,6 +19,9 @@ Options worth knowing:
     --layout librispeech --layout-out DIR
                               also export as librispeech | audiofolder | folder | parquet | nemo_csv | tsv
     --list-voices             print the voice catalogue and exit
+    --combine data/synth data/natural --out runs/demo/train_mix.jsonl
+                              no synthesis: one manifest of these corpora's train splits (ids prefixed with
+                              each folder's name, absolute audio paths): a training mix of several corpora
     --workers N               synthesis processes (default: all cores)
 """
 
@@ -31,7 +34,7 @@ from pathlib import Path
 from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_USAGE
 from asr.corpus import ENGINES, TEXT_SOURCES, CorpusOptions, list_voices, make_corpus, select_voices
-from asr.layouts import LAYOUTS, export_layout
+from asr.layouts import LAYOUTS, combine_corpora, export_layout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="also export the corpus in this layout")
     p.add_argument("--layout-out", type=Path, default=None, help="export directory (default: <out>_<layout>)")
     p.add_argument("--list-voices", action="store_true", help="print the voice catalogue and exit")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="CORPUS",
+                   help="write --out as ONE manifest file of these corpora's train splits (nothing synthesised)")
     add_common_flags(p)
     return p.parse_args(argv)
 
@@ -76,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     heldout_voices = int(heldout) if heldout.isdigit() else tuple(h.strip() for h in heldout.split(",") if h.strip())
     include, exclude = _patterns(args.voices), _patterns(args.exclude_voices)
     try:
+        if args.combine:
+            combine_corpora(args.combine, args.out)
+            return EXIT_OK
         if args.list_voices:
             for voice in select_voices(list_voices(engines), include, exclude):
                 print(voice.id)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asr.audio import load_audio
-from asr.layouts import export_layout
+from asr.layouts import combine_corpora, export_layout
 from asr.sources import SourceConfig, Utterance, detect_kind, iter_hf, load_source, open_hf_dataset, read_folder
 from asr.text import TextNormalizer
 
@@ -239,3 +239,26 @@ def test_hub_name_offline_is_a_clear_error():
     assert detect_kind("PolyAI/minds14") == "hf"
     with pytest.raises(ValueError, match=r"could not open dataset 'PolyAI/minds14'.*offline, give a local"):
         load_source(SourceConfig(path="PolyAI/minds14", name="en-US", split="train"))
+
+
+def test_combined_corpora_are_one_manifest_of_both_with_prefixed_ids(tmp_path, synth_corpus):
+    """make_corpus.py --combine: the demo's fine-tuning mix and the base's mixed-text stage."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("train.jsonl", "audio"):  # a second corpus: the same rows under another folder name
+        (other / name).symlink_to(synth_corpus / name)
+    out = tmp_path / "mix" / "train.jsonl"
+    assert combine_corpora([synth_corpus, other], out) == 2 * len(manifest_rows(synth_corpus, "train"))
+    mixed = load_source(SourceConfig(path=str(out)))  # ids unique across both: the loader checks it
+    originals = [json.loads(line) for line in (synth_corpus / "train.jsonl").read_text().splitlines()]
+    assert [u.id for u in mixed] == [f"{synth_corpus.name}-{r['id']}" for r in originals] + \
+        [f"other-{r['id']}" for r in originals]
+    assert [u.text for u in mixed] == [r["text"] for r in originals] * 2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(Path(r["audio_filepath"]).is_absolute() and Path(r["audio_filepath"]).is_file() for r in rows)
+    assert rows[0]["speaker"] == originals[0]["speaker"]  # every other field kept
+    with pytest.raises(ValueError, match="share a folder name"):
+        combine_corpora([synth_corpus, synth_corpus], tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match="has no train.jsonl"):
+        combine_corpora([synth_corpus, tmp_path / "empty"], tmp_path / "x.jsonl")
+    assert not (tmp_path / "x.jsonl").exists()
