@@ -14,11 +14,14 @@ script can parse its arguments, and answer `--help`, before it imports torch.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from asr.constants import EXIT_USAGE
+from asr.constants import EXIT_OK, EXIT_USAGE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -79,3 +82,15 @@ def setup_logging(args: argparse.Namespace, main_process: bool = True, rank: int
     if args.no_progress:  # the libraries' own bars (model loading, dataset maps) read these when first imported
         for name in PROGRESS_OFF_ENV:
             os.environ.setdefault(name, "1")
+
+
+def run_reporting(prog: str, work: Callable[[], dict[str, Any]]) -> int:
+    """Runs a model tool's `work` and prints its report as one JSON line; a ValueError (bad input, named with
+    its fix) is one line on stderr and exit code 2."""
+    try:
+        report = work()
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report))
+    return EXIT_OK

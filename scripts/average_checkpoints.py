@@ -17,12 +17,10 @@ Exit code: 0 done, 2 bad arguments or input (no such step, a damaged checkpoint,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from asr.cli import ArgumentParser, add_common_flags, setup_logging
-from asr.constants import EXIT_OK, EXIT_USAGE
+from asr.cli import ArgumentParser, add_common_flags, run_reporting, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,13 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     from asr.model import average_checkpoints  # torch: after parsing, so that --help is instant
 
-    try:
-        report = average_checkpoints(args.run, args.output, last=args.last, steps=args.steps)
-    except ValueError as e:  # CheckpointError is a ValueError
-        print(f"average_checkpoints: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(json.dumps({"output": str(args.output), **report}))
-    return EXIT_OK
+    # a damaged or refused checkpoint (CheckpointError) is a ValueError too: one line, exit 2
+    return run_reporting("average_checkpoints", lambda: {
+        "output": str(args.output), **average_checkpoints(args.run, args.output, last=args.last, steps=args.steps)})
 
 
 if __name__ == "__main__":

@@ -10,12 +10,10 @@ scripts/build_base_model.sh). Prints the layer and parameter counts and the larg
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from asr.cli import ArgumentParser, add_common_flags, setup_logging
-from asr.constants import EXIT_OK, EXIT_USAGE
+from asr.cli import ArgumentParser, add_common_flags, run_reporting, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,13 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     from asr.model import deepen_model  # torch: after parsing, so that --help is instant
 
-    try:
-        report = deepen_model(args.model, args.output, args.layers)
-    except ValueError as e:
-        print(f"deepen_model: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(json.dumps({"output": str(args.output), **report}))
-    return EXIT_OK
+    return run_reporting("deepen_model", lambda: {"output": str(args.output),
+                                                  **deepen_model(args.model, args.output, args.layers)})
 
 
 if __name__ == "__main__":
