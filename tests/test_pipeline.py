@@ -59,8 +59,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     """scripts/build_base_model.sh end to end: a 40-utterance corpus (a 60-utterance one for the text stages, a
     20-utterance one of long sentences), stage 1 stopped at step 3, stage 2 to step 6, stages 3 to 5 (warm
     restarts, each from the previous stage's model) 3 steps each, stages 6 and 7 (the text stages on the bigger
-    corpus), 8 (on the long sentences) and 9 (on WordNet's, a 20-utterance corpus) 3 steps each, stage 9
-    published."""
+    corpus) and 8 (on the long sentences) 3 steps each, 9 (on WordNet's, a 20-utterance corpus, and the long ones
+    in one manifest) 4 steps, the mean of its last 2 checkpoints published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -75,7 +75,7 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_STEPS6": "3", "BASE_STEPS7": "3", "BASE_LONG_CORPUS": str(tmp_path / "long"),
                "BASE_LONG_TRAIN": "20", "BASE_LONG_DEV": "0", "BASE_STEPS8": "3", "BASE_TEXT_STAGES": "4",
                "BASE_WN_CORPUS": str(tmp_path / "wordnet"), "BASE_WN_TRAIN": "20", "BASE_WN_DEV": "0",
-               "BASE_STEPS9": "3"}
+               "BASE_MIX": str(tmp_path / "mix"), "BASE_STEPS9": "4", "BASE_AVERAGE": "2"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -103,7 +103,7 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
         previous, current = tmp_path / f"run_stage{stage - 1}", tmp_path / f"run_stage{stage}"
         steps = [r["step"] for r in map(json.loads, (current / "metrics.jsonl").read_text().splitlines())
                  if r["kind"] == "train"]
-        assert steps == [1, 2, 3] and f"name_or_path: {previous / 'model'}" in (current / "train_config.yaml").read_text()
+        assert steps == ([1, 2, 3, 4] if stage == 9 else [1, 2, 3]) and f"name_or_path: {previous / 'model'}" in (current / "train_config.yaml").read_text()
     config6 = (tmp_path / "run_stage6" / "train_config.yaml").read_text()
     assert f"path: {tmp_path / 'corpus15' / 'train.jsonl'}" in config6 and "lr: 0.0003" in config6
     assert len((tmp_path / "corpus15" / "train.jsonl").read_text().splitlines()) == 60
@@ -121,16 +121,23 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     short_texts = {json.loads(line)["text"] for name in ("train", "dev", "test")
                    for line in (tmp_path / "corpus15" / f"{name}.jsonl").read_text().splitlines()}
     assert short_texts and not short_texts & {r["text"] for r in long_rows}
-    # stage 9 reads a second source: WordNet's usage examples, none of them a fortunes sentence
+    # stage 9 reads a second source, WordNet's usage examples (none of them a fortunes sentence), beside the long
+    # sentences: one manifest of both corpora, ids prefixed with each corpus folder's name
     from asr.corpus import load_sentences
 
     config9 = (tmp_path / "run_stage9" / "train_config.yaml").read_text()
-    assert f"path: {tmp_path / 'wordnet' / 'train.jsonl'}" in config9 and "seed: 11" in config9
+    assert f"path: {tmp_path / 'mix' / 'train.jsonl'}" in config9 and "seed: 12" in config9
     wn_texts = [json.loads(line)["text"] for line in (tmp_path / "wordnet" / "train.jsonl").read_text().splitlines()]
     assert len(wn_texts) == 20 and set(wn_texts) <= set(load_sentences(None, source="wordnet"))
     assert not set(wn_texts) & (short_texts | {r["text"] for r in long_rows})
+    mix = [json.loads(line) for line in (tmp_path / "mix" / "train.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in mix] == wn_texts + [r["text"] for r in long_rows]
+    assert {r["id"].split("-train-")[0] for r in mix} == {"wordnet", "long"}
+    assert f"read 40 utterances from {tmp_path / 'mix' / 'train.jsonl'}" in proc.stderr
     assert not (tmp_path / "run_stage10").exists()
-    assert f"publishing {tmp_path / 'run_stage9' / 'model'} -> {out}" in proc.stdout
+    # what is published is the mean of stage 9's last 2 checkpoints (steps 3 and 4), not its best model
+    assert f"publishing {tmp_path / 'run_stage9' / 'average'} -> {out}" in proc.stdout
+    assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     model = AutoModelForCTC.from_pretrained(out)
