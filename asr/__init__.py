@@ -1,7 +1,7 @@
 """CTC speech recognition toolkit: data pipeline, training pieces, decoding and evaluation.
 
 Modules follow the pipeline: `audio` and `text` (inputs), `sources`, `filters`, `data`, `datasets`, `sampler`,
-`collate`, `feature_cache`, `augment` (data), `model`, `train`, `trainer`, `checkpoint`, `launch`, `allocator`
+`collate`, `feature_cache`, `augment` (data), `model`, `train`, `trainer`, `checkpoint`, `averaging`, `launch`, `allocator`
 (training),
 `inference`, `decoders` (the front door of decoding: names, settings, the LM directory, `build_decoder`), `decoding`, `beam`, `metrics` (decoding and scoring), `evaluation`, `report`, `tuning`,
 `reference`, `significance`, `breakdown` (scripts/eval.py's stages; `reference` is its pocketsphinx
