@@ -1,9 +1,11 @@
 """Checkpoint averaging: one model whose weights are the mean of several checkpoints of a run.
 
-The mean of the last few checkpoints of a run is usually a little better, and never much worse, than
-the last alone: each checkpoint sits at another point of the noisy walk around the same minimum, and
-their mean lands nearer its middle (icefall decodes with `--avg`, fairseq and NeMo ship averaging
-scripts). It needs the checkpoints kept: set `train.save_total_limit` to the number averaged, or null.
+Checkpoints taken while the learning rate is still high sit at different points of a noisy walk around
+the same minimum, and their mean lands nearer its middle (icefall decodes with `--avg`, fairseq and NeMo
+ship averaging scripts). At the end of a cosine schedule the checkpoints barely differ and the mean reads
+like the last step (the base's stage 9: natural dev CER 10.99 for the mean of four, 10.95 for the last);
+what it still buys there is that no step is picked on a small, noisy dev set. It needs the checkpoints
+kept: set `train.save_total_limit` to the number averaged, or null.
 
 Each checkpoint is checked against its manifest first (a damaged one stops the averaging with its
 reason) and read without running code: `model.safetensors` as tensors, DeepSpeed's ZeRO-2/3 shards
@@ -84,8 +86,7 @@ def checkpoint_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 def average_weights(folders: Sequence[Path], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The mean of the checkpoints' weights (float64 sums), for every entry of `model.state_dict()`.
 
-    Integer entries (step counters) are taken from the newest checkpoint. Weights tied in `model`
-    (stored once in a checkpoint) are filled from the entry stored.
+    Integer entries (step counters) are taken from the newest checkpoint.
 
     Raises:
         CheckpointError: a checkpoint lacks one of the model's weights, or holds one of another shape.
@@ -112,7 +113,7 @@ def averaged_metrics(model_dir: Path, folders: Sequence[Path]) -> dict[str, Any]
     """The exported model's metrics.json with its one-step dev metrics replaced by what was averaged."""
     path = model_dir / "metrics.json"
     metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    kept = {k: v for k, v in metrics.items() if k in ("data",)}
+    kept = {"data": metrics["data"]} if "data" in metrics else {}  # the data summary still describes the run
     steps = [int(f.name.split("_")[1]) for f in folders]
     return {**kept, AVERAGED_KEY: {"steps": steps, "checkpoints": [str(f) for f in folders]}}
 

@@ -415,6 +415,7 @@ def average_checkpoints(run_dir: str | Path, dst: str | Path, last: int | None =
         the run's exported model on one second of noise}.
     """
     from asr.averaging import average_weights, averaged_metrics, select_checkpoints
+    from asr.model_card import AVERAGED_KEY
 
     run_dir, dst = Path(run_dir), Path(dst)
     folders = select_checkpoints(run_dir, last, steps)
@@ -423,4 +424,4 @@ def average_checkpoints(run_dir: str | Path, dst: str | Path, last: int | None =
     metrics = averaged_metrics(run_dir / "model", folders)
     _write_beside(run_dir / "model", dst, model, metrics=metrics)
     exported = _load_exported(run_dir / "model", dst)
-    return {"steps": [int(f.name.split("_")[1]) for f in folders], "max_abs_diff": _logit_change(exported, dst)[0]}
+    return {"steps": metrics[AVERAGED_KEY]["steps"], "max_abs_diff": _logit_change(exported, dst)[0]}
