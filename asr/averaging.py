@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from asr.checkpoint import (DEEPSPEED_TAG, MODEL_FILE, CheckpointError, deepspeed_pickled_records,
+from asr.checkpoint import (DEEPSPEED_TAG, MODEL_FILE, CheckpointError, checkpoint_step, deepspeed_pickled_records,
                             list_checkpoints, load_weights_only, verify_checkpoint)
 from asr.model_card import AVERAGED_KEY
 
@@ -45,7 +45,7 @@ def select_checkpoints(run_dir: str | Path, last: int | None = None, steps: Sequ
     found = list_checkpoints(root)
     if (last is None) == (steps is None):
         raise ValueError("give either the number of newest checkpoints to average or their steps, not both")
-    have = {int(p.name.split("_")[1]): p for p in found}
+    have = {checkpoint_step(p): p for p in found}
     if not have:
         raise ValueError(f"{root} holds no complete checkpoint; pass the output_dir of a training run")
     if last is not None:
@@ -114,7 +114,7 @@ def averaged_metrics(model_dir: Path, folders: Sequence[Path]) -> dict[str, Any]
     path = model_dir / "metrics.json"
     metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     kept = {"data": metrics["data"]} if "data" in metrics else {}  # the data summary still describes the run
-    steps = [int(f.name.split("_")[1]) for f in folders]
+    steps = [checkpoint_step(f) for f in folders]
     return {**kept, AVERAGED_KEY: {"steps": steps, "checkpoints": [str(f) for f in folders]}}
 
 

@@ -115,6 +115,11 @@ def is_complete(folder: Path) -> bool:
     return folder.is_dir() and (folder / STATE_FILE).is_file()
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step of a checkpoint folder `step_<n>` (as `list_checkpoints` returns them)."""
+    return int(_STEP_DIR.match(Path(folder).name).group(1))
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first; incomplete ones are reported and skipped."""
     found = []

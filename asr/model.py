@@ -11,6 +11,7 @@ mean over the batch with `ctc_zero_infinity` so one impossible alignment cannot 
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -365,8 +366,6 @@ def deepen_model(src: str | Path, dst: str | Path, num_layers: int) -> dict[str,
     Returns:
         {"layers": (old, new), "params": (old, new), "max_abs_diff": largest logit change on noise}.
     """
-    import copy
-
     import torch
 
     src, dst = Path(src), Path(dst)
@@ -419,9 +418,9 @@ def average_checkpoints(run_dir: str | Path, dst: str | Path, last: int | None =
 
     run_dir, dst = Path(run_dir), Path(dst)
     folders = select_checkpoints(run_dir, last, steps)
-    model = _load_exported(run_dir / "model", dst)
+    exported = _load_exported(run_dir / "model", dst)
+    model = copy.deepcopy(exported)
     model.load_state_dict(average_weights(folders, model), strict=True)
     metrics = averaged_metrics(run_dir / "model", folders)
     _write_beside(run_dir / "model", dst, model, metrics=metrics)
-    exported = _load_exported(run_dir / "model", dst)
     return {"steps": metrics[AVERAGED_KEY]["steps"], "max_abs_diff": _logit_change(exported, dst)[0]}
