@@ -533,6 +533,7 @@ class CorpusOptions:
     heldout_fraction: float = 0.5  # share of dev/test utterances read by held-out voices
     voices: tuple[str, ...] = ()  # only voices matching one of these glob patterns (id, timbre or engine:name)
     exclude_voices: tuple[str, ...] = ()  # drop voices matching any of these patterns (applied after `voices`)
+    exclude_sentences_of: tuple[Path, ...] = ()  # corpora whose spoken sentences (manifest texts) are not used
     min_words: int = 4  # shorter sentences make too little audio to be worth an utterance
     max_words: int = 14  # longer ones make utterances over ~6 s that pad batches badly
 
@@ -611,6 +612,12 @@ def make_corpus(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file, not a directory; choose a directory for the corpus")
     sentences = load_sentences(options.text, options.min_words, options.max_words, options.text_source)
+    if options.exclude_sentences_of:
+        spoken = spoken_sentences(options.exclude_sentences_of)
+        kept = [s for s in sentences if s not in spoken]
+        logger.info("%d of %d sentences left after excluding the %d spoken in %s", len(kept), len(sentences),
+                    len(spoken), ", ".join(map(str, options.exclude_sentences_of)))
+        sentences = kept
     catalogue = sorted(voices if voices is not None else list_voices(options.engines), key=lambda v: v.id)
     if not catalogue:
         raise ValueError("the voice catalogue is empty; pass voices from list_voices()")
@@ -677,10 +684,33 @@ def _args_record(options: CorpusOptions, sentences: list[str], catalogue: list[V
         del record["engine_weights"]  # equal weights: the record of corpora made before weights existed
     if options.text_source == "fortunes":
         del record["text_source"]  # likewise: corpora made before WordNet keep their record
+    if options.exclude_sentences_of:
+        record["exclude_sentences_of"] = [str(Path(c).resolve()) for c in options.exclude_sentences_of]
+    else:
+        del record["exclude_sentences_of"]  # likewise
     record["text"] = str(Path(options.text).resolve()) if options.text is not None else None
     record["sentences_sha256"] = hashlib.sha256("\n".join(sentences).encode()).hexdigest()
     record["voices_sha256"] = hashlib.sha256("\n".join(v.id for v in catalogue).encode()).hexdigest()
     return json.loads(json.dumps(record))
+
+
+def spoken_sentences(corpora: Sequence[Path]) -> set[str]:
+    """The normalised texts of every utterance in the train/dev/test manifests of `corpora`.
+
+    Raises:
+        ValueError: a corpus directory without any of those manifests.
+    """
+    spoken: set[str] = set()
+    for corpus in map(Path, corpora):
+        manifests = [corpus / f"{split}.jsonl" for split in SPLITS if (corpus / f"{split}.jsonl").is_file()]
+        if not manifests:
+            raise ValueError(f"{corpus} holds no train/dev/test.jsonl; pass a corpus made by make_corpus.py "
+                             "(--exclude-sentences-of)")
+        for manifest in manifests:
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                if line.strip() and (text := normalise_sentence(json.loads(line)["text"])):
+                    spoken.add(text)
+    return spoken
 
 
 def _existing_corpus(out_dir: Path, args: dict[str, Any], overwrite: bool) -> CorpusSummary | None:

@@ -71,7 +71,12 @@ def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
 
 
 def finish(accelerator: Accelerator) -> None:
-    """Stop the trackers and destroy this process's process group (call on every process before it exits)."""
+    """Stop the trackers and destroy this process's process group (call on every process before it exits).
+
+    Call it at the same point on every process, after a barrier: a process that left while another still
+    worked under the group could abort in gloo's teardown ("terminate called without an active
+    exception", seen on CI when eval.py's other processes left while the main one decoded).
+    """
     accelerator.end_training()
 
 

@@ -198,33 +198,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     accelerator = launch.make_accelerator(int(os.environ.get("WORLD_SIZE", "1")))
-    try:
-        return _evaluate(args, lm, vocab, accelerator)
-    finally:
-        launch.finish(accelerator)
-
-
-def _evaluate(args: argparse.Namespace, lm: Path | None, vocab: dict[str, int], accelerator) -> int:
-    """main's work between setting up and tearing down the process group; returns the exit code."""
-    from asr.confidence import load_calibrations
-    from asr.evaluation import FAILED_AUDIO, calibrate_decoders
-    from asr.model_card import card_after_tuning
-    from asr.report import compare_decoders, write_results
-    from asr.text import TextNormalizer
-
     setup_logging(args, main_process=accelerator.is_main_process)
-    # Every process takes part in the acoustic passes; only the main one decodes, so both passes come
-    # first (a long tuning would otherwise leave the other processes waiting at a collective).
+    # Every process runs its share of both acoustic passes, then all leave the process group together (see
+    # asr.launch.finish); only the main one decodes after that, with no group left to wait in.
     tune_acoustic = None
     try:  # the inputs: a source that cannot be read, or holds no usable utterance, is a one-line error
         if (args.tune or args.calibrate) and args.tune_data:
             tune_acoustic, _ = acoustic_for(args, args.tune_data, args.tune_split, accelerator)
         acoustic, utterances = acoustic_for(args, args.data, args.split, accelerator)
+        accelerator.wait_for_everyone()
     except ValueError as e:
         logger.error("%s", e)
         return EXIT_USAGE
+    finally:
+        launch.finish(accelerator)
     if acoustic is None:  # not the main process: its share of the model work is done
         return EXIT_OK
+    return _evaluate(args, lm, vocab, acoustic, utterances, tune_acoustic)
+
+
+def _evaluate(args: argparse.Namespace, lm: Path | None, vocab: dict[str, int], acoustic, utterances,
+              tune_acoustic) -> int:
+    """The main process's work after the acoustic passes: tune, decode, write the table; returns the exit code."""
+    from asr.confidence import load_calibrations
+    from asr.evaluation import FAILED_AUDIO, calibrate_decoders
+    from asr.model_card import card_after_tuning
+    from asr.report import compare_decoders, write_results
+    from asr.text import TextNormalizer
 
     if args.tune:
         if tune_acoustic is None:

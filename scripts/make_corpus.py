@@ -16,6 +16,8 @@ Options worth knowing:
                               measure unseen speakers (manifests say `seen_voice`)
     --voices 'flite:rms,espeak-ng:en-gb-scotland*'   only these voices (glob patterns on voice ids)
     --exclude-voices PATTERNS   never these voices (a base model's corpus leaves out its fine-tuning voices)
+    --exclude-sentences-of data/base_wn   never a sentence spoken in these corpora: a second corpus of the same
+                              text source with new sentences only
     --layout librispeech --layout-out DIR
                               also export as librispeech | audiofolder | folder | parquet | nemo_csv | tsv
     --list-voices             print the voice catalogue and exit
@@ -54,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of dev/test read by held-out voices")
     p.add_argument("--voices", default="", help="comma-separated glob patterns: only matching voices")
     p.add_argument("--exclude-voices", default="", help="comma-separated glob patterns: never these voices")
+    p.add_argument("--exclude-sentences-of", type=Path, nargs="+", default=None, metavar="CORPUS",
+                   help="never use a sentence spoken in these corpora's train/dev/test manifests")
     p.add_argument("--min-words", type=int, default=4, help="shorter sentences are not used")
     p.add_argument("--max-words", type=int, default=14, help="longer sentences are not used")
     p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: os.cpu_count())")
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             heldout_fraction=args.heldout_fraction,
             voices=include,
             exclude_voices=exclude,
+            exclude_sentences_of=tuple(args.exclude_sentences_of or ()),
             min_words=args.min_words,
             max_words=args.max_words,
         )

@@ -129,6 +129,29 @@ def test_a_wordnet_corpus_reads_wordnet_sentences_and_keeps_its_own_record(tmp_p
         make_corpus(CorpusOptions(train=4, dev=1, test=1, seed=3), tmp_path / "wn", voices=VOICES[:2], progress=False)
 
 
+def test_a_second_corpus_excluding_the_first_speaks_only_new_sentences(tmp_path: Path, corpus_dir: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"sentence number {w} of the small text file\n" for w in
+                            "one two three four five six seven eight nine ten eleven twelve".split()))
+    first = CorpusOptions(train=4, dev=1, test=1, seed=3, text=text)
+    make_corpus(first, tmp_path / "a", voices=VOICES[:2], workers=2, progress=False)
+    second = CorpusOptions(train=4, dev=1, test=1, seed=3, text=text, exclude_sentences_of=(tmp_path / "a",))
+    summary = make_corpus(second, tmp_path / "b", voices=VOICES[:2], workers=2, progress=False)
+    spoken = {name: {r["text"] for split in SPLITS for r in read_jsonl(tmp_path / name / f"{split}.jsonl")}
+              for name in ("a", "b")}
+    assert len(spoken["a"]) == len(spoken["b"]) == 6 and not spoken["a"] & spoken["b"]
+    assert spoken["a"] | spoken["b"] == set(load_sentences(text))  # the second took the six left
+    assert summary.args["exclude_sentences_of"] == [str((tmp_path / "a").resolve())]
+    assert "exclude_sentences_of" not in json.loads((corpus_dir / "corpus.json").read_text())["args"]
+    with pytest.raises(ValueError, match="7 utterances need as many distinct sentences but only 6 are usable"):
+        make_corpus(CorpusOptions(train=5, dev=1, test=1, seed=3, text=text, exclude_sentences_of=(tmp_path / "b",)),
+                    tmp_path / "c", voices=VOICES[:2], progress=False)
+    with pytest.raises(ValueError, match="holds no train/dev/test.jsonl; pass a corpus made by make_corpus.py"):
+        make_corpus(CorpusOptions(train=1, dev=0, test=0, text=text, exclude_sentences_of=(tmp_path,)),
+                    tmp_path / "d", voices=VOICES[:2], progress=False)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()  # refused before writing
+
+
 def test_text_source_is_checked_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown text source 'gutenberg'; use one of fortunes, wordnet"):
         CorpusOptions(text_source="gutenberg")
