@@ -50,6 +50,7 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_model, save_model
 
+from asr.constants import BEST_METRICS
 from asr.files import fsync_path, fsync_tree, replace_dir
 
 logger = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ class TrainerState:
     batches_in_epoch: int = 0  # batches of `epoch` already trained on (this rank's sampler position)
     micro_batches: int = 0  # all batches seen, counting those inside gradient accumulation
     skipped_nonfinite: int = 0  # batches whose loss was NaN/Inf on some rank and were skipped everywhere
-    best_wer: float | None = None
-    best_step: int | None = None
+    best_score: float | None = None  # the dev score (train.best_metric) of best_step; None with "last"
+    best_step: int | None = None  # the step model/ holds
+    best_metric: str | None = None  # the train.best_metric that chose it (None: "wer", states before the option)
     audio_seconds: float = 0.0  # training audio seen, summed over ranks
     cpu_seconds: float = 0.0  # CPU time of every rank and its DataLoader workers, summed, up to the last eval
 
@@ -98,10 +100,13 @@ class TrainerState:
         path = folder / STATE_FILE
         data = read_json(path)
         names = {f.name for f in fields(cls)}
+        if isinstance(data, dict) and "best_wer" in data and "best_score" not in data:
+            data["best_score"] = data.pop("best_wer")  # written before train.best_metric: a WER
         if not (isinstance(data, dict) and set(data) <= names
-                and all(v is None or type(v) in (int, float) for v in data.values())):
-            raise CheckpointError(f"checkpoint file {path}: expected numbers under {sorted(names)}, "
-                                  f"got {str(data)[:200]}")
+                and all(v is None or type(v) in (int, float) for k, v in data.items() if k != "best_metric")
+                and data.get("best_metric") in (None, *BEST_METRICS)):
+            raise CheckpointError(f"checkpoint file {path}: expected numbers under {sorted(names)} (best_metric: "
+                                  f"one of {', '.join(BEST_METRICS)}), got {str(data)[:200]}")
         return cls(**data)
 
 

@@ -75,6 +75,7 @@ class LoopConfig:
     stop_at: int | None = None  # stop (evaluate, save) after this step; `--resume latest` later continues to max_steps
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # bf16 on Ampere+; fp16 uses a loss scaler
     eval_every: int = 200  # steps; also evaluated at the end
+    best_metric: Literal["wer", "cer", "loss", "last"] = "wer"  # model/ = lowest dev wer, cer, loss, or the last step
     save_every: int = 200  # steps; also saved at the end
     save_total_limit: int | None = 2  # checkpoints kept (oldest removed first)
     log_every: int = 10  # steps between metric log lines
@@ -380,12 +381,24 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, run_name: str = "") -> dict[str, Any]:
+def chosen_eval(evals: list[dict[str, Any]], best_metric: str = "wer") -> dict[str, Any] | None:
+    """The eval record whose step model/ holds under `best_metric` (the first of equal scores), None if none."""
+    if not evals:
+        return None
+    if best_metric == "last":
+        return max(evals, key=lambda r: r["step"])
+    return min(evals, key=lambda r: (r[best_metric], r["step"]))
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, run_name: str = "", best_metric: str = "wer"
+                ) -> dict[str, Any]:
     """PNG (written atomically) with the training loss, the learning rate on a second axis, and the dev WER/CER
-    against steps with the best step (lowest dev WER, the exported model) marked; the run name on top.
+    against steps with the exported step marked (the lowest dev `best_metric`: wer, cer or loss, or the last
+    evaluation with "last"); the run name on top.
 
     Returns:
-        What was drawn: {"title", "best_step" (None without evals), "lr_points", "evals"}.
+        What was drawn: {"title", "best_step" and its legend text "marker" (None without evals), "lr_points",
+        "evals"}.
     """
     import matplotlib
 
@@ -410,11 +423,13 @@ def plot_curves(records: list[dict[str, Any]], path: Path, run_name: str = "") -
         ax_lr.set_ylabel("learning rate", color="gray")
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax_lr.legend(loc="upper center", fontsize=8)
-    best = min(dev, key=lambda r: (r["wer"], r["step"])) if dev else None
+    best, marker = chosen_eval(dev, best_metric), None
     if best is not None:
+        score = "" if best_metric == "last" else (f", loss {best['loss']:.3f}" if best_metric == "loss" else
+                                                  f", {best_metric.upper()} {100 * best[best_metric]:.1f}%")
+        marker = f"{'last' if best_metric == 'last' else 'best'}: step {best['step']}{score}"
         ax2.axvline(best["step"], color="green", lw=1, ls=":")
-        ax2.plot([best["step"]], [100 * best["wer"]], "*", color="green", ms=12,
-                 label=f"best: step {best['step']}, WER {100 * best['wer']:.1f}%")
+        ax2.plot([best["step"]], [100 * best["wer"]], "*", color="green", ms=12, label=marker)
     ax1.set(xlabel="step", ylabel="CTC loss", title="loss")
     ax2.set(xlabel="step", ylabel="%", title="dev error rates (greedy)")
     for ax in (ax1, ax2):
@@ -428,7 +443,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, run_name: str = "") -
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    return {"title": title, "best_step": best["step"] if best else None, "lr_points": len(lr), "evals": len(dev)}
+    return {"title": title, "best_step": best["step"] if best else None, "marker": marker, "lr_points": len(lr),
+            "evals": len(dev)}
 
 
 def finite_on_all_ranks(accelerator, loss: torch.Tensor) -> bool:

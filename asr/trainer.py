@@ -258,6 +258,13 @@ def run_training(run: TrainingRun) -> None:
     out, ckpt_root, vocab = run.out, run.out / "checkpoints", run.data.vocab
     processor, normalizer, data_summary = run.data.processor, run.data.normalizer, run.data_summary
     cpu = {"base": state.cpu_seconds, "start": None}  # CPU time across resumes, for equal-compute comparisons
+    metric = cfg.train.best_metric
+    if state.best_step is not None and (state.best_metric or "wer") != metric:
+        logger.warning("train.best_metric is now %s, but model/ (step %d) was chosen by %s: the next evaluation "
+                       "replaces it, and %s chooses from there on", metric, state.best_step,
+                       state.best_metric or "wer", metric)
+        state.best_score = state.best_step = None
+    state.best_metric = metric
 
     def run_eval() -> dict | None:
         result = evaluate(accelerator, model, dev_loader, vocab)
@@ -280,8 +287,9 @@ def run_training(run: TrainingRun) -> None:
                 logger.info("  %s\n    ref: %s\n    hyp: %s", uid, ref, hyp)
             if samples:
                 log_transcripts(accelerator, samples, state.step)
-        if state.best_wer is None or result["wer"] < state.best_wer:
-            state.best_wer, state.best_step = result["wer"], state.step
+        score = None if metric == "last" else result[metric]
+        if score is None or state.best_score is None or score < state.best_score:
+            state.best_score, state.best_step = score, state.step
             metrics = {"step": state.step, "wer": result["wer"], "cer": result["cer"], "dev_loss": result["loss"]}
             export_model(accelerator, model, processor, normalizer, cfg, out, metrics, data_summary)
         return record
@@ -367,10 +375,11 @@ def run_training(run: TrainingRun) -> None:
                        out / "model", state.step)
         export_model(accelerator, model, processor, normalizer, cfg, out, {"step": state.step}, data_summary)
     elif accelerator.is_main_process:
-        logger.info("best dev WER %.2f%% at step %s; model: %s", 100 * state.best_wer, state.best_step,
-                    out / "model")
+        chosen = ("the last evaluated step" if metric == "last" else f"best dev loss {state.best_score:.3f}"
+                  if metric == "loss" else f"best dev {metric.upper()} {100 * state.best_score:.2f}%")
+        logger.info("model: %s holds step %d (%s)", out / "model", state.best_step, chosen)
     if accelerator.is_main_process:
-        plot_curves(metrics_log.read(), out / "curves.png", cfg.train.run_name or out.resolve().name)
+        plot_curves(metrics_log.read(), out / "curves.png", cfg.train.run_name or out.resolve().name, metric)
 
 
 def push_at_end(accelerator, cfg, model_dir: Path) -> bool:

@@ -199,6 +199,39 @@ def test_a_run_stopped_at_a_step_and_resumed_equals_the_uninterrupted_run(synth_
     assert "nothing to train" in proc.stderr and (staged / "run" / "metrics.jsonl").read_text() == before
 
 
+def test_best_metric_chooses_model_and_a_change_on_resume_chooses_anew(synth_corpus, tmp_path):
+    """train.best_metric=loss exports the lowest dev loss; resumed with `last`, the run says so and ends with
+    the last step in model/."""
+    run = ["train.max_steps=5", "train.save_every=100", "train.eval_every=1", "train.log_every=1"]
+    out = tmp_path / "run"
+    run_train(synth_corpus, tmp_path, *run, "train.best_metric=loss", "train.stop_at=3")
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    lowest = min(evals, key=lambda r: (r["loss"], r["step"]))
+    state = json.loads((out / "checkpoints" / "step_3" / "trainer_state.json").read_text())
+    assert [r["step"] for r in evals] == [1, 2, 3]
+    assert (state["best_metric"], state["best_step"], state["best_score"]) == ("loss", lowest["step"], lowest["loss"])
+    assert json.loads((out / "model" / "metrics.json").read_text())["step"] == lowest["step"]
+    proc = run_train(synth_corpus, tmp_path, *run, "train.best_metric=last", resume="latest")
+    assert f"train.best_metric is now last, but model/ (step {lowest['step']}) was chosen by loss" in proc.stderr
+    assert f"{out / 'model'} holds step 5 (the last evaluated step)" in proc.stderr
+    assert json.loads((out / "model" / "metrics.json").read_text())["step"] == 5
+
+
+def test_a_state_written_before_best_metric_reads_its_wer_as_the_score(tmp_path):
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 3, "best_wer": 0.5, "best_step": 2}))
+    state = TrainerState.load(tmp_path)
+    assert (state.best_score, state.best_step, state.best_metric) == (0.5, 2, None)
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 3, "best_metric": "bleu"}))
+    with pytest.raises(CheckpointError, match="best_metric: one of wer, cer, loss, last"):
+        TrainerState.load(tmp_path)
+    from typing import get_args, get_type_hints
+
+    from asr.constants import BEST_METRICS
+    from asr.train import LoopConfig
+
+    assert get_args(get_type_hints(LoopConfig)["best_metric"]) == BEST_METRICS  # the config offers what loads
+
+
 @pytest.mark.parametrize("value", ["0", "7"])
 def test_stop_at_outside_the_schedule_fails_in_one_line(synth_corpus, tmp_path, value):
     proc = run_train(synth_corpus, tmp_path, "train.max_steps=6", f"train.stop_at={value}", check=False)

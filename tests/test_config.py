@@ -56,6 +56,7 @@ def test_overrides_are_typed():
         (["optim.layer_decay=0"], "optim.layer_decay is 0.0; set it to a factor in (0, 1]"),
         (["optim.layer_decay=1.5"], "optim.layer_decay is 1.5"),
         (["train.save_total_limit=0"], "train.save_total_limit is 0"),
+        (["train.best_metric=bleu"], "train.best_metric must be one of 'wer', 'cer', 'loss', 'last', got 'bleu'"),
         (["train.seed=-1"], "train.seed is -1"),
         (["train.output_dir=README.md"], "train.output_dir is 'README.md'; set it to a directory path (README.md is a file"),
         (["train.output_dir=README.md/run"], "README.md is a file, not a directory"),

@@ -378,11 +378,27 @@ def test_curves_plot_the_learning_rate_and_mark_the_best_step(tmp_path):
     records = [{"kind": "train", "step": s, "loss": 3.0 / s, "lr": 1e-3 * min(1, s / 4)} for s in range(1, 11)]
     records += [{"kind": "eval", "step": s, "wer": w, "cer": w / 3, "loss": w} for s, w in ((4, 0.9), (8, 0.5), (10, 0.6))]
     drawn = plot_curves(records, tmp_path / "curves.png", "demo")
-    assert drawn == {"title": "run demo", "best_step": 8, "lr_points": 10, "evals": 3}
+    assert drawn == {"title": "run demo", "best_step": 8, "marker": "best: step 8, WER 50.0%", "lr_points": 10,
+                     "evals": 3}
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # written atomically, no temporary left
     # a run with no evaluation yet (or none that could read its dev set) still gets its loss curve
     assert plot_curves(records[:10], tmp_path / "early.png")["best_step"] is None
+
+
+@pytest.mark.parametrize("metric, step, marker", [("wer", 8, "best: step 8, WER 50.0%"),
+                                                  ("cer", 4, "best: step 4, CER 16.7%"),
+                                                  ("loss", 8, "best: step 8, loss 0.400"),  # tie: the first
+                                                  ("last", 10, "last: step 10")])
+def test_curves_mark_the_step_the_best_metric_exports(tmp_path, metric, step, marker):
+    from asr.train import chosen_eval, plot_curves
+
+    evals = [{"kind": "eval", "step": 4, "wer": 0.9, "cer": 1 / 6, "loss": 0.7},
+             {"kind": "eval", "step": 8, "wer": 0.5, "cer": 0.2, "loss": 0.4},
+             {"kind": "eval", "step": 10, "wer": 0.6, "cer": 0.3, "loss": 0.4}]
+    assert chosen_eval(evals, metric)["step"] == step and chosen_eval([], metric) is None
+    drawn = plot_curves(evals, tmp_path / "curves.png", "", metric)
+    assert (drawn["best_step"], drawn["marker"]) == (step, marker)
 
 
 def test_eval_shards_deal_the_same_batches_on_any_number_of_processes():
