@@ -10,7 +10,7 @@
 #   4. stages 3 to 5, three warm restarts, each from the previous stage's best model: a new cosine schedule
 #      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
 #      folder (BASE_RESTARTS sets how many; the shipped base had 3),
-#   5. three text stages: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
+#   5. five text stages: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
 #      the 8,000-sentence one, same seed, dev and test) at peak 3e-4 for 1,200 steps
 #      (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
 #      with another seed (configs/train/base_natural_stage7.yaml), then that one's on NEW text: 5,769 sentences of
@@ -18,16 +18,16 @@
 #      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml), then that one's on text of
 #      two sources in one manifest: 12,000 of WordNet's usage examples (data/base_wn, made in step 1; no fortunes
 #      sentence among them) beside the long sentences (data/base_mix/train.jsonl, `make_corpus.py --combine`) at
-#      peak 1.5e-4 for 1,800 steps (configs/train/base_natural_stage9.yaml), then (BASE_TEXT_STAGES=5) the mean of
+#      peak 1.5e-4 for 1,800 steps (configs/train/base_natural_stage9.yaml), then the mean of
 #      that stage's last checkpoints on NEW WordNet sentences beside the long ones (data/base_wn2: 12,000 more of
 #      WordNet's, `--exclude-sentences-of data/base_wn`; data/base_mix10/train.jsonl) for 1,800 steps
 #      (configs/train/base_natural_stage10.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
 #   6. publishing with float16 weights (18 MB) into assets/base_model: after stage 9 or 10, the mean of its last
-#      BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: steps 1,350-1,800, none picked on the dev set,
-#      whose best-WER step, 1,050, was worse on the test sets; stage 10 starts from stage 9's mean); after an
+#      BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: steps 1,350-1,800, none picked on the dev set;
+#      stage 9's best-WER step, 1,050, was worse on the test sets; stage 10 starts from stage 9's mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
-# Every stage is resumable: re-running the script continues where it stopped (~10 h on 2 idle cores).
+# Every stage is resumable: re-running the script continues where it stopped (~12 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
@@ -36,7 +36,7 @@
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGES (4), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_STEPS9 (1800),
+# BASE_TEXT_STAGES (5), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_STEPS9 (1800),
 # BASE_STEPS10 (1800),
 # BASE_AVERAGE (4), BASE_OUT (assets/base_model),
 # BASE_PROCS (2).
@@ -52,7 +52,7 @@ RUN=${BASE_RUN:-runs/base_natural}
 OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
-TEXT_STAGES=${BASE_TEXT_STAGES:-4}
+TEXT_STAGES=${BASE_TEXT_STAGES:-5}
 if ((TEXT_STAGES < 0 || TEXT_STAGES > 5)); then
   echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2, 3, 4 or 5" >&2
   exit 2

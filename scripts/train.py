@@ -179,6 +179,7 @@ def train(args: argparse.Namespace, cfg) -> int:
         if state.step >= cfg.train.last_step:  # a finished run (or stage) re-run: nothing to redo
             logger.info("the checkpoint is at step %d, this run ends at step %d: nothing to train", state.step,
                         cfg.train.last_step)
+            accelerator.wait_for_everyone()
             launch.finish(accelerator)
             return EXIT_OK
     elif args.resume == "latest":
@@ -208,8 +209,9 @@ def train(args: argparse.Namespace, cfg) -> int:
 
     run_training(TrainingRun(cfg, accelerator, model, optimizer, scheduler, train_loader, train_sampler, dev_loader,
                              data, out, state, metrics_log, data_summary, progress=progress))
-    pushed = push_at_end(accelerator, cfg, out / "model")
+    accelerator.wait_for_everyone()  # the main process drew curves.png: all leave the group together, then it pushes
     launch.finish(accelerator)
+    pushed = push_at_end(accelerator, cfg, out / "model")
     return EXIT_OK if pushed else EXIT_CRASH
 
 

@@ -239,11 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     errors = (out.root / ERRORS_FILE).read_text(encoding="utf-8").strip()
     out.unlock()
-    if to_stdout:
-        accelerator.wait_for_everyone()  # every rank has read errors.jsonl
-        if is_main:
-            shutil.rmtree(out.root, ignore_errors=True)
+    accelerator.wait_for_everyone()  # every rank has read errors.jsonl; all leave the group together
     launch.finish(accelerator)
+    if to_stdout and is_main:
+        shutil.rmtree(out.root, ignore_errors=True)
     return EXIT_SOME_FAILED if errors else EXIT_OK
 
 
