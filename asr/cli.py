@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from asr.constants import EXIT_OK, EXIT_USAGE
 
@@ -94,3 +94,15 @@ def run_reporting(prog: str, work: Callable[[], dict[str, Any]]) -> int:
         return EXIT_USAGE
     print(json.dumps(report))
     return EXIT_OK
+
+
+def exit_with(code: int) -> NoReturn:
+    """A script's end: through `asr.launch.exit_process` when the script set up Accelerate (a process of a
+    multi-process run must skip the interpreter's teardown, see asr/launch.py), else `sys.exit(code)`.
+
+    asr.launch is looked up, not imported: a script that never needed torch does not load it to exit.
+    """
+    launch = sys.modules.get("asr.launch")
+    if launch is not None:
+        launch.exit_process(code)
+    sys.exit(code)

@@ -3,22 +3,35 @@
 `accelerate launch` on a machine without CUDA ignores a config file's `use_cpu` for multi-process
 runs (every process then believes it is alone) and DeepSpeed needs the gloo backend named
 explicitly, so both are set here; but Accelerate skips DeepSpeed altogether when told to use the
-CPU, so under a DeepSpeed launch `use_cpu` is cleared instead. Every process must also destroy its process group before the
-interpreter exits: otherwise gloo's threads are torn down under a live communicator and the process
-can abort with "terminate called without an active exception" (seen on CI with eval.py).
+CPU, so under a DeepSpeed launch `use_cpu` is cleared instead.
+
+Leaving: every process destroys its process group (`finish`), and a process that was part of a group ends
+through `exit_process`, which skips the interpreter's teardown. The teardown is where CI's rare aborts came
+from ("terminate called without an active exception", one rank, at the end of eval.py and of a ZeRO-3
+train.py): DDP's reducer and DeepSpeed's parameters keep the gloo group, and so its worker threads, alive
+past `destroy_process_group`, and a C++ thread that takes the GIL while Python finalises is killed by
+`pthread_exit` inside a destructor that may not throw, which calls `std::terminate`. tests/test_launch.py
+shows the mechanism with a thread busy in torch when a script ends, and that `exit_process` avoids it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import faulthandler
+import gc
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
+
+# Whether this process joined a multi-process group (set by make_accelerator): it then ends through os._exit.
+_joined_group = False
 
 
 def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = None, handlers: list[Any] = (),
@@ -48,6 +61,11 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
     if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
         raise RuntimeError(f"launched as {world_size} processes but Accelerate set up none of them as distributed; "
                            "launch with `accelerate launch --multi_gpu` (add ACCELERATE_USE_CPU=true on CPU)")
+    if accelerator.num_processes > 1:
+        global _joined_group
+        _joined_group = True
+        # a rank killed by a signal (SIGABRT, SIGSEGV) prints every thread's Python stack: which rank, and where
+        faulthandler.enable()
     return accelerator
 
 
@@ -71,13 +89,33 @@ def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
 
 
 def finish(accelerator: Accelerator) -> None:
-    """Stop the trackers and destroy this process's process group (call on every process before it exits).
+    """Stop the trackers, drop Accelerate's references to what it prepared, and destroy the process groups.
 
-    Call it at the same point on every process, after a barrier: a process that left while another still
-    worked under the group could abort in gloo's teardown ("terminate called without an active
-    exception", seen on CI when eval.py's other processes left while the main one decoded).
+    Call it at the same point on every process, after a barrier, so that no process leaves while another
+    still works under the group. The collections let the group (and its gloo threads) go now, while the
+    interpreter is whole, whenever nothing else holds it; DDP's reducer and DeepSpeed's parameters may,
+    which is why scripts end through `exit_process`.
     """
+    accelerator.free_memory()  # DeepSpeed's engine destroyed too
+    gc.collect()
     accelerator.end_training()
+    gc.collect()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code`: through os._exit after flushing if it joined a multi-process group.
+
+    Skipping the interpreter's teardown is the point: a C++ thread still alive there (gloo's workers, held
+    by DDP or DeepSpeed past `finish`) that takes the GIL is killed inside a destructor and aborts the
+    process. Every file is closed by then; the logs and the standard streams are flushed here.
+    """
+    if not _joined_group:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager

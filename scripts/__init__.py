@@ -11,8 +11,9 @@ first (asr/allocator.py). Multi-process training keeps its documented form, or r
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable
+
+from asr.cli import exit_with
 
 # The scripts that re-execute themselves under jemalloc before importing torch (see each script's top).
 _UNDER_JEMALLOC = ("train", "transcribe", "align")
@@ -30,7 +31,7 @@ def _command(script: str) -> Callable[[], None]:
         module = importlib.import_module(f"{__name__}.{script}")
         if note:
             module.ALLOCATOR_NOTE = note
-        sys.exit(module.main())
+        exit_with(module.main())
 
     run.__name__ = script
     return run

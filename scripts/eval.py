@@ -48,7 +48,7 @@ import os
 import sys
 from pathlib import Path
 
-from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.cli import ArgumentParser, add_common_flags, exit_with, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.defaults import (BEAM_DECODERS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DECODERS, DEFAULT_CACHE_DIR,
                           DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MAX_PADDING, DEFAULT_NBEST, DEFAULT_PADDING_SAMPLE,
@@ -253,4 +253,4 @@ def _evaluate(args: argparse.Namespace, lm: Path | None, vocab: dict[str, int], 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.cli import ArgumentParser, add_common_flags, exit_with, setup_logging
 from asr.config import ConfigError, annotated_yaml, load_config
 from asr.constants import EXIT_CRASH, EXIT_OK, EXIT_USAGE
 
@@ -216,4 +216,4 @@ def train(args: argparse.Namespace, cfg) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

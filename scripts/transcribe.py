@@ -63,7 +63,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from asr.cli import ArgumentParser, add_common_flags, setup_logging
+from asr.cli import ArgumentParser, add_common_flags, exit_with, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.defaults import (BACKENDS, CHUNK_SECONDS, CUTS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, DEFAULT_SEGMENTER,
                           FORMATS, NEMO_MANIFEST_FILE, OVERLAP_SECONDS, SIDE_FORMATS)
@@ -247,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())
