@@ -10,9 +10,9 @@
 #   4. stages 3 to 5, three warm restarts, each from the previous stage's best model: a new cosine schedule
 #      (peak 6e-4, 2,400 steps), augmentation on (configs/train/base_natural_stage3.yaml), each in its own run
 #      folder (BASE_RESTARTS sets how many; the shipped base had 3),
-#   5. five text stages: the last restart's best model trained on a corpus of 15,000 sentences (made in step 1 beside
-#      the 8,000-sentence one, same seed, dev and test) at peak 3e-4 for 1,200 steps
-#      (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
+#   5. five text stages (a sixth with BASE_TEXT_STAGES=6): the last restart's best model trained on a corpus of
+#      15,000 sentences (made in step 1 beside the 8,000-sentence one, same seed, dev and test) at peak 3e-4 for
+#      1,200 steps (configs/train/base_natural_stage6.yaml), then that stage's best model again at peak 2e-4 for 1,800 steps
 #      with another seed (configs/train/base_natural_stage7.yaml), then that one's on NEW text: 5,769 sentences of
 #      15-25 words (data/base_long, made in step 1; disjoint from every 4-14-word sentence the other corpora and the
 #      demo use) at peak 2e-4 for 1,200 steps (configs/train/base_natural_stage8.yaml), then that one's on text of
@@ -21,23 +21,27 @@
 #      peak 1.5e-4 for 1,800 steps (configs/train/base_natural_stage9.yaml), then the mean of
 #      that stage's last checkpoints on NEW WordNet sentences beside the long ones (data/base_wn2: 12,000 more of
 #      WordNet's, `--exclude-sentences-of data/base_wn`; data/base_mix10/train.jsonl) for 1,800 steps
-#      (configs/train/base_natural_stage10.yaml);
+#      (configs/train/base_natural_stage10.yaml); the sixth (stage 11, not yet in the shipped base) continues
+#      from the mean of stage 10's last checkpoints on the last new WordNet sentences beside the long ones
+#      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
+#      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. publishing with float16 weights (18 MB) into assets/base_model: after stage 9 or 10, the mean of its last
-#      BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: steps 1,350-1,800, none picked on the dev set;
-#      stage 9's best-WER step, 1,050, was worse on the test sets; stage 10 starts from stage 9's mean); after an
+#   6. publishing with float16 weights (18 MB) into assets/base_model: after stage 9, 10 or 11, the mean of its
+#      last BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: none picked on the dev set; stage 9's
+#      best-WER step, 1,050, was worse on the test sets; stages 10 and 11 start from the previous mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~12 h on 2 idle cores).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_WN2_CORPUS (data/base_wn2), BASE_WN2_TRAIN (12000), BASE_WN2_DEV (100), BASE_MIX10 (data/base_mix10),
+# BASE_WN3_CORPUS (data/base_wn3), BASE_WN3_TRAIN (9400), BASE_WN3_DEV (100), BASE_MIX11 (data/base_mix11),
 # BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
-# BASE_TEXT_STAGES (5), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200), BASE_STEPS9 (1800),
-# BASE_STEPS10 (1800),
+# BASE_TEXT_STAGES (5; 6 adds stage 11), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200),
+# BASE_STEPS9 (1800), BASE_STEPS10 (1800), BASE_STEPS11 (1650),
 # BASE_AVERAGE (4), BASE_OUT (assets/base_model),
 # BASE_PROCS (2).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
@@ -53,8 +57,8 @@ OUT=${BASE_OUT:-assets/base_model}
 PROCS=${BASE_PROCS:-2}
 RESTARTS=${BASE_RESTARTS:-3}
 TEXT_STAGES=${BASE_TEXT_STAGES:-5}
-if ((TEXT_STAGES < 0 || TEXT_STAGES > 5)); then
-  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2, 3, 4 or 5" >&2
+if ((TEXT_STAGES < 0 || TEXT_STAGES > 6)); then
+  echo "build_base_model: BASE_TEXT_STAGES is $TEXT_STAGES; use 0, 1, 2, 3, 4, 5 or 6" >&2
   exit 2
 fi
 TEXT_STAGE=$((TEXT_STAGES > 0))  # whether the bigger corpus is needed
@@ -64,6 +68,8 @@ WN_CORPUS=${BASE_WN_CORPUS:-data/base_wn}
 MIX=${BASE_MIX:-data/base_mix}
 WN2_CORPUS=${BASE_WN2_CORPUS:-data/base_wn2}
 MIX10=${BASE_MIX10:-data/base_mix10}
+WN3_CORPUS=${BASE_WN3_CORPUS:-data/base_wn3}
+MIX11=${BASE_MIX11:-data/base_mix11}
 TOTAL=$((RESTARTS + TEXT_STAGES + 4))  # corpora, stages 1 and 2, the warm restarts, the text stages, publishing
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
@@ -75,7 +81,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     --num_processes "$PROCS" --main_process_port "$port" scripts/train.py --config "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -101,6 +107,12 @@ if ((TEXT_STAGES > 4)); then  # WordNet's sentences the first WordNet corpus doe
     --exclude-voices "$DEMO_VOICES" --no-progress
   $PY scripts/make_corpus.py --combine "$WN2_CORPUS" "$LONG_CORPUS" --out "$MIX10/train.jsonl" --no-progress
 fi
+if ((TEXT_STAGES > 5)); then  # the WordNet sentences neither earlier WordNet corpus speaks, beside the long ones
+  $PY scripts/make_corpus.py --out "$WN3_CORPUS" --text-source wordnet --exclude-sentences-of "$WN_CORPUS" \
+    "$WN2_CORPUS" --train "${BASE_WN3_TRAIN:-9400}" --dev "${BASE_WN3_DEV:-100}" --test 0 --seed 14 \
+    --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
+  $PY scripts/make_corpus.py --combine "$WN3_CORPUS" "$LONG_CORPUS" --out "$MIX11/train.jsonl" --no-progress
+fi
 # The natural corpus is made with the demo's arguments (its 600 train utterances are the demo's rehearsal mix, not
 # used here), so that both scripts share data/natural.
 $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATURAL_TRAIN:-600}" \
@@ -125,12 +137,14 @@ done
 
 # The text stages: stage6.yaml (1,200 steps), stage7.yaml (1,800 steps, another seed), both on the 15,000 sentences,
 # then stage8.yaml (1,200 steps) on the long sentences, stage9.yaml (1,800 steps) on WordNet's and the long ones,
-# stage10.yaml (1,800 steps) on more of WordNet's and the long ones.
+# stage10.yaml (1,800 steps) on more of WordNet's and the long ones, stage11.yaml (1,650 steps) on the rest of WordNet's
+# and the long ones.
 text_configs=(configs/train/base_natural_stage6.yaml configs/train/base_natural_stage7.yaml
-  configs/train/base_natural_stage8.yaml configs/train/base_natural_stage9.yaml configs/train/base_natural_stage10.yaml)
-text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS" "$MIX" "$MIX10")
+  configs/train/base_natural_stage8.yaml configs/train/base_natural_stage9.yaml configs/train/base_natural_stage10.yaml
+  configs/train/base_natural_stage11.yaml)
+text_corpora=("$TEXT_CORPUS" "$TEXT_CORPUS" "$LONG_CORPUS" "$MIX" "$MIX10" "$MIX11")
 text_steps=("${BASE_STEPS6:-1200}" "${BASE_STEPS7:-1800}" "${BASE_STEPS8:-1200}" "${BASE_STEPS9:-1800}"
-  "${BASE_STEPS10:-1800}")
+  "${BASE_STEPS10:-1800}" "${BASE_STEPS11:-1650}")
 AVERAGE=${BASE_AVERAGE:-4}
 src="$prev/model"
 for ((i = 0; i < TEXT_STAGES; i++)); do
@@ -142,7 +156,7 @@ for ((i = 0; i < TEXT_STAGES; i++)); do
     train.output_dir="$next" train.max_steps="${text_steps[i]}" "$@"
   prev="$next"
   src="$prev/model"
-  if ((i >= 3 && AVERAGE > 0)); then  # stages 9 and 10 keep every checkpoint: the mean of the last ones goes on
+  if ((i >= 3 && AVERAGE > 0)); then  # stages 9 to 11 keep every checkpoint: the mean of the last ones goes on
     src="$prev/average"
     $PY scripts/average_checkpoints.py --run "$prev" --last "$AVERAGE" --output "$src"
   fi

@@ -61,7 +61,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     restarts, each from the previous stage's model) 3 steps each, stages 6 and 7 (the text stages on the bigger
     corpus) and 8 (on the long sentences) 3 steps each, 9 (on WordNet's, a 20-utterance corpus, and the long ones
     in one manifest) 4 steps, 10 (from the mean of 9's last 2 checkpoints, on 20 other WordNet sentences and the
-    long ones) 4 steps, the mean of its last 2 checkpoints published."""
+    long ones) 4 steps, 11 (from 10's mean, on 20 more WordNet sentences and the long ones) 4 steps, the mean of
+    its last 2 checkpoints published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -74,11 +75,13 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_NATURAL_TEST": "0", "BASE_NATURAL_TRAIN": "0", "BASE_RUN": str(run), "BASE_OUT": str(out),
                "BASE_STEPS3": "3", "BASE_TEXT_CORPUS": str(tmp_path / "corpus15"), "BASE_TEXT_TRAIN": "60",
                "BASE_STEPS6": "3", "BASE_STEPS7": "3", "BASE_LONG_CORPUS": str(tmp_path / "long"),
-               "BASE_LONG_TRAIN": "20", "BASE_LONG_DEV": "0", "BASE_STEPS8": "3", "BASE_TEXT_STAGES": "5",
+               "BASE_LONG_TRAIN": "20", "BASE_LONG_DEV": "0", "BASE_STEPS8": "3", "BASE_TEXT_STAGES": "6",
                "BASE_WN_CORPUS": str(tmp_path / "wordnet"), "BASE_WN_TRAIN": "20", "BASE_WN_DEV": "0",
                "BASE_MIX": str(tmp_path / "mix"), "BASE_STEPS9": "4", "BASE_AVERAGE": "2",
                "BASE_WN2_CORPUS": str(tmp_path / "wordnet2"), "BASE_WN2_TRAIN": "20", "BASE_WN2_DEV": "0",
-               "BASE_MIX10": str(tmp_path / "mix10"), "BASE_STEPS10": "4"}
+               "BASE_MIX10": str(tmp_path / "mix10"), "BASE_STEPS10": "4",
+               "BASE_WN3_CORPUS": str(tmp_path / "wordnet3"), "BASE_WN3_TRAIN": "20", "BASE_WN3_DEV": "0",
+               "BASE_MIX11": str(tmp_path / "mix11"), "BASE_STEPS11": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -148,9 +151,19 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     assert not set(wn2_texts) & set(wn_texts)
     mix10 = [json.loads(line)["text"] for line in (tmp_path / "mix10" / "train.jsonl").read_text().splitlines()]
     assert mix10 == wn2_texts + [r["text"] for r in long_rows]
-    assert not (tmp_path / "run_stage11").exists()
-    # what is published is the mean of stage 10's last 2 checkpoints (steps 3 and 4), not its best model
-    assert f"publishing {tmp_path / 'run_stage10' / 'average'} -> {out}" in proc.stdout
+    # stage 11 starts from the mean of stage 10's last 2 checkpoints, on WordNet sentences neither earlier
+    # WordNet corpus speaks, beside the long ones
+    config11 = (tmp_path / "run_stage11" / "train_config.yaml").read_text()
+    assert f"name_or_path: {tmp_path / 'run_stage10' / 'average'}" in config11 and "seed: 14" in config11
+    assert f"path: {tmp_path / 'mix11' / 'train.jsonl'}" in config11
+    wn3_texts = [json.loads(line)["text"] for line in (tmp_path / "wordnet3" / "train.jsonl").read_text().splitlines()]
+    assert len(wn3_texts) == 20 and set(wn3_texts) <= set(load_sentences(None, source="wordnet"))
+    assert not set(wn3_texts) & (set(wn_texts) | set(wn2_texts))
+    mix11 = [json.loads(line)["text"] for line in (tmp_path / "mix11" / "train.jsonl").read_text().splitlines()]
+    assert mix11 == wn3_texts + [r["text"] for r in long_rows]
+    assert not (tmp_path / "run_stage12").exists()
+    # what is published is the mean of stage 11's last 2 checkpoints (steps 3 and 4), not its best model
+    assert f"publishing {tmp_path / 'run_stage11' / 'average'} -> {out}" in proc.stdout
     assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
