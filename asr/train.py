@@ -73,7 +73,9 @@ class LoopConfig:
     seed: int = 0  # weights of new layers, shuffling, augmentation: the same seed gives the same run
     max_steps: int = 1000  # optimizer steps; the LR schedule runs to here
     stop_at: int | None = None  # stop (evaluate, save) after this step; `--resume latest` later continues to max_steps
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # bf16 on Ampere+; fp16 uses a loss scaler
+    # bf16 on Ampere+; fp16 uses a loss scaler; auto: bf16 where the GPU or CPU computes it natively (AMX,
+    # AVX512-BF16), fp16 on older GPUs, else no
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     eval_every: int = 200  # steps; also evaluated at the end
     best_metric: Literal["wer", "cer", "loss", "last"] = "wer"  # model/ = lowest dev wer, cer, loss, or the last step
     save_every: int = 200  # steps; also saved at the end

@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--config and the overrides), its default and its reason as YAML, and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
     add_common_flags(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides on both sides of an option: `a=1 --resume latest b=2`
     if args.config is None and not args.print_config:
         parser.error("--config is required (e.g. --config configs/train/tiny_cpu.yaml); --print-config lists the keys")
     return args
@@ -202,10 +202,11 @@ def train(args: argparse.Namespace, cfg) -> int:
             metrics_log.write({"kind": "feature_cache", "step": state.step, "seconds": report.seconds,
                                "utterances": report.utterances, "reused": report.reused,
                                "audio_seconds": splits["train"].hours * 3600})
-        logger.info("model: %.2f M parameters (%.2f M trainable); optimizer %s",
+        logger.info("model: %.2f M parameters (%.2f M trainable); optimizer %s; mixed precision %s%s",
                     sum(p.numel() for p in model.parameters()) / 1e6,
                     sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-                    type(stepping).__name__)
+                    type(stepping).__name__, accelerator.mixed_precision,
+                    " (auto)" if cfg.train.mixed_precision == "auto" else "")
 
     run_training(TrainingRun(cfg, accelerator, model, optimizer, scheduler, train_loader, train_sampler, dev_loader,
                              data, out, state, metrics_log, data_summary, progress=progress))

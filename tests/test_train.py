@@ -260,6 +260,14 @@ def train_script():
     return module
 
 
+def test_overrides_may_come_before_and_after_the_options():
+    """`train.py --config C a=1 --resume latest b=2` keeps both overrides (plain argparse refused the second)."""
+    args = train_script().parse_args(["--config", "c.yaml", "optim.lr=1e-3", "--resume", "latest", "--no-progress",
+                                      "train.max_steps=5", "train.seed=2"])
+    assert args.overrides == ["optim.lr=1e-3", "train.max_steps=5", "train.seed=2"]
+    assert (args.config, args.resume, args.no_progress) == ("c.yaml", "latest", True)
+
+
 def precision_step(tmp_path, precision: str) -> tuple[object, list[torch.dtype], torch.Tensor]:
     """scripts/train.py's accelerator for `train.mixed_precision`, one prepared training step of the tiny model;
     returns (accelerator, dtypes a transformer layer's feed-forward produced, loss)."""
@@ -299,6 +307,23 @@ def test_no_mixed_precision_runs_in_float32(tmp_path, fresh_accelerate_state):
     assert accelerator.mixed_precision == "no" and seen == [torch.float32]
 
 
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it(tmp_path, fresh_accelerate_state):
+    """train.mixed_precision=auto: bf16 autocast on a CPU with bfloat16 hardware (AVX512-BF16 or AMX, as
+    /proc/cpuinfo lists them), float32 on any other; the run really computes in the resolved precision."""
+    from asr.launch import cpu_computes_bf16, resolve_mixed_precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # torch's probe agrees with the kernel's view of the CPU
+        flags = set(cpuinfo.read_text().split())
+        assert cpu_computes_bf16() == bool(flags & {"avx512_bf16", "amx_tile"})
+    expected = "bf16" if cpu_computes_bf16() else "no"
+    assert resolve_mixed_precision("auto", cuda=False) == expected
+    assert [resolve_mixed_precision(s, cuda=False) for s in ("no", "fp16", "bf16")] == ["no", "fp16", "bf16"]
+    accelerator, seen, loss = precision_step(tmp_path, "auto")
+    assert accelerator.mixed_precision == expected
+    assert seen == [torch.bfloat16 if expected == "bf16" else torch.float32] and torch.isfinite(loss)
+
+
 def test_fp16_is_selected_up_to_the_device_boundary(tmp_path, fresh_accelerate_state):
     """fp16 autocast and its loss scaler exist only on CUDA: on CPU, Accelerate takes the setting and runs float32.
 
@@ -309,6 +334,14 @@ def test_fp16_is_selected_up_to_the_device_boundary(tmp_path, fresh_accelerate_s
     assert accelerator.mixed_precision == "fp16"
     if not torch.cuda.is_available():
         assert seen == [torch.float32] and accelerator.scaler is None and torch.isfinite(loss)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_precision_on_gpu_is_bf16_where_supported_else_fp16():
+    from asr.launch import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", cuda=True) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
 
 
 @pytest.mark.gpu
