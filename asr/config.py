@@ -99,22 +99,64 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Loads YAML file `path` (or only defaults when None) into `cls`, then applies overrides."""
+    """Loads YAML file `path` (or only defaults when None) into `cls`, then applies overrides.
+
+    A file may start from another: `extends: other.yaml` (relative to the file's folder) loads that one
+    first (itself maybe extending a third), and the file's own keys replace the other's, section by section.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass one of configs/train/*.yaml")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(e)}); fix it there") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections (data:, model:, optim:, ...), "
-                              f"got a {type(data).__name__}")
+        data = _read_extended(path, ())
     return from_dict(cls, apply_overrides(data, list(overrides or [])))
+
+
+EXTENDS = "extends"  # the key naming the config file a file starts from
+
+
+def _read_extended(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The mapping of YAML file `path` merged over the file it extends (recursively); `chain`: the files
+    that extend it, to refuse a circle."""
+    data = _read_mapping(path)
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"config file {path}: {EXTENDS} must name another config file, e.g. "
+                          f"{EXTENDS}: base_natural_stage6.yaml, got {parent!r}")
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise ConfigError(f"config file {path} extends {parent_path}, which does not exist; the path is relative to "
+                          f"{path.parent}")
+    chain = (*chain, path.resolve())
+    if parent_path.resolve() in chain:
+        circle = " -> ".join(str(p.name) for p in (*chain, parent_path))
+        raise ConfigError(f"config file {path} extends itself ({circle}); remove one {EXTENDS}")
+    return _merged(_read_extended(parent_path, chain), data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """YAML file `path` as a mapping of sections (`yaml.safe_load`: no code runs)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(e)}); fix it there") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, model:, optim:, ...), "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def _merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `own`'s keys put over it: mappings merged key by key, any other value (lists too) replaced."""
+    out = dict(base)
+    for key, value in own.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

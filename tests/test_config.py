@@ -108,6 +108,36 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
         load_config(TrainConfig, path)
 
 
+def test_a_config_extends_another_section_by_section(tmp_path):
+    """`extends:` chains (relative to the file's folder): the own keys win, mappings merge, lists are replaced."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("optim: {lr: 1.0e-3, betas: [0.9, 0.98], warmup_steps: 7}\n"
+                                        "train: {max_steps: 50, seed: 3}\ndata: {augment: {enabled: true}}\n")
+    (tmp_path / "sub" / "middle.yaml").write_text("extends: ../root.yaml\noptim: {lr: 5.0e-4, betas: [0.8, 0.9]}\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("extends: middle.yaml\ntrain: {seed: 4}\n"
+                                                "data: {augment: {speed_p: 0.0}}\n")
+    cfg = load_config(TrainConfig, tmp_path / "sub" / "leaf.yaml", ["optim.warmup_steps=9"])
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.warmup_steps) == (5.0e-4, (0.8, 0.9), 9)
+    assert (cfg.train.max_steps, cfg.train.seed) == (50, 4)
+    assert cfg.data.augment.enabled is True and cfg.data.augment.speed_p == 0.0
+    assert load_config(TrainConfig, tmp_path / "root.yaml").train.seed == 3  # the extended file itself unchanged
+
+
+@pytest.mark.parametrize("case", ["circle", "missing", "not_a_path"])
+def test_a_bad_extends_is_one_line(tmp_path, case):
+    path = tmp_path / "a.yaml"
+    text, message = {
+        "circle": ("extends: b.yaml\n", "extends itself (a.yaml -> b.yaml -> a.yaml); remove one extends"),
+        "missing": ("extends: nowhere.yaml\n", "nowhere.yaml, which does not exist; the path is relative to"),
+        "not_a_path": ("extends: [b.yaml]\n", "extends must name another config file"),
+    }[case]
+    path.write_text(text)
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntrain: {seed: 1}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("case", ["yaml", "override", "output_dir", "save_every"])
 def test_train_py_reports_config_errors_in_one_line_with_exit_2(tmp_path, case):
     """The real script, before any data is read: one line on stderr, exit 2, no traceback."""
