@@ -21,6 +21,10 @@ DECODERS = ("greedy", "beam", "flashlight")  # table order; "beam" is pyctcdecod
 BEAM_DECODERS = ("beam", "flashlight")  # the ones that need a KenLM directory
 
 # ------------------------------------------------------------- the acoustic model (eval, transcribe, align)
+# The acoustic model's arithmetic (asr.hardware.inference_dtype): float32, or autocast to bf16 / fp16 (GPU only);
+# auto is bf16 where the device computes it natively (Ampere+ GPUs; CPUs with AMX or AVX512-BF16), fp16 on older
+# GPUs, else float32. Weights stay float32 and the decoders read float32 log-probs either way.
+INFERENCE_PRECISIONS = ("float32", "bf16", "fp16", "auto")
 DEFAULT_MAX_BATCH_SECONDS = 60.0  # padded audio per forward pass; a 2.4 M-param model uses ~1 GB at this size
 CHUNK_SECONDS = 30.0  # longer recordings are cut into chunks this long (memory bound); 0 never chunks
 OVERLAP_SECONDS = 5.0  # audio shared by neighbouring chunks; half of it is context on each side

@@ -25,6 +25,7 @@ from asr.audio import normalize_audio
 from asr.collate import filterbank_inputs
 from asr.constants import SAMPLE_RATE
 from asr.defaults import BACKENDS
+from asr.hardware import inference_dtype
 from asr.model import (WEIGHT_SUFFIXES, output_frames, seconds_per_frame, takes_filterbank,
                        use_fast_relative_key_attention)
 from asr.onnx_model import load_onnx_model
@@ -66,6 +67,7 @@ class LoadedModel:
     do_normalize: bool
     path: Path
     feature_extractor: Any = None  # filterbank models: makes `input_features` from the audio (else None)
+    autocast_dtype: torch.dtype | None = None  # the forward pass under autocast to this dtype (None: float32)
 
     @property
     def blank_id(self) -> int:
@@ -99,15 +101,23 @@ class LoadedModel:
             if attention_mask is not None:
                 inputs["attention_mask"] = attention_mask
         inputs = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
-        return self.model(**inputs).logits.float().cpu().numpy()
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            return self.model(**inputs).logits.float().cpu().numpy()
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu", precision: str = "float32") -> LoadedModel:
     """Loads a model directory written by training (model + processor + normalizer.json).
 
+    Args:
+        path: the model directory.
+        device: where the model runs.
+        precision: the forward pass's arithmetic (asr.defaults.INFERENCE_PRECISIONS); the weights stay float32.
+
     Raises:
-        ValueError: the directory is missing or not a CTC model directory.
+        ValueError: the directory is missing or not a CTC model directory, or the precision does not run on
+            the device.
     """
+    autocast_dtype = inference_dtype(precision, torch.device(device).type)
     from transformers import AutoModelForCTC
 
     path = Path(path)
@@ -130,8 +140,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ValueError(f"{path}: the model emits {model.config.vocab_size} tokens but vocab.json has {len(vocab)}")
     fe = processor.feature_extractor
     if takes_filterbank(model.config):  # the mask gives each row's length; features are made per row
-        return LoadedModel(model, vocab, normalizer, True, False, path, feature_extractor=fe)
-    return LoadedModel(model, vocab, normalizer, bool(fe.return_attention_mask), bool(fe.do_normalize), path)
+        return LoadedModel(model, vocab, normalizer, True, False, path, feature_extractor=fe,
+                           autocast_dtype=autocast_dtype)
+    return LoadedModel(model, vocab, normalizer, bool(fe.return_attention_mask), bool(fe.do_normalize), path,
+                       autocast_dtype=autocast_dtype)
 
 
 def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
@@ -139,15 +151,20 @@ def plan_batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[in
     return pack_by_length(lengths, max_batch_samples)
 
 
-def load_acoustic_model(path: str | Path, backend: str = "torch", device: str | torch.device = "cpu") -> AcousticModel:
+def load_acoustic_model(path: str | Path, backend: str = "torch", device: str | torch.device = "cpu",
+                        precision: str = "float32") -> AcousticModel:
     """A model directory run by `backend`: "torch" (a training run's model/) or "onnx" (scripts/export.py's output).
 
     Raises:
-        ValueError: unknown backend, or the directory is not a model for that backend.
+        ValueError: unknown backend, the directory is not a model for that backend, or a precision the backend
+            or device does not run (ONNX runs the exported graph's own arithmetic: float32 or int8).
     """
     if backend == "torch":
-        return load_model(path, device)
+        return load_model(path, device, precision)
     if backend == "onnx":
+        if precision != "float32":
+            raise ValueError(f"--precision {precision} applies to --backend torch; an ONNX export runs its own "
+                             "arithmetic (float32, or int8 with scripts/export.py --quantize int8)")
         return load_onnx_model(path)
     raise ValueError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
 

@@ -30,6 +30,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list
 
+from asr.hardware import accelerate_uses_cuda, resolve_mixed_precision
+
 # Whether this process joined a multi-process group (set by make_accelerator): it then ends through os._exit.
 _joined_group = False
 
@@ -43,7 +45,7 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
         timeout: collective timeout; None keeps torch's default (30 min).
         handlers: extra kwargs handlers (e.g. DistributedDataParallelKwargs).
         **kwargs: passed to `Accelerator` (mixed_precision, gradient_accumulation_steps, ...); mixed_precision
-            "auto" is resolved for this hardware first (`resolve_mixed_precision`).
+            "auto" is resolved for this hardware first (`asr.hardware.resolve_mixed_precision`).
 
     Raises:
         RuntimeError: launched as several processes but Accelerate set none of them up as distributed.
@@ -58,7 +60,7 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
         else:
             os.environ["ACCELERATE_USE_CPU"] = "true"
     if kwargs.get("mixed_precision") == "auto":
-        kwargs["mixed_precision"] = resolve_mixed_precision("auto", cuda=_uses_cuda())
+        kwargs["mixed_precision"] = resolve_mixed_precision("auto", cuda=accelerate_uses_cuda())
     all_handlers = [*handlers, *([InitProcessGroupKwargs(**group)] if group else [])]
     accelerator = Accelerator(kwargs_handlers=all_handlers, **kwargs)
     if world_size > 1 and accelerator.distributed_type == DistributedType.NO:
@@ -70,32 +72,6 @@ def make_accelerator(world_size: int, *, timeout: datetime.timedelta | None = No
         # a rank killed by a signal (SIGABRT, SIGSEGV) prints every thread's Python stack: which rank, and where
         faulthandler.enable()
     return accelerator
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bfloat16 arithmetic in hardware (AVX512-BF16 or AMX): bf16 autocast then pays.
-
-    Without it, oneDNN emulates bfloat16 through conversions and autocast is slower than float32.
-    """
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (torch >= 2.3)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_mixed_precision(setting: str, *, cuda: bool) -> str:
-    """The precision `train.mixed_precision` asks for on this hardware: "auto" becomes bf16 where the device
-    computes bfloat16 natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), fp16 on older GPUs, else "no";
-    any other setting is returned as it is."""
-    if setting != "auto":
-        return setting
-    if cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_computes_bf16() else "no"
-
-
-def _uses_cuda() -> bool:
-    """Whether Accelerate will put this process on a GPU (CUDA present and not told to use the CPU)."""
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    return torch.cuda.is_available() and not use_cpu
 
 
 def on_main_process(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:

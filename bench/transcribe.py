@@ -242,6 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--onnx", action="store_true", help="also ours on ONNX Runtime: the model exported (float32, "
                    "and int8 by dynamic quantization, each through scripts/export.py's parity gate) into a temporary "
                    "directory first")
+    p.add_argument("--bf16", action="store_true", help="also ours with the acoustic model under bf16 autocast "
+                   "(transcribe.py --precision bf16; fast only where the CPU computes bfloat16: AMX, AVX512-BF16)")
     p.add_argument("--output", type=Path, default=None, help="also write transcribe.md and transcribe.json here")
     args = p.parse_args(argv)
     if args.model is not None and args.random_tiny_model:
@@ -250,9 +252,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def benchmark(model_dir: Path, items: Sequence[AudioItem], batch_size: int, max_batch_seconds: float,
-              repeats: int, work: Path, onnx: bool = False) -> tuple[list[SideResult], list[str], list[float]]:
-    """(baseline, pipeline on preloaded audio, ours [, ours on ONNX float32 and int8]; paths whose transcripts
-    differ between the baseline and ours on PyTorch; durations) on `items`."""
+              repeats: int, work: Path, onnx: bool = False,
+              bf16: bool = False) -> tuple[list[SideResult], list[str], list[float]]:
+    """(baseline, pipeline on preloaded audio, ours [, ours in bf16] [, ours on ONNX float32 and int8]; paths whose
+    transcripts differ between the baseline and ours on PyTorch; durations) on `items`."""
     from asr.inference import load_model
     from asr.onnx_model import load_onnx_model
 
@@ -264,6 +267,9 @@ def benchmark(model_dir: Path, items: Sequence[AudioItem], batch_size: int, max_
     base, preloaded = run_pipeline(model_dir, items, durations, batch_size, repeats)
     ours = run_ours(load_model(model_dir), items, options, repeats, work / "torch")
     sides = [base, preloaded, ours]
+    if bf16:
+        sides.append(run_ours(load_model(model_dir, precision="bf16"), items, options, repeats, work / "bf16",
+                              "ours, bf16 autocast (--precision bf16)"))
     for name, path in (onnx_exports(model_dir, work) if onnx else {}).items():
         sides.append(run_ours(load_onnx_model(path), items, options, repeats, work / path.name, name))
     return sides, compare(base, ours), durations
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             if not items:
                 raise ValueError(f"no audio files in {[str(p) for p in inputs]}; check the paths.")
             sides, differing, durations = benchmark(model_dir, items, args.batch_size, args.max_batch_seconds,
-                                                    args.repeats, work, args.onnx)
+                                                    args.repeats, work, args.onnx, args.bf16)
         except ValueError as e:
             logger.error("%s", e)
             return 2

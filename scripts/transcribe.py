@@ -7,6 +7,8 @@
           --model runs/tiny/model --output out/        # files sharded over 2 processes by duration
     $ .venv/bin/python scripts/transcribe.py recordings/ --backend onnx --model runs/tiny/onnx --output out/
           # ONNX Runtime on CPU, on a directory written by scripts/export.py (same batching, chunks, decoders)
+    $ .venv/bin/python scripts/transcribe.py recordings/ --model runs/tiny/model --precision auto --output out/
+          # the acoustic model in bf16 where the CPU (AMX, AVX512-BF16) or GPU computes it natively
     $ .venv/bin/python scripts/transcribe.py recordings/ --model runs/tiny/model --output - | jq -r .text
           # transcripts.jsonl's lines on stdout (in input order, when the run ends); logs on stderr
     $ .venv/bin/python scripts/transcribe.py calls/ --model runs/tiny/model --decoder flashlight \\
@@ -66,7 +68,7 @@ from pathlib import Path
 from asr.cli import ArgumentParser, add_common_flags, exit_with, setup_logging
 from asr.constants import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from asr.defaults import (BACKENDS, CHUNK_SECONDS, CUTS, DECODERS, DEFAULT_MAX_BATCH_SECONDS, DEFAULT_SEGMENTER,
-                          FORMATS, NEMO_MANIFEST_FILE, OVERLAP_SECONDS, SIDE_FORMATS)
+                          FORMATS, INFERENCE_PRECISIONS, NEMO_MANIFEST_FILE, OVERLAP_SECONDS, SIDE_FORMATS)
 
 # The library (torch, numpy) is imported in the functions below, after parsing, so that --help is instant.
 logger = logging.getLogger("transcribe")
@@ -85,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "with --backend onnx, a directory written by scripts/export.py)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="what runs the acoustic model: PyTorch, or ONNX Runtime (CPU) on an exported model")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
+                   help="the acoustic model's arithmetic (--backend torch): bf16/fp16 autocast (fp16 on GPUs only); "
+                   "auto: bf16 where the device computes it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs), fp16 on "
+                   "older GPUs, else float32")
     p.add_argument("--lm", type=Path, default=None, help="LM directory from scripts/build_lm.py (default: the "
                    "model directory when it holds language_model/)")
     p.add_argument("--decoder", choices=DECODERS, default=None, help="default: beam with --lm, else greedy")
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if not items:
             raise ValueError(f"no audio files found in {[str(p) for p in args.inputs + args.manifest]}; check the "
                              "paths (hidden files are skipped).")
-        loaded = load_acoustic_model(args.model, args.backend, accelerator.device)
+        loaded = load_acoustic_model(args.model, args.backend, accelerator.device, args.precision)
         transcriber = Transcriber(loaded, make_decoder(options.decoder, lm, loaded.vocab, hotwords=args.hotwords,
                                                        hotword_weight=args.hotword_weight), options,
                                   lm=str(lm.resolve()) if lm else None,
@@ -203,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, SegmenterUnavailable) as e:
         logger.error("%s", e)
         return EXIT_USAGE
-    logger.info("memory allocator: %s", active_allocator())
+    autocast = getattr(loaded, "autocast_dtype", None)  # ONNX models have none
+    logger.info("memory allocator: %s; acoustic model: %s, %s", active_allocator(), args.backend,
+                f"{str(autocast).removeprefix('torch.')} autocast" if autocast else "float32")
 
     to_stdout = args.output == STDOUT
     if to_stdout:  # a private directory, the same on every rank, removed at the end

@@ -310,7 +310,7 @@ def test_no_mixed_precision_runs_in_float32(tmp_path, fresh_accelerate_state):
 def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it(tmp_path, fresh_accelerate_state):
     """train.mixed_precision=auto: bf16 autocast on a CPU with bfloat16 hardware (AVX512-BF16 or AMX, as
     /proc/cpuinfo lists them), float32 on any other; the run really computes in the resolved precision."""
-    from asr.launch import cpu_computes_bf16, resolve_mixed_precision
+    from asr.hardware import cpu_computes_bf16, resolve_mixed_precision
 
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():  # torch's probe agrees with the kernel's view of the CPU
@@ -339,7 +339,7 @@ def test_fp16_is_selected_up_to_the_device_boundary(tmp_path, fresh_accelerate_s
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_precision_on_gpu_is_bf16_where_supported_else_fp16():
-    from asr.launch import resolve_mixed_precision
+    from asr.hardware import resolve_mixed_precision
 
     assert resolve_mixed_precision("auto", cuda=True) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
 

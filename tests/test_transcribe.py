@@ -960,3 +960,50 @@ def test_rerun_decodes_only_the_files_without_a_transcript(utterances, tiny_mode
     sides = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.suffix in (".txt", ".srt"))
     assert len(sides) == 12 and any((fresh / p).read_text().strip() for p in sides)
     assert [(out / p).read_text() for p in sides] == [(fresh / p).read_text() for p in sides]
+
+
+# ------------------------------------------------------------------------------------ inference precision
+def test_bf16_inference_computes_in_bfloat16_and_reads_like_float32(trained_model, utterances):
+    """--precision bf16: the layers run in bfloat16 (weights stay float32), the decoders get float32 log-probs,
+    and the trained model's frame-by-frame choices barely move."""
+    import torch
+
+    from asr.inference import load_model, log_probs_batch
+
+    exact, fast = load_model(trained_model), load_model(trained_model, precision="bf16")
+    seen = []
+    linear = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    audios = utterances[:6]
+    reference, bf16 = log_probs_batch(exact, audios), log_probs_batch(fast, audios)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in fast.model.parameters())
+    assert all(b.dtype == np.float32 and b.shape == r.shape for r, b in zip(reference, bf16))
+    agree = np.mean(np.concatenate([r.argmax(-1) == b.argmax(-1) for r, b in zip(reference, bf16)]))
+    assert agree > 0.95, agree
+    assert 0 < max(np.abs(np.exp(r) - np.exp(b)).max() for r, b in zip(reference, bf16)) < 0.2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precision", "fp16"], "--precision fp16 needs a GPU"),
+    (["--precision", "bf16", "--backend", "onnx"], "--precision bf16 applies to --backend torch"),
+])
+def test_a_precision_the_backend_or_device_cannot_run_is_one_line(utterances, tiny_model, tmp_path, extra, message):
+    import torch
+
+    if torch.cuda.is_available() and extra == ["--precision", "fp16"]:
+        pytest.skip("fp16 runs on this machine's GPU")
+    write_audio(tmp_path / "in" / "one.wav", utterances[0], 16000, 1, "WAV", "PCM_16")
+    proc = run_cli(str(tmp_path / "in"), "--model", str(tiny_model), "--output", str(tmp_path / "out"), *extra)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out" / "transcripts.jsonl").exists()
+
+
+def test_transcribe_with_bf16_writes_every_transcript(utterances, trained_model, tmp_path):
+    inputs = tmp_path / "in"
+    for i in range(3):
+        write_audio(inputs / f"{i}.wav", utterances[i], 16000, 1, "WAV", "PCM_16")
+    proc = run_cli(str(inputs), "--model", str(trained_model), "--precision", "bf16", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 0 and "acoustic model: torch, bfloat16 autocast" in proc.stderr, proc.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "o" / "transcripts.jsonl")
+    assert sorted(r["path"] for r in rows) == ["0.wav", "1.wav", "2.wav"] and all(r["text"] for r in rows)
