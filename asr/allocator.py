@@ -1,4 +1,5 @@
-"""Run the heavy scripts under jemalloc: glibc malloc fragments on variable-shape CPU tensors.
+"""Run the heavy scripts under jemalloc (glibc malloc fragments on variable-shape CPU tensors), with oneDNN's
+kernel cache bounded.
 
 Measured on the base recipe (2 CPU processes, 40 s batches of varying length; /tmp commands in
 NOTES.md): with glibc each rank held 4.4 GB of anonymous memory after two minutes and kept growing
@@ -9,6 +10,11 @@ memory (0.9 GB) but every large tensor then page-faults afresh: 50% slower steps
 `relaunch_under_jemalloc()` is called at the top of a script, before torch is imported: it re-executes
 the same command line with jemalloc preloaded (same pid, so launchers and DataLoader workers are
 unaffected). This module must stay free of heavy imports.
+
+It also bounds oneDNN's primitive cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY, unless the user set it): oneDNN
+compiles a kernel, with its scratch memory, for every distinct input shape and keeps up to 1,024 of them, so
+variable-length batches grow a process by GBs (pytorch#98688), most in bf16 autocast, which runs its matmuls
+through oneDNN. bench/onednn_cache.py measures it.
 """
 
 from __future__ import annotations
@@ -23,16 +29,21 @@ _RELAUNCHED_ENV = "ASR_ALLOCATOR_RELAUNCHED"  # set on the re-executed process: 
 # again; memory is bounded by the largest step, not by the run's length.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+# Kernels kept per process (oneDNN's default: 1,024). Batches of new shapes rarely repeat one, so a small
+# cache costs no speed (bench/onednn_cache.py) and bounds the memory.
+ONEDNN_CACHE_CAPACITY = "64"
 
 
 def relaunch_under_jemalloc() -> str | None:
-    """Re-execute this process with jemalloc preloaded, or say why not.
+    """Re-execute this process with jemalloc preloaded, or say why not; bound oneDNN's kernel cache either way.
 
     Returns:
         None when already running under a preloaded allocator (this function never returns when it
         re-executes), otherwise a one-line note for the script to log as a warning (jemalloc missing)
         or an empty string when the user opted out with ASR_ALLOCATOR=system or on non-Linux systems.
     """
+    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)  # read when torch first runs oneDNN: later
     choice = os.environ.get(ALLOCATOR_ENV, "jemalloc").lower()
     if choice not in ("jemalloc", "system"):
         return f"ignoring {ALLOCATOR_ENV}={choice!r}: use jemalloc or system"

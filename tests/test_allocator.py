@@ -6,33 +6,36 @@ import sys
 
 import pytest
 
-from asr.allocator import JEMALLOC_CONF
+from asr.allocator import JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
 
 PROBE = ("import os; from asr.allocator import relaunch_under_jemalloc, active_allocator; "
          "note = relaunch_under_jemalloc(); "
-         "print(active_allocator(), repr(note), os.environ.get('MALLOC_CONF'), os.getpid(), sep='|')")
+         "print(active_allocator(), repr(note), os.environ.get('MALLOC_CONF'), os.getpid(), "
+         "os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'), sep='|')")
 
 
 def _probe(**env: str) -> list[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "ASR_ALLOCATOR",
-                                                              "ASR_ALLOCATOR_RELAUNCHED")}
+                                                              "ASR_ALLOCATOR_RELAUNCHED",
+                                                              "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
     proc = subprocess.Popen([sys.executable, "-c", PROBE], env={**clean, **env}, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     fields = out.strip().split("|")
     assert fields[3] == str(proc.pid), "the re-executed program must keep the pid launchers watch"
-    return fields[:3]
+    return [*fields[:3], fields[4]]
 
 
 def test_relaunches_under_jemalloc_with_page_retention():
     # scripts/setup.sh installs libjemalloc2, so a missing library is a failed set-up, not a skip
-    assert _probe() == ["jemalloc", "None", JEMALLOC_CONF]
+    assert _probe() == ["jemalloc", "None", JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY]
 
 
 def test_user_choices_are_kept():
-    assert _probe(ASR_ALLOCATOR="system") == ["system", "''", "None"]
-    assert _probe(MALLOC_CONF="narenas:2") == ["jemalloc", "None", "narenas:2"]
-    allocator, note, _ = _probe(ASR_ALLOCATOR="tcmalloc")
+    # the kernel cache is bounded with the system allocator too, and a capacity the user set is kept
+    assert _probe(ASR_ALLOCATOR="system") == ["system", "''", "None", ONEDNN_CACHE_CAPACITY]
+    assert _probe(MALLOC_CONF="narenas:2", ONEDNN_PRIMITIVE_CACHE_CAPACITY="8") == ["jemalloc", "None", "narenas:2", "8"]
+    allocator, note, _, _ = _probe(ASR_ALLOCATOR="tcmalloc")
     assert allocator == "system" and "use jemalloc or system" in note

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import chunking, decode, feature_cache, memory, scaling, train, transcribe
+from bench import chunking, decode, feature_cache, memory, onednn_cache, scaling, train, transcribe
 from bench.common import (
     ctc_vocab,
     markdown_table,
@@ -223,6 +223,26 @@ def test_bench_feature_cache_smoke_accounts_the_saving_per_operator(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ memory
+def test_bench_onednn_cache_rows_run_in_their_precision_and_capacity(tmp_path):
+    """Four fresh processes (float32/bf16 x oneDNN's cache / ours) train a tiny filterbank model; every row is
+    reported with its memory marks and time, and the capacity reached each child through its environment."""
+    from asr.allocator import ONEDNN_CACHE_CAPACITY
+    from asr.model import ModelConfig, build_model
+    from asr.text import build_vocab
+
+    model_dir = tmp_path / "tiny_w2v_bert"
+    arch = dict(model_type="wav2vec2-bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, feature_projection_input_dim=160, conv_depthwise_kernel_size=3)
+    build_model(ModelConfig(architecture=arch), build_vocab(["a tiny model"]), pad_token_id=0).save_pretrained(model_dir)
+    assert onednn_cache.main(["--model", str(model_dir), "--steps", "4", "--output", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "onednn_cache.json").read_text())["rows"]
+    assert [(r["precision"], r["capacity"]) for r in rows] == [
+        ("float32", 1024), ("float32", int(ONEDNN_CACHE_CAPACITY)), ("bf16", 1024), ("bf16", int(ONEDNN_CACHE_CAPACITY))]
+    assert all(list(r["rss_mb"]) == ["1", "4"] and min(r["rss_mb"].values()) > 0 and r["seconds"] > 0 for r in rows)
+    assert [r["capacity_seen"] for r in rows] == [r["capacity"] for r in rows]
+    assert "| bf16 | 64 |" in (tmp_path / "out" / "onednn_cache.md").read_text()
+
+
 def test_bench_memory_tiny_peaks():
     bench = memory
     measured = bench.compare_checkpointing("tiny", seconds=1.0, batch_size=1, limit_bytes=None)
