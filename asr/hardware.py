@@ -8,6 +8,11 @@ bfloat16 pays only where it is computed in hardware: Ampere and later GPUs, and 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bfloat16 arithmetic in hardware (AVX512-BF16 or AMX), as torch's own probes see it."""
@@ -38,7 +43,7 @@ def accelerate_uses_cuda() -> bool:
     return torch.cuda.is_available() and not use_cpu
 
 
-def inference_dtype(precision: str, device_type: str):
+def inference_dtype(precision: str, device_type: str) -> torch.dtype | None:
     """The autocast dtype of an inference `precision` (asr.defaults.INFERENCE_PRECISIONS) on a "cpu" or "cuda"
     device: None for float32, torch.bfloat16 or torch.float16; "auto" as `resolve_mixed_precision`.
 
