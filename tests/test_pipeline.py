@@ -99,6 +99,12 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
              if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert "augment:\n    enabled: true" in (run / "train_config.yaml").read_text()  # the last stage's config
+    # every stage asks for the hardware's precision (BASE_PRECISION=auto); the log names what ran
+    from asr.hardware import cpu_computes_bf16
+
+    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, six text stages
+    assert len(configs) == 10 and all("mixed_precision: auto" in p.read_text() for p in configs)
+    assert f"mixed precision {'bf16' if cpu_computes_bf16() else 'no'} (auto)" in proc.stderr
     # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
     run3 = tmp_path / "run_stage3"
     steps3 = [r["step"] for r in map(json.loads, (run3 / "metrics.jsonl").read_text().splitlines())
