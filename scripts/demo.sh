@@ -3,7 +3,8 @@
 #   1. a synthetic corpus (train/dev/test with held-out voices, LM text) and a natural-voice one (Piper),
 #   2. `accelerate launch` fine-tuning of the shipped base checkpoint (assets/base_model) on voices it
 #      never heard, on 2 CPU processes, with a share of the natural voice (Piper reading other training
-#      sentences) mixed in so that the fine-tuning does not erase it,
+#      sentences) mixed in so that the fine-tuning does not erase it, in bf16 autocast where the CPU computes
+#      bfloat16 natively (AMX, AVX512-BF16; float32 elsewhere: demo_finetune.yaml's mixed_precision: auto),
 #   3. a KenLM 4-gram beside the model (the corpus's LM text and WordNet's usage examples),
 #   4. greedy vs beam+LM evaluation on the test set, with pocketsphinx (a classic offline recogniser) as a
 #      reference row (~1 min more on 2 cores),
