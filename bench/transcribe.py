@@ -170,12 +170,15 @@ def run_pipeline(model_dir: Path, items: Sequence[AudioItem], durations: Sequenc
                  repeats: int) -> tuple[SideResult, SideResult]:
     """transformers' ASR pipeline, `batch_size` files per forward pass: on the file paths (the baseline),
     and on audio read into memory beforehand (where its time goes besides reading)."""
-    from transformers import pipeline
+    from transformers import AutoFeatureExtractor, pipeline
 
     from asr.audio import load_audio
     from asr.constants import SAMPLE_RATE
 
-    pipe = pipeline("automatic-speech-recognition", model=str(model_dir), batch_size=batch_size, device="cpu")
+    # The feature extractor given as an object: from a path, the pipeline would also load a language_model/ it
+    # finds beside the model (scripts/build_lm.py puts one there) and beam-search, where ours is greedy.
+    pipe = pipeline("automatic-speech-recognition", model=str(model_dir), batch_size=batch_size, device="cpu",
+                    feature_extractor=AutoFeatureExtractor.from_pretrained(model_dir))
     if pipe.type != "ctc":
         logger.warning("the pipeline decodes %s with %r, not greedy CTC", model_dir, pipe.type)
     paths = [str(item.file) for item in items]
