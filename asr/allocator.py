@@ -43,7 +43,7 @@ def relaunch_under_jemalloc() -> str | None:
         re-executes), otherwise a one-line note for the script to log as a warning (jemalloc missing)
         or an empty string when the user opted out with ASR_ALLOCATOR=system or on non-Linux systems.
     """
-    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)  # read when torch first runs oneDNN: later
+    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)  # oneDNN reads it on first use, after this
     choice = os.environ.get(ALLOCATOR_ENV, "jemalloc").lower()
     if choice not in ("jemalloc", "system"):
         return f"ignoring {ALLOCATOR_ENV}={choice!r}: use jemalloc or system"

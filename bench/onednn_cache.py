@@ -21,7 +21,6 @@ if __package__ in (None, ""):  # run by path (python bench/onednn_cache.py): the
     sys.path[0] = str(__import__("pathlib").Path(__file__).resolve().parents[1])
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -102,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     if args.output:
         write_report(args.output, "onednn_cache", markdown, data)
-    logger.debug("%s", json.dumps(data))
     return 0
 
 
