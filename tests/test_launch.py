@@ -34,7 +34,10 @@ if mode == "plain":
     sys.exit(0)
 accelerator.wait_for_everyone()
 launch.finish(accelerator)
-print(f"rank {accelerator.process_index} left", flush=True)
+# one write with its newline: the launcher runs python -u, where print's text and end are two writes that the
+# other rank's line can land between ("rank 0 leftrank 1 left")
+sys.stdout.write(f"rank {accelerator.process_index} left\\n")
+sys.stdout.flush()
 exit_with(int(os.environ.get("EXIT_CODE", "0")))
 """
 
