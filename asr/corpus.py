@@ -1,9 +1,10 @@
-"""Synthetic speech corpus: English sentences read aloud by espeak-ng, flite, festival and Piper voices.
+"""Synthetic speech corpus: English sentences read aloud by espeak-ng, flite, festival, Piper and Kokoro voices.
 
 espeak-ng (formant), flite and festival (diphone/HMM) give hundreds of robotic timbres; Piper (a
 neural VITS voice trained on recordings of a real speaker, bundled in a pip package) gives natural
-prosody, varied per utterance. A model trained on the first three alone does not understand a
-natural voice.
+prosody, varied per utterance; Kokoro (asr/kokoro.py, opt-in: `engines=(..., "kokoro")`) reads English with five
+other real speakers' neural voices and their blends. A model trained on the first three alone does not understand
+a natural voice.
 
 Real audio of known text, made offline in minutes, so loaders, filters, training and decoding can be
 tested and demonstrated without a dataset hub.
@@ -46,12 +47,15 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from asr import kokoro
 from asr.constants import SAMPLE_RATE
 from asr.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("espeak-ng", "flite", "festival", "piper")
+ENGINES = ("espeak-ng", "flite", "festival", "piper", "kokoro")
+# Kokoro is asked for by name: in the default it would change the voices every existing corpus draws.
+DEFAULT_ENGINES = ("espeak-ng", "flite", "festival", "piper")
 SPLITS = ("train", "dev", "test")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian's wordnet-base: the data.<pos> files
@@ -87,7 +91,9 @@ _PROSODY = {
     "flite": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),
     "festival": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),
     "piper": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),  # plus per-utterance prosody (_PIPER_*)
+    "kokoro": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),  # plus a per-utterance tempo (_KOKORO_SPEED_JITTER)
 }
+_KOKORO_SPEED_JITTER = (0.9, 1.1)  # x voice.speed, drawn from (voice, text): the tempo of one sentence
 # The same recorded person behind voices of different engines: holding out one of them while
 # training on another would not measure an unseen speaker.
 _SAME_PERSON = {
@@ -224,7 +230,8 @@ class Voice:
     """One synthetic speaker: an engine's voice at one speaking rate and pitch."""
 
     engine: str  # one of ENGINES
-    name: str  # engine voice: "en-us+f3" (espeak-ng language+variant), "slt" (flite), "kal_diphone" (festival), "joe" (piper)
+    name: str  # engine voice: "en-us+f3" (espeak-ng language+variant), "slt" (flite), "kal_diphone" (festival),
+    # "joe" (piper), "jm_kumo" or the blend "jf_alpha+jm_kumo" (kokoro)
     speed: float = 1.0  # speaking rate relative to the engine default; 1.15 is 15 % faster
     pitch: float = 1.0  # pitch relative to the engine default (espeak-ng only)
 
@@ -247,9 +254,9 @@ class Voice:
         return _SAME_PERSON.get(key, key)
 
     def command(self, wav_path: Path) -> list[str]:
-        """The argv that reads the text on stdin aloud into `wav_path` (Piper runs in-process instead)."""
-        if self.engine == "piper":
-            raise ValueError("piper voices synthesise in-process (synthesise()), not through a command")
+        """The argv that reads the text on stdin aloud into `wav_path` (Piper and Kokoro run in-process instead)."""
+        if self.engine in ("piper", "kokoro"):
+            raise ValueError(f"{self.engine} voices synthesise in-process (synthesise()), not through a command")
         if self.engine == "espeak-ng":
             rate = round(_ESPEAK_RATE_WPM * self.speed)
             pitch = min(99, round(_ESPEAK_PITCH * self.pitch))
@@ -263,7 +270,7 @@ class Voice:
         ]
 
 
-def list_voices(engines: Sequence[str] = ENGINES) -> list[Voice]:
+def list_voices(engines: Sequence[str] = DEFAULT_ENGINES) -> list[Voice]:
     """Every catalogued voice of the installed engines: base voices x rate/pitch grid.
 
     Args:
@@ -301,6 +308,8 @@ def _installed_voices(engine: str) -> frozenset[str] | None:
     """Every voice name `engine` accepts (espeak-ng: English languages and language+variant), None if absent."""
     if engine == "piper":
         return _installed_piper_voices()
+    if engine == "kokoro":
+        return frozenset(kokoro.voice_names()) if kokoro.installed() else None
     binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[engine]
     if shutil.which(binary) is None:
         return None
@@ -452,6 +461,9 @@ def synthesise(voice: Voice, text: str, wav_path: Path) -> float:
         raise ValueError(f"voice {voice.name!r} is not installed for {voice.engine}; pick one from list_voices()")
     if voice.engine == "piper":
         audio, rate = _synthesise_piper(voice, text)
+    elif voice.engine == "kokoro":
+        tempo = random.Random(f"{voice.id}:{text}").uniform(*_KOKORO_SPEED_JITTER)
+        audio, rate = kokoro.synthesise_kokoro(voice.name, text, speed=voice.speed * tempo)
     else:
         audio, rate = _synthesise_command(voice, text)
     if rate != SAMPLE_RATE:
@@ -527,7 +539,7 @@ class CorpusOptions:
     seed: int = 0  # picks sentences, voices and held-out voices
     text: Path | None = None  # one sentence per line; None = the sentences of `text_source`
     text_source: str = "fortunes"  # with no `text`: one of TEXT_SOURCES (fortunes' quotes, WordNet's examples)
-    engines: tuple[str, ...] = ENGINES  # absent engines are skipped with a warning
+    engines: tuple[str, ...] = DEFAULT_ENGINES  # absent engines are skipped with a warning; kokoro is opt-in
     engine_weights: dict[str, float] = field(default_factory=dict)  # draw share per engine (missing: 1); e.g. {"piper": 3}
     heldout_voices: int | tuple[str, ...] = 0  # K voices picked per seed, or explicit voice ids; dev/test only
     heldout_fraction: float = 0.5  # share of dev/test utterances read by held-out voices

