@@ -249,7 +249,11 @@ class Voice:
 
     @property
     def timbre(self) -> str:
-        """The person or sound behind the voice, whatever the rate and pitch; the unit held out."""
+        """The person or sound behind the voice, whatever the rate and pitch; the unit held out.
+
+        A Kokoro blend ("kokoro:jf_alpha+jm_kumo") is its own timbre but shares both speakers: to keep a speaker
+        unheard, exclude it and its blends by pattern (`exclude_voices=("kokoro:*jf_nezumi*",)`).
+        """
         key = f"{self.engine}:{self.name}"
         return _SAME_PERSON.get(key, key)
 

@@ -61,8 +61,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     restarts, each from the previous stage's model) 3 steps each, stages 6 and 7 (the text stages on the bigger
     corpus) and 8 (on the long sentences) 3 steps each, 9 (on WordNet's, a 20-utterance corpus, and the long ones
     in one manifest) 4 steps, 10 (from the mean of 9's last 2 checkpoints, on 20 other WordNet sentences and the
-    long ones) 4 steps, 11 (from 10's mean, on 20 more WordNet sentences and the long ones) 4 steps, the mean of
-    its last 2 checkpoints published."""
+    long ones) 4 steps, 11 (from 10's mean, on 20 more WordNet sentences and the long ones) 4 steps, the speaker
+    stage (from 11's mean, on the 40-utterance corpus beside 6 utterances of Kokoro's speakers) 4 steps, the mean
+    of its last 2 checkpoints published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -81,7 +82,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_WN2_CORPUS": str(tmp_path / "wordnet2"), "BASE_WN2_TRAIN": "20", "BASE_WN2_DEV": "0",
                "BASE_MIX10": str(tmp_path / "mix10"), "BASE_STEPS10": "4",
                "BASE_WN3_CORPUS": str(tmp_path / "wordnet3"), "BASE_WN3_TRAIN": "20", "BASE_WN3_DEV": "0",
-               "BASE_MIX11": str(tmp_path / "mix11"), "BASE_STEPS11": "4"}
+               "BASE_MIX11": str(tmp_path / "mix11"), "BASE_STEPS11": "4",
+               "BASE_KOKORO_CORPUS": str(tmp_path / "kokoro"), "BASE_KOKORO_TRAIN": "6",
+               "BASE_MIX12": str(tmp_path / "mix12"), "BASE_STEPS12": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -102,8 +105,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # every stage asks for the hardware's precision (BASE_PRECISION=auto); the log names what ran
     from asr.hardware import cpu_computes_bf16
 
-    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, six text stages
-    assert len(configs) == 10 and all("mixed_precision: auto" in p.read_text() for p in configs)
+    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 1 speaker stage
+    assert len(configs) == 11 and all("mixed_precision: auto" in p.read_text() for p in configs)
     assert f"mixed precision {'bf16' if cpu_computes_bf16() else 'no'} (auto)" in proc.stderr
     # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
     run3 = tmp_path / "run_stage3"
@@ -167,9 +170,21 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     assert not set(wn3_texts) & (set(wn_texts) | set(wn2_texts))
     mix11 = [json.loads(line)["text"] for line in (tmp_path / "mix11" / "train.jsonl").read_text().splitlines()]
     assert mix11 == wn3_texts + [r["text"] for r in long_rows]
-    assert not (tmp_path / "run_stage12").exists()
-    # what is published is the mean of stage 11's last 2 checkpoints (steps 3 and 4), not its best model
-    assert f"publishing {tmp_path / 'run_stage11' / 'average'} -> {out}" in proc.stdout
+    # the speaker stage (12 here, after six text stages) starts from stage 11's mean, on the first corpus beside
+    # Kokoro's speakers (none of them jf_nezumi or a blend of it, no sentence of the natural dev/test set)
+    config12 = (tmp_path / "run_stage12" / "train_config.yaml").read_text()
+    assert f"name_or_path: {tmp_path / 'run_stage11' / 'average'}" in config12 and "seed: 21" in config12
+    assert f"path: {tmp_path / 'mix12' / 'train.jsonl'}" in config12
+    kokoro_rows = [json.loads(line) for line in (tmp_path / "kokoro" / "train.jsonl").read_text().splitlines()]
+    assert len(kokoro_rows) == 6 and all(r["speaker"].startswith("kokoro:") for r in kokoro_rows)
+    assert not any("jf_nezumi" in r["speaker"] for r in kokoro_rows)
+    assert not {r["text"] for r in kokoro_rows} & {r["text"] for r in dev}
+    mix12 = [json.loads(line)["text"] for line in (tmp_path / "mix12" / "train.jsonl").read_text().splitlines()]
+    corpus_texts = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
+    assert mix12 == corpus_texts + [r["text"] for r in kokoro_rows]
+    assert not (tmp_path / "run_stage13").exists()
+    # what is published is the mean of the speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
+    assert f"publishing {tmp_path / 'run_stage12' / 'average'} -> {out}" in proc.stdout
     assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
