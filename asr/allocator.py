@@ -74,3 +74,13 @@ def active_allocator() -> str:
     except OSError:
         return "system"
     return next((name for name in PRELOADED if f"lib{name}" in text), "system")
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory (VmRSS) in MB; None where /proc/self/status is missing (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as status:
+            line = next((line for line in status if line.startswith("VmRSS:")), None)
+    except OSError:
+        return None
+    return int(line.split()[1]) / 1024 if line else None

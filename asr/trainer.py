@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from asr.allocator import resident_mb
 from asr.augment import Augmenter
 from asr.checkpoint import TrainerState, begin_save, finish_save, save_training_state
 from asr.config import ConfigError, save_config
@@ -344,12 +345,16 @@ def run_training(run: TrainingRun) -> None:
                 elapsed = time.perf_counter() - window["t0"]
                 sums = torch.tensor([window["seconds"], window["loss"], window["n"]], device=accelerator.device)
                 audio, loss_sum, loss_n = accelerator.reduce(sums, "sum").tolist()  # over all ranks
+                # the fullest rank's resident memory: a run that grows shows it here long before the OOM killer
+                rss_mb = accelerator.reduce(torch.tensor([resident_mb() or 0.0], device=accelerator.device),
+                                            "max").item()
                 # every rank clips with the same all-reduced norm: rank 0's mean is the run's
                 state.audio_seconds += audio
                 record = {"kind": "train", "step": state.step, "epoch": state.epoch,
                           "loss": loss_sum / max(1, loss_n), "lr": max(scheduler.get_last_lr()),
                           "audio_s_per_s": audio / max(elapsed, 1e-9), "skipped": state.skipped_nonfinite,
-                          "grad_norm": window["grad_norm"] / window["norms"] if window["norms"] else None}
+                          "grad_norm": window["grad_norm"] / window["norms"] if window["norms"] else None,
+                          "rss_mb": rss_mb or None}
                 if accelerator.is_main_process:
                     metrics_log.write(record)
                     accelerator.log({f"train/{k}": v for k, v in record.items()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from asr.allocator import JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY
+from asr.allocator import JEMALLOC_CONF, ONEDNN_CACHE_CAPACITY, resident_mb
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
 
@@ -39,3 +39,11 @@ def test_user_choices_are_kept():
     assert _probe(MALLOC_CONF="narenas:2", ONEDNN_PRIMITIVE_CACHE_CAPACITY="8") == ["jemalloc", "None", "narenas:2", "8"]
     allocator, note, _, _ = _probe(ASR_ALLOCATOR="tcmalloc")
     assert allocator == "system" and "use jemalloc or system" in note
+
+
+def test_resident_memory_counts_pages_the_process_touches():
+    before = resident_mb()
+    block = b"\x01" * (300 * 1024 * 1024)  # written byte by byte: every page resident
+    after = resident_mb()
+    assert before is not None and 250 < after - before < 400
+    del block

@@ -53,6 +53,7 @@ def test_ddp_two_processes_matches_one_process_with_same_global_batch(synth_corp
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=1e-4)
     assert ddp_losses[-1] < ddp_losses[0]
     assert max_weight_diff(ddp_run / "model", single / "model") < 1e-4
+    assert all(200 < r["rss_mb"] < 64_000 for r in metrics(ddp_run, "train"))  # the fuller rank's, all-reduced (max)
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3", "zero2_offload"])

@@ -32,6 +32,7 @@ def test_two_step_smoke_run_exports_a_pipeline_model(corpus, tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+    assert all(200 < r["rss_mb"] < 64_000 for r in train)  # the process's resident memory: torch alone is ~300 MB
     evals = [r for r in records if r["kind"] == "eval"]
     # scored against the dev references: two steps teach a random model nothing, so it reads next to nothing
     assert evals and evals[-1]["n"] == 4 and evals[-1]["cer"] > 0.5
