@@ -47,3 +47,17 @@ def test_resident_memory_counts_pages_the_process_touches():
     after = resident_mb()
     assert before is not None and 250 < after - before < 400
     del block
+
+
+def test_free_pages_go_back_to_the_system_under_jemalloc():
+    # jemalloc keeps every freed page (JEMALLOC_CONF); release_free_memory() hands them back
+    code = ("from asr.allocator import active_allocator, release_free_memory, resident_mb\n"
+            "block = [b'x' * (1 << 20) for _ in range(400)]\n"
+            "del block\n"
+            "kept = resident_mb()\n"
+            "released = release_free_memory()\n"
+            "print(active_allocator(), round(kept - resident_mb()), round(released))\n")
+    env = {**os.environ, "LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": JEMALLOC_CONF}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    allocator, dropped, released = out.split()
+    assert allocator == "jemalloc" and 300 < int(dropped) < 500 and abs(int(released) - int(dropped)) <= 2
