@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.allocator import resident_mb
 from asr.constants import PAD, UNK, WORD_DELIMITER
 from asr.text import encode
 
@@ -107,8 +108,11 @@ def _status_bytes(field: str) -> int:
 
 
 def rss_bytes() -> int:
-    """This process's resident set size now."""
-    return _status_bytes("VmRSS")
+    """This process's resident set size now (asr.allocator.resident_mb, which the trainer logs, in bytes)."""
+    mb = resident_mb()
+    if mb is None:
+        raise RuntimeError("/proc/self/status has no VmRSS line; memory is measured on Linux only.")
+    return round(mb * 2**20)
 
 
 def peak_rss_bytes() -> int:
