@@ -11,10 +11,10 @@ They are the corpus's second family of natural voices after Piper's joe, and the
 Pairs of speakers are blended (the mean of their style vectors: an in-between voice), so the five give
 fifteen timbres. A mix ("jf_alpha~jf_tebukuro~jm_kumo", two or three speakers) is a continuum instead: each
 utterance draws its own convex weights, one set for the timbre half of the style (the decoder's 128 dims) and
-another for the prosody half (the duration and pitch predictor's), from a seed the caller gives, so every sentence
-is read by a different in-between person. Phonemes come from espeak-ng (`--ipa`, US English), mapped onto the symbols Kokoro's
-English voices were trained with (misaki's: one letter per diphthong and affricate, `ɹ`, no length marks).
-The graph has no random node: the same (voice, text, speed) gives the same audio.
+another for the prosody half (the duration and pitch predictor's), from a seed the caller gives, so every
+sentence is read by a different in-between person. Phonemes come from espeak-ng (`--ipa`, US English), mapped
+onto the symbols Kokoro's English voices were trained with (misaki's: one letter per diphthong and affricate,
+`ɹ`, no length marks). The graph has no random node: the same (voice, text, speed, mix seed) gives the same audio.
 """
 
 from __future__ import annotations

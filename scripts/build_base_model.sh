@@ -26,25 +26,29 @@
 #      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
 #      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. the speaker stage (BASE_SPEAKER_STAGE=0 skips it): the last text stage's mean on NEW SPEAKERS, data/base_nat
-#      beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends (data/kokoro, made in
-#      step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can measure an unheard
-#      speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900 steps at peak
-#      1.5e-4 (configs/train/base_natural_stage12.yaml),
+#   6. two speaker stages (BASE_SPEAKER_STAGES=1 runs the first only, 0 none): the last text stage's mean on NEW
+#      SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
+#      (data/kokoro, made in step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can
+#      measure an unheard speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900
+#      steps at peak 1.5e-4 (configs/train/base_natural_stage12.yaml); then that stage's mean on a CONTINUUM of
+#      speakers: the same mix beside 2,000 more fortunes sentences, each read by its own random mix of two or three of
+#      Kokoro's speakers (data/kokoro_mix: `--engines kokoro-mix`, jf_nezumi left out, no sentence of data/natural or
+#      data/kokoro; data/base_kokoro13/train.jsonl), 1,200 steps (configs/train/base_natural_stage13.yaml),
 #   7. publishing with float16 weights (18 MB) into assets/base_model: after stage 9 or later, the mean of its
 #      last BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: none picked on the dev set; stage 9's
 #      best-WER step, 1,050, was worse on the test sets; every later stage starts from the previous mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~13 h on 2 idle cores in
-# float32 on the CPUs the stages up to 10 were trained on; the speaker stage took 23 min in bf16 on an AVX512-BF16 CPU
-# plus 21 min for its corpus).
+# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23 and 30 min in bf16 on an
+# AVX512-BF16 CPU plus 21 and 30 min for their corpora).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_WN2_CORPUS (data/base_wn2), BASE_WN2_TRAIN (12000), BASE_WN2_DEV (100), BASE_MIX10 (data/base_mix10),
 # BASE_WN3_CORPUS (data/base_wn3), BASE_WN3_TRAIN (9400), BASE_WN3_DEV (100), BASE_MIX11 (data/base_mix11),
-# BASE_SPEAKER_STAGE (1), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
-# BASE_STEPS12 (900), BASE_NATURAL (data/natural),
+# BASE_SPEAKER_STAGES (2), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
+# BASE_STEPS12 (900), BASE_KOKORO_MIX_CORPUS (data/kokoro_mix), BASE_KOKORO_MIX_TRAIN (2000),
+# BASE_MIX13 (data/base_kokoro13), BASE_STEPS13 (1200), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
@@ -78,15 +82,17 @@ WN2_CORPUS=${BASE_WN2_CORPUS:-data/base_wn2}
 MIX10=${BASE_MIX10:-data/base_mix10}
 WN3_CORPUS=${BASE_WN3_CORPUS:-data/base_wn3}
 MIX11=${BASE_MIX11:-data/base_mix11}
-SPEAKER_STAGE=${BASE_SPEAKER_STAGE:-1}
-if [ "$SPEAKER_STAGE" != 0 ] && [ "$SPEAKER_STAGE" != 1 ]; then
-  echo "build_base_model: BASE_SPEAKER_STAGE is $SPEAKER_STAGE; use 1 (run the speaker stage) or 0 (skip it)" >&2
+SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-2}}  # (BASE_SPEAKER_STAGE: its name when there was one)
+if [ "$SPEAKER_STAGES" != 0 ] && [ "$SPEAKER_STAGES" != 1 ] && [ "$SPEAKER_STAGES" != 2 ]; then
+  echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 2 (both speaker stages), 1 (the first) or 0 (none)" >&2
   exit 2
 fi
 KOKORO_CORPUS=${BASE_KOKORO_CORPUS:-data/kokoro}
 MIX12=${BASE_MIX12:-data/base_kokoro12}
-# corpora, stages 1 and 2, the warm restarts, the text stages, the speaker stage, publishing
-TOTAL=$((RESTARTS + TEXT_STAGES + SPEAKER_STAGE + 4))
+KOKORO_MIX_CORPUS=${BASE_KOKORO_MIX_CORPUS:-data/kokoro_mix}
+MIX13=${BASE_MIX13:-data/base_kokoro13}
+# corpora, stages 1 and 2, the warm restarts, the text stages, the speaker stages, publishing
+TOTAL=$((RESTARTS + TEXT_STAGES + SPEAKER_STAGES + 4))
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
 DEMO_VOICES='flite:rms,festival:ked_diphone,espeak-ng:en-gb-scotland*,espeak-ng:en-029*'
 say() { printf '\n==> %s\n' "$*"; }
@@ -102,7 +108,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     train.mixed_precision="'$PRECISION'" "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGE)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -138,10 +144,17 @@ fi
 # used here), so that both scripts share data/natural.
 $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATURAL_TRAIN:-600}" \
   --dev "${BASE_NATURAL_DEV:-200}" --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
-if ((SPEAKER_STAGE)); then  # other real speakers (Kokoro's), reading none of data/natural's sentences, beside data/base_nat
+if ((SPEAKER_STAGES)); then  # other real speakers (Kokoro's), reading none of data/natural's sentences, beside data/base_nat
   $PY scripts/make_corpus.py --out "$KOKORO_CORPUS" --engines kokoro --exclude-voices 'kokoro:*jf_nezumi*' \
     --exclude-sentences-of "$NATURAL" --train "${BASE_KOKORO_TRAIN:-1200}" --dev 0 --test 0 --seed 0 --no-progress
   $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" --out "$MIX12/train.jsonl" --no-progress
+fi
+if ((SPEAKER_STAGES > 1)); then  # a new in-between speaker per sentence (never jf_nezumi), on sentences of neither above
+  $PY scripts/make_corpus.py --out "$KOKORO_MIX_CORPUS" --engines kokoro-mix --exclude-voices 'kokoro-mix:*jf_nezumi*' \
+    --exclude-sentences-of "$NATURAL" "$KOKORO_CORPUS" --train "${BASE_KOKORO_MIX_TRAIN:-2000}" --dev 0 --test 0 \
+    --seed 1 --no-progress
+  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" --out "$MIX13/train.jsonl" \
+    --no-progress
 fi
 
 data=(data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" train.output_dir="$RUN")
@@ -188,19 +201,25 @@ for ((i = 0; i < TEXT_STAGES; i++)); do
   fi
 done
 
-if ((SPEAKER_STAGE)); then
-  stage=$((RESTARTS + 3 + TEXT_STAGES))
+# The speaker stages: stage12.yaml (900 steps) on Kokoro's speakers and blends, stage13.yaml (1,200 steps) beside
+# their mixes too; each from the previous stage's mean, each published as its own mean.
+speaker_configs=(configs/train/base_natural_stage12.yaml configs/train/base_natural_stage13.yaml)
+speaker_mixes=("$MIX12" "$MIX13")
+speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}")
+speaker_what=("new speakers" "a continuum of speakers")
+for ((i = 0; i < SPEAKER_STAGES; i++)); do
+  stage=$((RESTARTS + 3 + TEXT_STAGES + i))
   next="${RUN}_stage$stage"
-  say "$((stage + 1))/$TOTAL stage $stage: new speakers, from $src on $MIX12, ${BASE_STEPS12:-900} steps -> $next"
-  train configs/train/base_natural_stage12.yaml data.train.path="$MIX12/train.jsonl" \
+  say "$((stage + 1))/$TOTAL stage $stage: ${speaker_what[i]}, from $src on ${speaker_mixes[i]}, ${speaker_steps[i]} steps -> $next"
+  train "${speaker_configs[i]}" data.train.path="${speaker_mixes[i]}/train.jsonl" \
     data.dev.path="$NATURAL/dev.jsonl" model.name_or_path="$src" data.vocab="$src" \
-    train.output_dir="$next" train.max_steps="${BASE_STEPS12:-900}" "$@"
+    train.output_dir="$next" train.max_steps="${speaker_steps[i]}" "$@"
   src="$next/model"
   if ((AVERAGE > 0)); then
     src="$next/average"
     $PY scripts/average_checkpoints.py --run "$next" --last "$AVERAGE" --output "$src"
   fi
-fi
+done
 
 say "$TOTAL/$TOTAL publishing $src -> $OUT (float16 weights)"
 $PY scripts/publish_model.py --model "$src" --output "$OUT"

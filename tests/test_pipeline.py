@@ -52,6 +52,21 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
     assert rates.cer < 0.35, hyps
 
 
+@pytest.mark.parametrize(("knob", "value", "message"), [
+    ("BASE_SPEAKER_STAGES", "3", "BASE_SPEAKER_STAGES is 3; use 2 (both speaker stages), 1 (the first) or 0 (none)"),
+    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 2"),  # the knob's old name still reaches the check
+    ("BASE_TEXT_STAGES", "7", "BASE_TEXT_STAGES is 7; use 0, 1, 2, 3, 4, 5 or 6"),
+])
+def test_the_base_recipe_refuses_a_bad_stage_count_in_one_line_before_any_work(
+        tmp_path: Path, knob: str, value: str, message: str) -> None:
+    run_env = {**env(), knob: value, "BASE_CORPUS": str(tmp_path / "corpus"), "BASE_RUN": str(tmp_path / "run")}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh")], cwd=ROOT, env=run_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"build_base_model: {message}")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no corpus, no run
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3000)  # ~8 min on idle cores, three times that beside another job
 @needs_engines
@@ -62,8 +77,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     corpus) and 8 (on the long sentences) 3 steps each, 9 (on WordNet's, a 20-utterance corpus, and the long ones
     in one manifest) 4 steps, 10 (from the mean of 9's last 2 checkpoints, on 20 other WordNet sentences and the
     long ones) 4 steps, 11 (from 10's mean, on 20 more WordNet sentences and the long ones) 4 steps, the speaker
-    stage (from 11's mean, on the 40-utterance corpus beside 6 utterances of Kokoro's speakers) 4 steps, the mean
-    of its last 2 checkpoints published."""
+    stage (from 11's mean, on the 40-utterance corpus beside 6 utterances of Kokoro's speakers) 4 steps, the second
+    (from 12's mean, beside 6 more read by mixes of Kokoro's speakers too) 4 steps, the mean of its last 2
+    checkpoints published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -84,7 +100,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_WN3_CORPUS": str(tmp_path / "wordnet3"), "BASE_WN3_TRAIN": "20", "BASE_WN3_DEV": "0",
                "BASE_MIX11": str(tmp_path / "mix11"), "BASE_STEPS11": "4",
                "BASE_KOKORO_CORPUS": str(tmp_path / "kokoro"), "BASE_KOKORO_TRAIN": "6",
-               "BASE_MIX12": str(tmp_path / "mix12"), "BASE_STEPS12": "4"}
+               "BASE_MIX12": str(tmp_path / "mix12"), "BASE_STEPS12": "4",
+               "BASE_KOKORO_MIX_CORPUS": str(tmp_path / "kokoro_mix"), "BASE_KOKORO_MIX_TRAIN": "6",
+               "BASE_MIX13": str(tmp_path / "mix13"), "BASE_STEPS13": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -105,8 +123,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # every stage asks for the hardware's precision (BASE_PRECISION=auto); the log names what ran
     from asr.hardware import cpu_computes_bf16
 
-    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 1 speaker stage
-    assert len(configs) == 11 and all("mixed_precision: auto" in p.read_text() for p in configs)
+    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 2 speaker stages
+    assert len(configs) == 12 and all("mixed_precision: auto" in p.read_text() for p in configs)
     assert f"mixed precision {'bf16' if cpu_computes_bf16() else 'no'} (auto)" in proc.stderr
     # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
     run3 = tmp_path / "run_stage3"
@@ -182,9 +200,20 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     mix12 = [json.loads(line)["text"] for line in (tmp_path / "mix12" / "train.jsonl").read_text().splitlines()]
     corpus_texts = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
     assert mix12 == corpus_texts + [r["text"] for r in kokoro_rows]
-    assert not (tmp_path / "run_stage13").exists()
-    # what is published is the mean of the speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
-    assert f"publishing {tmp_path / 'run_stage12' / 'average'} -> {out}" in proc.stdout
+    # the second speaker stage starts from stage 12's mean, beside sentences read by mixes of Kokoro's speakers (never
+    # jf_nezumi; no sentence of the natural dev/test set nor of the first Kokoro corpus)
+    config13 = (tmp_path / "run_stage13" / "train_config.yaml").read_text()
+    assert f"name_or_path: {tmp_path / 'run_stage12' / 'average'}" in config13 and "seed: 22" in config13
+    assert f"path: {tmp_path / 'mix13' / 'train.jsonl'}" in config13
+    mix_rows = [json.loads(line) for line in (tmp_path / "kokoro_mix" / "train.jsonl").read_text().splitlines()]
+    assert len(mix_rows) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in mix_rows)
+    assert not any("jf_nezumi" in r["speaker"] for r in mix_rows)
+    assert not {r["text"] for r in mix_rows} & ({r["text"] for r in dev} | {r["text"] for r in kokoro_rows})
+    mix13 = [json.loads(line)["text"] for line in (tmp_path / "mix13" / "train.jsonl").read_text().splitlines()]
+    assert mix13 == corpus_texts + [r["text"] for r in kokoro_rows] + [r["text"] for r in mix_rows]
+    assert not (tmp_path / "run_stage14").exists()
+    # what is published is the mean of the last speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
+    assert f"publishing {tmp_path / 'run_stage13' / 'average'} -> {out}" in proc.stdout
     assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
