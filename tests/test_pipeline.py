@@ -189,28 +189,23 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     mix11 = [json.loads(line)["text"] for line in (tmp_path / "mix11" / "train.jsonl").read_text().splitlines()]
     assert mix11 == wn3_texts + [r["text"] for r in long_rows]
     # the speaker stage (12 here, after six text stages) starts from stage 11's mean, on the first corpus beside
-    # Kokoro's speakers (none of them jf_nezumi or a blend of it, no sentence of the natural dev/test set)
-    config12 = (tmp_path / "run_stage12" / "train_config.yaml").read_text()
-    assert f"name_or_path: {tmp_path / 'run_stage11' / 'average'}" in config12 and "seed: 21" in config12
-    assert f"path: {tmp_path / 'mix12' / 'train.jsonl'}" in config12
-    kokoro_rows = [json.loads(line) for line in (tmp_path / "kokoro" / "train.jsonl").read_text().splitlines()]
-    assert len(kokoro_rows) == 6 and all(r["speaker"].startswith("kokoro:") for r in kokoro_rows)
-    assert not any("jf_nezumi" in r["speaker"] for r in kokoro_rows)
-    assert not {r["text"] for r in kokoro_rows} & {r["text"] for r in dev}
-    mix12 = [json.loads(line)["text"] for line in (tmp_path / "mix12" / "train.jsonl").read_text().splitlines()]
-    corpus_texts = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
-    assert mix12 == corpus_texts + [r["text"] for r in kokoro_rows]
-    # the second speaker stage starts from stage 12's mean, beside sentences read by mixes of Kokoro's speakers (never
-    # jf_nezumi; no sentence of the natural dev/test set nor of the first Kokoro corpus)
-    config13 = (tmp_path / "run_stage13" / "train_config.yaml").read_text()
-    assert f"name_or_path: {tmp_path / 'run_stage12' / 'average'}" in config13 and "seed: 22" in config13
-    assert f"path: {tmp_path / 'mix13' / 'train.jsonl'}" in config13
-    mix_rows = [json.loads(line) for line in (tmp_path / "kokoro_mix" / "train.jsonl").read_text().splitlines()]
-    assert len(mix_rows) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in mix_rows)
-    assert not any("jf_nezumi" in r["speaker"] for r in mix_rows)
-    assert not {r["text"] for r in mix_rows} & ({r["text"] for r in dev} | {r["text"] for r in kokoro_rows})
-    mix13 = [json.loads(line)["text"] for line in (tmp_path / "mix13" / "train.jsonl").read_text().splitlines()]
-    assert mix13 == corpus_texts + [r["text"] for r in kokoro_rows] + [r["text"] for r in mix_rows]
+    # Kokoro's speakers (none of them jf_nezumi or a blend of it, no sentence of the natural dev/test set); the second
+    # (13) from stage 12's mean, beside sentences read by mixes of them too (never jf_nezumi; no sentence of the
+    # natural dev/test set nor of the first Kokoro corpus)
+    mixed = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
+    spoken = {r["text"] for r in dev}
+    for stage, seed, corpus_dir, engine in ((12, 21, "kokoro", "kokoro"), (13, 22, "kokoro_mix", "kokoro-mix")):
+        config = (tmp_path / f"run_stage{stage}" / "train_config.yaml").read_text()
+        assert f"name_or_path: {tmp_path / f'run_stage{stage - 1}' / 'average'}" in config and f"seed: {seed}" in config
+        assert f"path: {tmp_path / f'mix{stage}' / 'train.jsonl'}" in config
+        rows = [json.loads(line) for line in (tmp_path / corpus_dir / "train.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 and all(r["speaker"].startswith(f"{engine}:") for r in rows)
+        assert not any("jf_nezumi" in r["speaker"] for r in rows)
+        assert not {r["text"] for r in rows} & spoken
+        spoken |= {r["text"] for r in rows}
+        mixed += [r["text"] for r in rows]
+        mix = [json.loads(line)["text"] for line in (tmp_path / f"mix{stage}" / "train.jsonl").read_text().splitlines()]
+        assert mix == mixed
     assert not (tmp_path / "run_stage14").exists()
     # what is published is the mean of the last speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
     assert f"publishing {tmp_path / 'run_stage13' / 'average'} -> {out}" in proc.stdout
