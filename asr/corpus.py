@@ -58,6 +58,7 @@ ENGINES = ("espeak-ng", "flite", "festival", "piper", "kokoro", "kokoro-mix")
 # Kokoro is asked for by name: in the default it would change the voices every existing corpus draws. kokoro-mix
 # is its own engine for the same reason: its mixes in the kokoro catalogue would change what `kokoro` draws.
 DEFAULT_ENGINES = ("espeak-ng", "flite", "festival", "piper")
+_KOKORO_ENGINES = ("kokoro", "kokoro-mix")  # one model (asr/kokoro.py): its speakers and blends, or their mixes
 SPLITS = ("train", "dev", "test")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")  # Debian's wordnet-base: the data.<pos> files
@@ -262,7 +263,7 @@ class Voice:
 
     def command(self, wav_path: Path) -> list[str]:
         """The argv that reads the text on stdin aloud into `wav_path` (Piper and Kokoro run in-process instead)."""
-        if self.engine in ("piper", "kokoro", "kokoro-mix"):
+        if self.engine == "piper" or self.engine in _KOKORO_ENGINES:
             raise ValueError(f"{self.engine} voices synthesise in-process (synthesise()), not through a command")
         if self.engine == "espeak-ng":
             rate = round(_ESPEAK_RATE_WPM * self.speed)
@@ -315,10 +316,9 @@ def _installed_voices(engine: str) -> frozenset[str] | None:
     """Every voice name `engine` accepts (espeak-ng: English languages and language+variant), None if absent."""
     if engine == "piper":
         return _installed_piper_voices()
-    if engine == "kokoro":
-        return frozenset(kokoro.voice_names()) if kokoro.installed() else None
-    if engine == "kokoro-mix":
-        return frozenset(kokoro.mix_names()) if kokoro.installed() else None
+    if engine in _KOKORO_ENGINES:
+        names = kokoro.voice_names() if engine == "kokoro" else kokoro.mix_names()
+        return frozenset(names) if kokoro.installed() else None
     binary = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}[engine]
     if shutil.which(binary) is None:
         return None
@@ -470,10 +470,10 @@ def synthesise(voice: Voice, text: str, wav_path: Path) -> float:
         raise ValueError(f"voice {voice.name!r} is not installed for {voice.engine}; pick one from list_voices()")
     if voice.engine == "piper":
         audio, rate = _synthesise_piper(voice, text)
-    elif voice.engine in ("kokoro", "kokoro-mix"):
-        tempo = random.Random(f"{voice.id}:{text}").uniform(*_KOKORO_SPEED_JITTER)
-        audio, rate = kokoro.synthesise_kokoro(voice.name, text, speed=voice.speed * tempo,
-                                               mix_seed=f"{voice.id}:{text}")
+    elif voice.engine in _KOKORO_ENGINES:
+        utterance = f"{voice.id}:{text}"  # seeds this sentence's tempo and, for a mix, its weights
+        tempo = random.Random(utterance).uniform(*_KOKORO_SPEED_JITTER)
+        audio, rate = kokoro.synthesise_kokoro(voice.name, text, speed=voice.speed * tempo, mix_seed=utterance)
     else:
         audio, rate = _synthesise_command(voice, text)
     if rate != SAMPLE_RATE:
