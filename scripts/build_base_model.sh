@@ -26,29 +26,34 @@
 #      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
 #      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. two speaker stages (BASE_SPEAKER_STAGES=1 runs the first only, 0 none): the last text stage's mean on NEW
+#   6. three speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text stage's mean on NEW
 #      SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
 #      (data/kokoro, made in step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can
 #      measure an unheard speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900
 #      steps at peak 1.5e-4 (configs/train/base_natural_stage12.yaml); then that stage's mean on a CONTINUUM of
 #      speakers: the same mix beside 2,000 more fortunes sentences, each read by its own random mix of two or three of
 #      Kokoro's speakers (data/kokoro_mix: `--engines kokoro-mix`, jf_nezumi left out, no sentence of data/natural or
-#      data/kokoro; data/base_kokoro13/train.jsonl), 1,200 steps (configs/train/base_natural_stage13.yaml),
+#      data/kokoro; data/base_kokoro13/train.jsonl), 1,200 steps (configs/train/base_natural_stage13.yaml); then that
+#      stage's mean on 2,000 more mix sentences (data/kokoro_mix2, none of the corpora above) and 1,300 new sentences
+#      read by Piper alone (data/piper14: no sentence of data/base_nat or above), which keep Piper's share of the audio
+#      at 30% (data/base_kokoro14/train.jsonl), 1,500 steps (configs/train/base_natural_stage14.yaml),
 #   7. publishing with float16 weights (18 MB) into assets/base_model: after stage 9 or later, the mean of its
 #      last BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: none picked on the dev set; stage 9's
 #      best-WER step, 1,050, was worse on the test sets; every later stage starts from the previous mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~13 h on 2 idle cores in
-# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23 and 30 min in bf16 on an
-# AVX512-BF16 CPU plus 21 and 30 min for their corpora).
+# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30 and 41 min in bf16 on an
+# AVX512-BF16 CPU plus 21, 42 and 33 min for their corpora).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_WN2_CORPUS (data/base_wn2), BASE_WN2_TRAIN (12000), BASE_WN2_DEV (100), BASE_MIX10 (data/base_mix10),
 # BASE_WN3_CORPUS (data/base_wn3), BASE_WN3_TRAIN (9400), BASE_WN3_DEV (100), BASE_MIX11 (data/base_mix11),
-# BASE_SPEAKER_STAGES (2), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
+# BASE_SPEAKER_STAGES (3), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
 # BASE_STEPS12 (900), BASE_KOKORO_MIX_CORPUS (data/kokoro_mix), BASE_KOKORO_MIX_TRAIN (2000),
-# BASE_MIX13 (data/base_kokoro13), BASE_STEPS13 (1200), BASE_NATURAL (data/natural),
+# BASE_MIX13 (data/base_kokoro13), BASE_STEPS13 (1200), BASE_KOKORO_MIX2_CORPUS (data/kokoro_mix2),
+# BASE_KOKORO_MIX2_TRAIN (2000), BASE_PIPER_CORPUS (data/piper14), BASE_PIPER_TRAIN (1300),
+# BASE_MIX14 (data/base_kokoro14), BASE_STEPS14 (1500), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
@@ -82,15 +87,19 @@ WN2_CORPUS=${BASE_WN2_CORPUS:-data/base_wn2}
 MIX10=${BASE_MIX10:-data/base_mix10}
 WN3_CORPUS=${BASE_WN3_CORPUS:-data/base_wn3}
 MIX11=${BASE_MIX11:-data/base_mix11}
-SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-2}}  # (BASE_SPEAKER_STAGE: its name when there was one)
-if [ "$SPEAKER_STAGES" != 0 ] && [ "$SPEAKER_STAGES" != 1 ] && [ "$SPEAKER_STAGES" != 2 ]; then
-  echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 2 (both speaker stages), 1 (the first) or 0 (none)" >&2
-  exit 2
-fi
+SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-3}}  # (BASE_SPEAKER_STAGE: its name when there was one)
+case "$SPEAKER_STAGES" in
+  0 | 1 | 2 | 3) ;;
+  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 3 (every speaker stage), 2, 1 or 0 (none)" >&2
+    exit 2 ;;
+esac
 KOKORO_CORPUS=${BASE_KOKORO_CORPUS:-data/kokoro}
 MIX12=${BASE_MIX12:-data/base_kokoro12}
 KOKORO_MIX_CORPUS=${BASE_KOKORO_MIX_CORPUS:-data/kokoro_mix}
 MIX13=${BASE_MIX13:-data/base_kokoro13}
+KOKORO_MIX2_CORPUS=${BASE_KOKORO_MIX2_CORPUS:-data/kokoro_mix2}
+PIPER_CORPUS=${BASE_PIPER_CORPUS:-data/piper14}
+MIX14=${BASE_MIX14:-data/base_kokoro14}
 # corpora, stages 1 and 2, the warm restarts, the text stages, the speaker stages, publishing
 TOTAL=$((RESTARTS + TEXT_STAGES + SPEAKER_STAGES + 4))
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
@@ -108,7 +117,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     train.mixed_precision="'$PRECISION'" "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)")$( ((SPEAKER_STAGES > 2)) && echo ", $KOKORO_MIX2_CORPUS (more mixes), $PIPER_CORPUS (Piper alone)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -156,6 +165,16 @@ if ((SPEAKER_STAGES > 1)); then  # a new in-between speaker per sentence (never 
   $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" --out "$MIX13/train.jsonl" \
     --no-progress
 fi
+if ((SPEAKER_STAGES > 2)); then  # more mixes, and Piper alone on new sentences so that its share stays at 30%
+  $PY scripts/make_corpus.py --out "$KOKORO_MIX2_CORPUS" --engines kokoro-mix --exclude-voices 'kokoro-mix:*jf_nezumi*' \
+    --exclude-sentences-of "$NATURAL" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" --train "${BASE_KOKORO_MIX2_TRAIN:-2000}" \
+    --dev 0 --test 0 --seed 2 --no-progress
+  $PY scripts/make_corpus.py --out "$PIPER_CORPUS" --engines piper --exclude-sentences-of "$NATURAL" "$CORPUS" \
+    "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" "$KOKORO_MIX2_CORPUS" --train "${BASE_PIPER_TRAIN:-1300}" --dev 0 --test 0 \
+    --seed 3 --no-progress
+  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" "$KOKORO_MIX2_CORPUS" \
+    "$PIPER_CORPUS" --out "$MIX14/train.jsonl" --no-progress
+fi
 
 data=(data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" train.output_dir="$RUN")
 say "2/$TOTAL stage 1: from scratch on $PROCS processes, to step ${BASE_STOP1:-1500} -> $RUN"
@@ -202,11 +221,13 @@ for ((i = 0; i < TEXT_STAGES; i++)); do
 done
 
 # The speaker stages: stage12.yaml (900 steps) on Kokoro's speakers and blends, stage13.yaml (1,200 steps) beside
-# their mixes too; each from the previous stage's mean, each published as its own mean.
-speaker_configs=(configs/train/base_natural_stage12.yaml configs/train/base_natural_stage13.yaml)
-speaker_mixes=("$MIX12" "$MIX13")
-speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}")
-speaker_what=("new speakers" "a continuum of speakers")
+# their mixes too, stage14.yaml (1,500 steps) beside more mixes and more Piper; each from the previous stage's mean,
+# each published as its own mean.
+speaker_configs=(configs/train/base_natural_stage12.yaml configs/train/base_natural_stage13.yaml
+  configs/train/base_natural_stage14.yaml)
+speaker_mixes=("$MIX12" "$MIX13" "$MIX14")
+speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}" "${BASE_STEPS14:-1500}")
+speaker_what=("new speakers" "a continuum of speakers" "more of them, and more Piper")
 for ((i = 0; i < SPEAKER_STAGES; i++)); do
   stage=$((RESTARTS + 3 + TEXT_STAGES + i))
   next="${RUN}_stage$stage"

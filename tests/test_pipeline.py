@@ -53,8 +53,8 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 
 
 @pytest.mark.parametrize(("knob", "value", "message"), [
-    ("BASE_SPEAKER_STAGES", "3", "BASE_SPEAKER_STAGES is 3; use 2 (both speaker stages), 1 (the first) or 0 (none)"),
-    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 2"),  # the knob's old name still reaches the check
+    ("BASE_SPEAKER_STAGES", "4", "BASE_SPEAKER_STAGES is 4; use 3 (every speaker stage), 2, 1 or 0 (none)"),
+    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 3"),  # the knob's old name still reaches the check
     ("BASE_TEXT_STAGES", "7", "BASE_TEXT_STAGES is 7; use 0, 1, 2, 3, 4, 5 or 6"),
 ])
 def test_the_base_recipe_refuses_a_bad_stage_count_in_one_line_before_any_work(
@@ -78,8 +78,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     in one manifest) 4 steps, 10 (from the mean of 9's last 2 checkpoints, on 20 other WordNet sentences and the
     long ones) 4 steps, 11 (from 10's mean, on 20 more WordNet sentences and the long ones) 4 steps, the speaker
     stage (from 11's mean, on the 40-utterance corpus beside 6 utterances of Kokoro's speakers) 4 steps, the second
-    (from 12's mean, beside 6 more read by mixes of Kokoro's speakers too) 4 steps, the mean of its last 2
-    checkpoints published."""
+    (from 12's mean, beside 6 more read by mixes of Kokoro's speakers too) 4 steps, the third (from 13's mean,
+    beside 6 more mixes and 6 new sentences read by Piper alone) 4 steps, the mean of its last 2 checkpoints
+    published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -102,7 +103,10 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_KOKORO_CORPUS": str(tmp_path / "kokoro"), "BASE_KOKORO_TRAIN": "6",
                "BASE_MIX12": str(tmp_path / "mix12"), "BASE_STEPS12": "4",
                "BASE_KOKORO_MIX_CORPUS": str(tmp_path / "kokoro_mix"), "BASE_KOKORO_MIX_TRAIN": "6",
-               "BASE_MIX13": str(tmp_path / "mix13"), "BASE_STEPS13": "4"}
+               "BASE_MIX13": str(tmp_path / "mix13"), "BASE_STEPS13": "4",
+               "BASE_KOKORO_MIX2_CORPUS": str(tmp_path / "kokoro_mix2"), "BASE_KOKORO_MIX2_TRAIN": "6",
+               "BASE_PIPER_CORPUS": str(tmp_path / "piper14"), "BASE_PIPER_TRAIN": "6",
+               "BASE_MIX14": str(tmp_path / "mix14"), "BASE_STEPS14": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
@@ -123,8 +127,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # every stage asks for the hardware's precision (BASE_PRECISION=auto); the log names what ran
     from asr.hardware import cpu_computes_bf16
 
-    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 2 speaker stages
-    assert len(configs) == 12 and all("mixed_precision: auto" in p.read_text() for p in configs)
+    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 3 speaker stages
+    assert len(configs) == 13 and all("mixed_precision: auto" in p.read_text() for p in configs)
     assert f"mixed precision {'bf16' if cpu_computes_bf16() else 'no'} (auto)" in proc.stderr
     # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
     run3 = tmp_path / "run_stage3"
@@ -191,24 +195,31 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # the speaker stage (12 here, after six text stages) starts from stage 11's mean, on the first corpus beside
     # Kokoro's speakers (none of them jf_nezumi or a blend of it, no sentence of the natural dev/test set); the second
     # (13) from stage 12's mean, beside sentences read by mixes of them too (never jf_nezumi; no sentence of the
-    # natural dev/test set nor of the first Kokoro corpus)
+    # natural dev/test set nor of the first Kokoro corpus); the third (14) from stage 13's mean, beside more mixes and
+    # Piper alone, on sentences of none of the corpora before (the first corpus's included)
     mixed = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
+    base_texts = {json.loads(line)["text"] for name in ("train", "dev", "test")
+                  for line in (tmp_path / "corpus" / f"{name}.jsonl").read_text().splitlines()}
     spoken = {r["text"] for r in dev}
-    for stage, seed, corpus_dir, engine in ((12, 21, "kokoro", "kokoro"), (13, 22, "kokoro_mix", "kokoro-mix")):
+    for stage, seed, parts in ((12, 21, [("kokoro", "kokoro")]), (13, 22, [("kokoro_mix", "kokoro-mix")]),
+                               (14, 23, [("kokoro_mix2", "kokoro-mix"), ("piper14", "piper")])):
         config = (tmp_path / f"run_stage{stage}" / "train_config.yaml").read_text()
         assert f"name_or_path: {tmp_path / f'run_stage{stage - 1}' / 'average'}" in config and f"seed: {seed}" in config
         assert f"path: {tmp_path / f'mix{stage}' / 'train.jsonl'}" in config
-        rows = [json.loads(line) for line in (tmp_path / corpus_dir / "train.jsonl").read_text().splitlines()]
-        assert len(rows) == 6 and all(r["speaker"].startswith(f"{engine}:") for r in rows)
-        assert not any("jf_nezumi" in r["speaker"] for r in rows)
-        assert not {r["text"] for r in rows} & spoken
-        spoken |= {r["text"] for r in rows}
-        mixed += [r["text"] for r in rows]
+        for corpus_dir, engine in parts:
+            rows = [json.loads(line) for line in (tmp_path / corpus_dir / "train.jsonl").read_text().splitlines()]
+            assert len(rows) == 6 and all(r["speaker"].startswith(f"{engine}:") for r in rows)
+            assert not any("jf_nezumi" in r["speaker"] for r in rows)
+            assert not {r["text"] for r in rows} & spoken
+            if engine == "piper":
+                assert not {r["text"] for r in rows} & base_texts
+            spoken |= {r["text"] for r in rows}
+            mixed += [r["text"] for r in rows]
         mix = [json.loads(line)["text"] for line in (tmp_path / f"mix{stage}" / "train.jsonl").read_text().splitlines()]
         assert mix == mixed
-    assert not (tmp_path / "run_stage14").exists()
+    assert not (tmp_path / "run_stage15").exists()
     # what is published is the mean of the last speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
-    assert f"publishing {tmp_path / 'run_stage13' / 'average'} -> {out}" in proc.stdout
+    assert f"publishing {tmp_path / 'run_stage14' / 'average'} -> {out}" in proc.stdout
     assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
