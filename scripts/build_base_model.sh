@@ -153,27 +153,30 @@ fi
 # used here), so that both scripts share data/natural.
 $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATURAL_TRAIN:-600}" \
   --dev "${BASE_NATURAL_DEV:-200}" --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
+# Each speaker corpus reads none of the sentences of data/natural and of the Kokoro corpora before it; each speaker
+# stage trains on the first corpus beside every Kokoro corpus so far (stage 14 beside Piper's new sentences too).
+kokoro=()  # the Kokoro corpora made so far
 if ((SPEAKER_STAGES)); then  # other real speakers (Kokoro's), reading none of data/natural's sentences, beside data/base_nat
   $PY scripts/make_corpus.py --out "$KOKORO_CORPUS" --engines kokoro --exclude-voices 'kokoro:*jf_nezumi*' \
     --exclude-sentences-of "$NATURAL" --train "${BASE_KOKORO_TRAIN:-1200}" --dev 0 --test 0 --seed 0 --no-progress
-  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" --out "$MIX12/train.jsonl" --no-progress
+  kokoro+=("$KOKORO_CORPUS")
+  $PY scripts/make_corpus.py --combine "$CORPUS" "${kokoro[@]}" --out "$MIX12/train.jsonl" --no-progress
 fi
 if ((SPEAKER_STAGES > 1)); then  # a new in-between speaker per sentence (never jf_nezumi), on sentences of neither above
   $PY scripts/make_corpus.py --out "$KOKORO_MIX_CORPUS" --engines kokoro-mix --exclude-voices 'kokoro-mix:*jf_nezumi*' \
-    --exclude-sentences-of "$NATURAL" "$KOKORO_CORPUS" --train "${BASE_KOKORO_MIX_TRAIN:-2000}" --dev 0 --test 0 \
+    --exclude-sentences-of "$NATURAL" "${kokoro[@]}" --train "${BASE_KOKORO_MIX_TRAIN:-2000}" --dev 0 --test 0 \
     --seed 1 --no-progress
-  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" --out "$MIX13/train.jsonl" \
-    --no-progress
+  kokoro+=("$KOKORO_MIX_CORPUS")
+  $PY scripts/make_corpus.py --combine "$CORPUS" "${kokoro[@]}" --out "$MIX13/train.jsonl" --no-progress
 fi
 if ((SPEAKER_STAGES > 2)); then  # more mixes, and Piper alone on new sentences so that its share stays at 30%
   $PY scripts/make_corpus.py --out "$KOKORO_MIX2_CORPUS" --engines kokoro-mix --exclude-voices 'kokoro-mix:*jf_nezumi*' \
-    --exclude-sentences-of "$NATURAL" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" --train "${BASE_KOKORO_MIX2_TRAIN:-2000}" \
+    --exclude-sentences-of "$NATURAL" "${kokoro[@]}" --train "${BASE_KOKORO_MIX2_TRAIN:-2000}" \
     --dev 0 --test 0 --seed 2 --no-progress
+  kokoro+=("$KOKORO_MIX2_CORPUS")
   $PY scripts/make_corpus.py --out "$PIPER_CORPUS" --engines piper --exclude-sentences-of "$NATURAL" "$CORPUS" \
-    "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" "$KOKORO_MIX2_CORPUS" --train "${BASE_PIPER_TRAIN:-1300}" --dev 0 --test 0 \
-    --seed 3 --no-progress
-  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX_CORPUS" "$KOKORO_MIX2_CORPUS" \
-    "$PIPER_CORPUS" --out "$MIX14/train.jsonl" --no-progress
+    "${kokoro[@]}" --train "${BASE_PIPER_TRAIN:-1300}" --dev 0 --test 0 --seed 3 --no-progress
+  $PY scripts/make_corpus.py --combine "$CORPUS" "${kokoro[@]}" "$PIPER_CORPUS" --out "$MIX14/train.jsonl" --no-progress
 fi
 
 data=(data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" train.output_dir="$RUN")
