@@ -26,8 +26,8 @@
 #      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
 #      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. three speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text stage's mean on NEW
-#      SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
+#   6. three speaker stages, a fourth with BASE_SPEAKER_STAGES=4 (N runs the first N, 0 none): the last text
+#      stage's mean on NEW SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
 #      (data/kokoro, made in step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can
 #      measure an unheard speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900
 #      steps at peak 1.5e-4 (configs/train/base_natural_stage12.yaml); then that stage's mean on a CONTINUUM of
@@ -36,31 +36,39 @@
 #      data/kokoro; data/base_kokoro13/train.jsonl), 1,200 steps (configs/train/base_natural_stage13.yaml); then that
 #      stage's mean on 2,000 more mix sentences (data/kokoro_mix2, none of the corpora above) and 1,300 new sentences
 #      read by Piper alone (data/piper14: no sentence of data/base_nat or above), which keep Piper's share of the audio
-#      at 30% (data/base_kokoro14/train.jsonl), 1,500 steps (configs/train/base_natural_stage14.yaml),
+#      at 30% (data/base_kokoro14/train.jsonl), 1,500 steps (configs/train/base_natural_stage14.yaml); the fourth
+#      (configs/train/base_natural_stage15.yaml says whether it is shipped) from that stage's mean on a NEW TEXT
+#      SOURCE for Kokoro: 2,800 of WordNet's usage examples read by new mixes (data/kokoro_mix3: `--engines
+#      kokoro-mix --text-source wordnet`, jf_nezumi left out) beside data/base_nat and the first Kokoro corpus
+#      replayed (data/base_kokoro15r/train.jsonl; a fresh machine's budget: the other earlier Kokoro corpora cost
+#      ~75 min more to remake), 1,200 steps,
 #   7. publishing with float16 weights (18 MB) into assets/base_model: after stage 9 or later, the mean of its
 #      last BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: none picked on the dev set; stage 9's
 #      best-WER step, 1,050, was worse on the test sets; every later stage starts from the previous mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~13 h on 2 idle cores in
-# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30 and 41 min in bf16 on an
-# AVX512-BF16 CPU plus 21, 42 and 33 min for their corpora).
+# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30, 41 and 30 min in bf16 on
+# an AVX512-BF16 CPU plus 21, 42, 33 and 49 min for their corpora).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_WN2_CORPUS (data/base_wn2), BASE_WN2_TRAIN (12000), BASE_WN2_DEV (100), BASE_MIX10 (data/base_mix10),
 # BASE_WN3_CORPUS (data/base_wn3), BASE_WN3_TRAIN (9400), BASE_WN3_DEV (100), BASE_MIX11 (data/base_mix11),
-# BASE_SPEAKER_STAGES (3), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
+# BASE_SPEAKER_STAGES (3; 4 adds stage 15), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
 # BASE_STEPS12 (900), BASE_KOKORO_MIX_CORPUS (data/kokoro_mix), BASE_KOKORO_MIX_TRAIN (2000),
 # BASE_MIX13 (data/base_kokoro13), BASE_STEPS13 (1200), BASE_KOKORO_MIX2_CORPUS (data/kokoro_mix2),
 # BASE_KOKORO_MIX2_TRAIN (2000), BASE_PIPER_CORPUS (data/piper14), BASE_PIPER_TRAIN (1300),
-# BASE_MIX14 (data/base_kokoro14), BASE_STEPS14 (1500), BASE_NATURAL (data/natural),
+# BASE_MIX14 (data/base_kokoro14), BASE_STEPS14 (1500), BASE_KOKORO_MIX3_CORPUS (data/kokoro_mix3),
+# BASE_KOKORO_MIX3_TRAIN (2800), BASE_MIX15 (data/base_kokoro15r), BASE_STEPS15 (1200), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
 # BASE_TEXT_STAGES (5; 6 adds stage 11), BASE_STEPS6 (1200), BASE_STEPS7 (1800), BASE_STEPS8 (1200),
 # BASE_STEPS9 (1800), BASE_STEPS10 (1800), BASE_STEPS11 (1650),
 # BASE_AVERAGE (4), BASE_OUT (assets/base_model),
-# BASE_PROCS (2), BASE_PRECISION (auto: bf16 where the CPU computes it natively; no: float32, as the shipped base).
+# BASE_CORPORA_ONLY (0; 1 makes the corpora the stages ask for and stops: e.g. `BASE_TEXT_STAGES=0
+# BASE_CORPORA_ONLY=1` makes only data/base_nat, data/natural and the speaker stages' corpora, what a speaker stage
+# from the shipped base needs), BASE_PROCS (2), BASE_PRECISION (auto: bf16 where the CPU computes it natively; no: float32, as the shipped base).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
@@ -89,8 +97,8 @@ WN3_CORPUS=${BASE_WN3_CORPUS:-data/base_wn3}
 MIX11=${BASE_MIX11:-data/base_mix11}
 SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-3}}  # (BASE_SPEAKER_STAGE: its name when there was one)
 case "$SPEAKER_STAGES" in
-  0 | 1 | 2 | 3) ;;
-  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 3 (every speaker stage), 2, 1 or 0 (none)" >&2
+  0 | 1 | 2 | 3 | 4) ;;
+  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 3 (the shipped base's speaker stages), 4, 2, 1 or 0 (none)" >&2
     exit 2 ;;
 esac
 KOKORO_CORPUS=${BASE_KOKORO_CORPUS:-data/kokoro}
@@ -100,6 +108,8 @@ MIX13=${BASE_MIX13:-data/base_kokoro13}
 KOKORO_MIX2_CORPUS=${BASE_KOKORO_MIX2_CORPUS:-data/kokoro_mix2}
 PIPER_CORPUS=${BASE_PIPER_CORPUS:-data/piper14}
 MIX14=${BASE_MIX14:-data/base_kokoro14}
+KOKORO_MIX3_CORPUS=${BASE_KOKORO_MIX3_CORPUS:-data/kokoro_mix3}
+MIX15=${BASE_MIX15:-data/base_kokoro15r}
 # corpora, stages 1 and 2, the warm restarts, the text stages, the speaker stages, publishing
 TOTAL=$((RESTARTS + TEXT_STAGES + SPEAKER_STAGES + 4))
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
@@ -117,7 +127,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     train.mixed_precision="'$PRECISION'" "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)")$( ((SPEAKER_STAGES > 2)) && echo ", $KOKORO_MIX2_CORPUS (more mixes), $PIPER_CORPUS (Piper alone)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)")$( ((SPEAKER_STAGES > 2)) && echo ", $KOKORO_MIX2_CORPUS (more mixes), $PIPER_CORPUS (Piper alone)")$( ((SPEAKER_STAGES > 3)) && echo ", $KOKORO_MIX3_CORPUS (mixes reading WordNet)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -178,6 +188,17 @@ if ((SPEAKER_STAGES > 2)); then  # more mixes, and Piper alone on new sentences 
     "${kokoro[@]}" --train "${BASE_PIPER_TRAIN:-1300}" --dev 0 --test 0 --seed 3 --no-progress
   $PY scripts/make_corpus.py --combine "$CORPUS" "${kokoro[@]}" "$PIPER_CORPUS" --out "$MIX14/train.jsonl" --no-progress
 fi
+if ((SPEAKER_STAGES > 3)); then  # new mixes on a new text source (WordNet holds no fortunes sentence), beside the
+  # first corpus and the first Kokoro corpus only: what a fresh machine could remake in one session
+  $PY scripts/make_corpus.py --out "$KOKORO_MIX3_CORPUS" --engines kokoro-mix --exclude-voices 'kokoro-mix:*jf_nezumi*' \
+    --text-source wordnet --train "${BASE_KOKORO_MIX3_TRAIN:-2800}" --dev 0 --test 0 --seed 15 --no-progress
+  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX3_CORPUS" --out "$MIX15/train.jsonl" \
+    --no-progress
+fi
+if [ "${BASE_CORPORA_ONLY:-0}" = 1 ]; then  # a fresh machine's first step before a stage run by hand
+  say "corpora made (BASE_CORPORA_ONLY=1: no training)"
+  exit 0
+fi
 
 data=(data.train.path="$CORPUS/train.jsonl" data.dev.path="$NATURAL/dev.jsonl" train.output_dir="$RUN")
 say "2/$TOTAL stage 1: from scratch on $PROCS processes, to step ${BASE_STOP1:-1500} -> $RUN"
@@ -224,13 +245,13 @@ for ((i = 0; i < TEXT_STAGES; i++)); do
 done
 
 # The speaker stages: stage12.yaml (900 steps) on Kokoro's speakers and blends, stage13.yaml (1,200 steps) beside
-# their mixes too, stage14.yaml (1,500 steps) beside more mixes and more Piper; each from the previous stage's mean,
-# each published as its own mean.
+# their mixes too, stage14.yaml (1,500 steps) beside more mixes and more Piper, stage15.yaml (1,200 steps) on mixes
+# reading WordNet beside the first Kokoro corpus; each from the previous stage's mean, each published as its own mean.
 speaker_configs=(configs/train/base_natural_stage12.yaml configs/train/base_natural_stage13.yaml
-  configs/train/base_natural_stage14.yaml)
-speaker_mixes=("$MIX12" "$MIX13" "$MIX14")
-speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}" "${BASE_STEPS14:-1500}")
-speaker_what=("new speakers" "a continuum of speakers" "more of them, and more Piper")
+  configs/train/base_natural_stage14.yaml configs/train/base_natural_stage15.yaml)
+speaker_mixes=("$MIX12" "$MIX13" "$MIX14" "$MIX15")
+speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}" "${BASE_STEPS14:-1500}" "${BASE_STEPS15:-1200}")
+speaker_what=("new speakers" "a continuum of speakers" "more of them, and more Piper" "mixes reading new text")
 for ((i = 0; i < SPEAKER_STAGES; i++)); do
   stage=$((RESTARTS + 3 + TEXT_STAGES + i))
   next="${RUN}_stage$stage"

@@ -53,7 +53,7 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 
 
 @pytest.mark.parametrize(("knob", "value", "message"), [
-    ("BASE_SPEAKER_STAGES", "4", "BASE_SPEAKER_STAGES is 4; use 3 (every speaker stage), 2, 1 or 0 (none)"),
+    ("BASE_SPEAKER_STAGES", "5", "BASE_SPEAKER_STAGES is 5; use 3 (the shipped base's speaker stages), 4, 2, 1 or 0 (none)"),
     ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 3"),  # the knob's old name still reaches the check
     ("BASE_TEXT_STAGES", "7", "BASE_TEXT_STAGES is 7; use 0, 1, 2, 3, 4, 5 or 6"),
 ])
@@ -79,8 +79,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     long ones) 4 steps, 11 (from 10's mean, on 20 more WordNet sentences and the long ones) 4 steps, the speaker
     stage (from 11's mean, on the 40-utterance corpus beside 6 utterances of Kokoro's speakers) 4 steps, the second
     (from 12's mean, beside 6 more read by mixes of Kokoro's speakers too) 4 steps, the third (from 13's mean,
-    beside 6 more mixes and 6 new sentences read by Piper alone) 4 steps, the mean of its last 2 checkpoints
-    published."""
+    beside 6 more mixes and 6 new sentences read by Piper alone) 4 steps, the fourth (from 14's mean, on the
+    40-utterance corpus, the first Kokoro corpus and 6 WordNet sentences read by mixes) 4 steps, the mean of its
+    last 2 checkpoints published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -106,12 +107,22 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_MIX13": str(tmp_path / "mix13"), "BASE_STEPS13": "4",
                "BASE_KOKORO_MIX2_CORPUS": str(tmp_path / "kokoro_mix2"), "BASE_KOKORO_MIX2_TRAIN": "6",
                "BASE_PIPER_CORPUS": str(tmp_path / "piper14"), "BASE_PIPER_TRAIN": "6",
-               "BASE_MIX14": str(tmp_path / "mix14"), "BASE_STEPS14": "4"}
+               "BASE_MIX14": str(tmp_path / "mix14"), "BASE_STEPS14": "4",
+               "BASE_KOKORO_MIX3_CORPUS": str(tmp_path / "kokoro_mix3"), "BASE_KOKORO_MIX3_TRAIN": "6",
+               "BASE_MIX15": str(tmp_path / "mix15"), "BASE_STEPS15": "4", "BASE_SPEAKER_STAGES": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
+    # BASE_CORPORA_ONLY=1 makes every corpus and trains nothing; the full run then reuses them
+    proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small], cwd=ROOT,
+                          env={**run_env, "BASE_CORPORA_ONLY": "1"}, capture_output=True, text=True, timeout=2900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "corpora made (BASE_CORPORA_ONLY=1: no training)" in proc.stdout and not list(tmp_path.glob("run*"))
+    made = {name: (tmp_path / name / "train.jsonl").read_text() for name in ("corpus", "kokoro", "kokoro_mix3")}
+    assert (tmp_path / "mix15" / "train.jsonl").is_file() and not out.exists()
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
                           cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=2900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert made == {name: (tmp_path / name / "train.jsonl").read_text() for name in made}
     corpus = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
     demo_voices = ("flite:rms", "festival:ked_diphone", "espeak-ng:en-gb-scotland", "espeak-ng:en-029")
     assert not any(v.startswith(demo_voices) for split in corpus["voices"].values() for v in split)
@@ -127,8 +138,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # every stage asks for the hardware's precision (BASE_PRECISION=auto); the log names what ran
     from asr.hardware import cpu_computes_bf16
 
-    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 3 speaker stages
-    assert len(configs) == 13 and all("mixed_precision: auto" in p.read_text() for p in configs)
+    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 4 speaker stages
+    assert len(configs) == 14 and all("mixed_precision: auto" in p.read_text() for p in configs)
     assert f"mixed precision {'bf16' if cpu_computes_bf16() else 'no'} (auto)" in proc.stderr
     # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
     run3 = tmp_path / "run_stage3"
@@ -217,9 +228,22 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
             mixed += [r["text"] for r in rows]
         mix = [json.loads(line)["text"] for line in (tmp_path / f"mix{stage}" / "train.jsonl").read_text().splitlines()]
         assert mix == mixed
-    assert not (tmp_path / "run_stage15").exists()
+    # the fourth (15) from stage 14's mean, on the first corpus, the first Kokoro corpus replayed and WordNet's
+    # sentences read by new mixes (never jf_nezumi)
+    config = (tmp_path / "run_stage15" / "train_config.yaml").read_text()
+    assert f"name_or_path: {tmp_path / 'run_stage14' / 'average'}" in config and "seed: 24" in config
+    assert f"path: {tmp_path / 'mix15' / 'train.jsonl'}" in config
+    rows = [json.loads(line) for line in (tmp_path / "kokoro_mix3" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in rows)
+    assert not any("jf_nezumi" in r["speaker"] for r in rows)
+    assert {r["text"] for r in rows} <= set(load_sentences(None, source="wordnet"))
+    kokoro_texts = [json.loads(line)["text"] for line in (tmp_path / "kokoro" / "train.jsonl").read_text().splitlines()]
+    base_train = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
+    mix15 = [json.loads(line)["text"] for line in (tmp_path / "mix15" / "train.jsonl").read_text().splitlines()]
+    assert mix15 == base_train + kokoro_texts + [r["text"] for r in rows]
+    assert not (tmp_path / "run_stage16").exists()
     # what is published is the mean of the last speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
-    assert f"publishing {tmp_path / 'run_stage14' / 'average'} -> {out}" in proc.stdout
+    assert f"publishing {tmp_path / 'run_stage15' / 'average'} -> {out}" in proc.stdout
     assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
