@@ -26,7 +26,7 @@
 #      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
 #      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. three speaker stages, a fourth with BASE_SPEAKER_STAGES=4 (N runs the first N, 0 none): the last text
+#   6. four speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text
 #      stage's mean on NEW SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
 #      (data/kokoro, made in step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can
 #      measure an unheard speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900
@@ -37,7 +37,7 @@
 #      stage's mean on 2,000 more mix sentences (data/kokoro_mix2, none of the corpora above) and 1,300 new sentences
 #      read by Piper alone (data/piper14: no sentence of data/base_nat or above), which keep Piper's share of the audio
 #      at 30% (data/base_kokoro14/train.jsonl), 1,500 steps (configs/train/base_natural_stage14.yaml); the fourth
-#      (configs/train/base_natural_stage15.yaml says whether it is shipped) from that stage's mean on a NEW TEXT
+#      (configs/train/base_natural_stage15.yaml; shipped by session 25) from that stage's mean on a NEW TEXT
 #      SOURCE for Kokoro: 2,800 of WordNet's usage examples read by new mixes (data/kokoro_mix3: `--engines
 #      kokoro-mix --text-source wordnet`, jf_nezumi left out) beside data/base_nat and the first Kokoro corpus
 #      replayed (data/base_kokoro15r/train.jsonl; a fresh machine's budget: the other earlier Kokoro corpora cost
@@ -54,7 +54,7 @@
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_WN2_CORPUS (data/base_wn2), BASE_WN2_TRAIN (12000), BASE_WN2_DEV (100), BASE_MIX10 (data/base_mix10),
 # BASE_WN3_CORPUS (data/base_wn3), BASE_WN3_TRAIN (9400), BASE_WN3_DEV (100), BASE_MIX11 (data/base_mix11),
-# BASE_SPEAKER_STAGES (3; 4 adds stage 15), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
+# BASE_SPEAKER_STAGES (4), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
 # BASE_STEPS12 (900), BASE_KOKORO_MIX_CORPUS (data/kokoro_mix), BASE_KOKORO_MIX_TRAIN (2000),
 # BASE_MIX13 (data/base_kokoro13), BASE_STEPS13 (1200), BASE_KOKORO_MIX2_CORPUS (data/kokoro_mix2),
 # BASE_KOKORO_MIX2_TRAIN (2000), BASE_PIPER_CORPUS (data/piper14), BASE_PIPER_TRAIN (1300),
@@ -95,10 +95,10 @@ WN2_CORPUS=${BASE_WN2_CORPUS:-data/base_wn2}
 MIX10=${BASE_MIX10:-data/base_mix10}
 WN3_CORPUS=${BASE_WN3_CORPUS:-data/base_wn3}
 MIX11=${BASE_MIX11:-data/base_mix11}
-SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-3}}  # (BASE_SPEAKER_STAGE: its name when there was one)
+SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-4}}  # (BASE_SPEAKER_STAGE: its name when there was one)
 case "$SPEAKER_STAGES" in
   0 | 1 | 2 | 3 | 4) ;;
-  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 3 (the shipped base's speaker stages), 4, 2, 1 or 0 (none)" >&2
+  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 4 (every speaker stage), 3, 2, 1 or 0 (none)" >&2
     exit 2 ;;
 esac
 KOKORO_CORPUS=${BASE_KOKORO_CORPUS:-data/kokoro}

@@ -53,8 +53,8 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 
 
 @pytest.mark.parametrize(("knob", "value", "message"), [
-    ("BASE_SPEAKER_STAGES", "5", "BASE_SPEAKER_STAGES is 5; use 3 (the shipped base's speaker stages), 4, 2, 1 or 0 (none)"),
-    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 3"),  # the knob's old name still reaches the check
+    ("BASE_SPEAKER_STAGES", "5", "BASE_SPEAKER_STAGES is 5; use 4 (every speaker stage), 3, 2, 1 or 0 (none)"),
+    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 4"),  # the knob's old name still reaches the check
     ("BASE_TEXT_STAGES", "7", "BASE_TEXT_STAGES is 7; use 0, 1, 2, 3, 4, 5 or 6"),
 ])
 def test_the_base_recipe_refuses_a_bad_stage_count_in_one_line_before_any_work(
@@ -109,7 +109,7 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_PIPER_CORPUS": str(tmp_path / "piper14"), "BASE_PIPER_TRAIN": "6",
                "BASE_MIX14": str(tmp_path / "mix14"), "BASE_STEPS14": "4",
                "BASE_KOKORO_MIX3_CORPUS": str(tmp_path / "kokoro_mix3"), "BASE_KOKORO_MIX3_TRAIN": "6",
-               "BASE_MIX15": str(tmp_path / "mix15"), "BASE_STEPS15": "4", "BASE_SPEAKER_STAGES": "4"}
+               "BASE_MIX15": str(tmp_path / "mix15"), "BASE_STEPS15": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     # BASE_CORPORA_ONLY=1 makes every corpus and trains nothing; the full run then reuses them
