@@ -47,8 +47,8 @@
 #      best-WER step, 1,050, was worse on the test sets; every later stage starts from the previous mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~13 h on 2 idle cores in
-# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30, 41 and 30 min in bf16 on
-# an AVX512-BF16 CPU plus 21, 42, 33 and 49 min for their corpora).
+# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30, 41 and 34 min in bf16 on
+# an AVX512-BF16 CPU plus 21, 42, 33 and 41-49 min for their corpora).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
