@@ -26,8 +26,8 @@
 #      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
 #      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. four speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text
-#      stage's mean on NEW SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
+#   6. four speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text stage's mean on NEW
+#      SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
 #      (data/kokoro, made in step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can
 #      measure an unheard speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900
 #      steps at peak 1.5e-4 (configs/train/base_natural_stage12.yaml); then that stage's mean on a CONTINUUM of
@@ -68,7 +68,8 @@
 # BASE_AVERAGE (4), BASE_OUT (assets/base_model),
 # BASE_CORPORA_ONLY (0; 1 makes the corpora the stages ask for and stops: e.g. `BASE_TEXT_STAGES=0
 # BASE_CORPORA_ONLY=1` makes only data/base_nat, data/natural and the speaker stages' corpora, what a speaker stage
-# from the shipped base needs), BASE_PROCS (2), BASE_PRECISION (auto: bf16 where the CPU computes it natively; no: float32, as the shipped base).
+# from the shipped base needs), BASE_PROCS (2),
+# BASE_PRECISION (auto: bf16 where the CPU computes it natively; no: float32, as the shipped base).
 # Stage N >= 3 writes to ${BASE_RUN}_stageN. Extra arguments go
 # to every train.py run as config overrides (e.g. train.eval_every=50).
 set -euo pipefail
