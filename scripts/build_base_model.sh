@@ -26,7 +26,7 @@
 #      (data/base_wn3: the 9,400 neither earlier WordNet corpus speaks; data/base_mix11/train.jsonl) for 1,650
 #      steps (configs/train/base_natural_stage11.yaml);
 #      BASE_TEXT_STAGES=N stops after the first N (0 skips them),
-#   6. four speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text stage's mean on NEW
+#   6. five speaker stages (BASE_SPEAKER_STAGES=N runs the first N, 0 none): the last text stage's mean on NEW
 #      SPEAKERS, data/base_nat beside 1,200 fortunes sentences read by Kokoro-82M's real speakers and their blends
 #      (data/kokoro, made in step 1: `--engines kokoro`, jf_nezumi and its blends left out so that a test set can
 #      measure an unheard speaker, no sentence of data/natural), one manifest (data/base_kokoro12/train.jsonl), 900
@@ -41,25 +41,31 @@
 #      SOURCE for Kokoro: 2,800 of WordNet's usage examples read by new mixes (data/kokoro_mix3: `--engines
 #      kokoro-mix --text-source wordnet`, jf_nezumi left out) beside data/base_nat and the first Kokoro corpus
 #      replayed (data/base_kokoro15r/train.jsonl; a fresh machine's budget: the other earlier Kokoro corpora cost
-#      ~75 min more to remake), 1,200 steps,
+#      ~75 min more to remake), 1,200 steps; the fifth (configs/train/base_natural_stage16.yaml; shipped by
+#      session 26) from that stage's mean on the same corpora replayed beside 2,000 more WordNet sentences read by
+#      new mixes (data/kokoro_mix4: none of data/kokoro_mix3's sentences) and 1,000 new fortunes sentences read by
+#      Piper alone (data/piper16: none of data/base_nat's, data/natural's or data/kokoro's), which hold Piper's
+#      share near 30% (data/base_kokoro16/train.jsonl), 1,400 steps,
 #   7. publishing with float16 weights (18 MB) into assets/base_model: after stage 9 or later, the mean of its
 #      last BASE_AVERAGE (4) checkpoints (scripts/average_checkpoints.py: none picked on the dev set; stage 9's
 #      best-WER step, 1,050, was worse on the test sets; every later stage starts from the previous mean); after an
 #      earlier last stage (or BASE_AVERAGE=0), the last stage's best model by natural dev WER.
 # Every stage is resumable: re-running the script continues where it stopped (~13 h on 2 idle cores in
-# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30, 41 and 34 min in bf16 on
-# an AVX512-BF16 CPU plus 21, 42, 33 and 41-49 min for their corpora).
+# float32 on the CPUs the stages up to 10 were trained on; the speaker stages took 23, 30, 41, 34 and 36 min in bf16
+# on an AVX512-BF16 CPU plus 21, 42, 33, 41-49 and 29 min for their corpora).
 # Knobs (environment): BASE_CORPUS (data/base_nat), BASE_TRAIN (8000), BASE_TEXT_CORPUS (data/base_nat15),
 # BASE_TEXT_TRAIN (15000), BASE_LONG_CORPUS (data/base_long), BASE_LONG_TRAIN (5769), BASE_LONG_DEV (100),
 # BASE_WN_CORPUS (data/base_wn), BASE_WN_TRAIN (12000), BASE_WN_DEV (100), BASE_MIX (data/base_mix),
 # BASE_WN2_CORPUS (data/base_wn2), BASE_WN2_TRAIN (12000), BASE_WN2_DEV (100), BASE_MIX10 (data/base_mix10),
 # BASE_WN3_CORPUS (data/base_wn3), BASE_WN3_TRAIN (9400), BASE_WN3_DEV (100), BASE_MIX11 (data/base_mix11),
-# BASE_SPEAKER_STAGES (4), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
+# BASE_SPEAKER_STAGES (5), BASE_KOKORO_CORPUS (data/kokoro), BASE_KOKORO_TRAIN (1200), BASE_MIX12 (data/base_kokoro12),
 # BASE_STEPS12 (900), BASE_KOKORO_MIX_CORPUS (data/kokoro_mix), BASE_KOKORO_MIX_TRAIN (2000),
 # BASE_MIX13 (data/base_kokoro13), BASE_STEPS13 (1200), BASE_KOKORO_MIX2_CORPUS (data/kokoro_mix2),
 # BASE_KOKORO_MIX2_TRAIN (2000), BASE_PIPER_CORPUS (data/piper14), BASE_PIPER_TRAIN (1300),
 # BASE_MIX14 (data/base_kokoro14), BASE_STEPS14 (1500), BASE_KOKORO_MIX3_CORPUS (data/kokoro_mix3),
-# BASE_KOKORO_MIX3_TRAIN (2800), BASE_MIX15 (data/base_kokoro15r), BASE_STEPS15 (1200), BASE_NATURAL (data/natural),
+# BASE_KOKORO_MIX3_TRAIN (2800), BASE_MIX15 (data/base_kokoro15r), BASE_STEPS15 (1200),
+# BASE_KOKORO_MIX4_CORPUS (data/kokoro_mix4), BASE_KOKORO_MIX4_TRAIN (2000), BASE_PIPER16_CORPUS (data/piper16),
+# BASE_PIPER16_TRAIN (1000), BASE_MIX16 (data/base_kokoro16), BASE_STEPS16 (1400), BASE_NATURAL (data/natural),
 # BASE_NATURAL_DEV (200), BASE_NATURAL_TRAIN (600), BASE_NATURAL_TEST (200: the demo's natural test set),
 # BASE_RUN (runs/base_natural),
 # BASE_STOP1 (1500), BASE_STEPS (3000), BASE_STEPS3 (2400 per warm restart), BASE_RESTARTS (3),
@@ -96,10 +102,10 @@ WN2_CORPUS=${BASE_WN2_CORPUS:-data/base_wn2}
 MIX10=${BASE_MIX10:-data/base_mix10}
 WN3_CORPUS=${BASE_WN3_CORPUS:-data/base_wn3}
 MIX11=${BASE_MIX11:-data/base_mix11}
-SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-4}}  # (BASE_SPEAKER_STAGE: its name when there was one)
+SPEAKER_STAGES=${BASE_SPEAKER_STAGES:-${BASE_SPEAKER_STAGE:-5}}  # (BASE_SPEAKER_STAGE: its name when there was one)
 case "$SPEAKER_STAGES" in
-  0 | 1 | 2 | 3 | 4) ;;
-  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 4 (every speaker stage), 3, 2, 1 or 0 (none)" >&2
+  0 | 1 | 2 | 3 | 4 | 5) ;;
+  *) echo "build_base_model: BASE_SPEAKER_STAGES is $SPEAKER_STAGES; use 5 (every speaker stage), 4, 3, 2, 1 or 0 (none)" >&2
     exit 2 ;;
 esac
 KOKORO_CORPUS=${BASE_KOKORO_CORPUS:-data/kokoro}
@@ -111,6 +117,9 @@ PIPER_CORPUS=${BASE_PIPER_CORPUS:-data/piper14}
 MIX14=${BASE_MIX14:-data/base_kokoro14}
 KOKORO_MIX3_CORPUS=${BASE_KOKORO_MIX3_CORPUS:-data/kokoro_mix3}
 MIX15=${BASE_MIX15:-data/base_kokoro15r}
+KOKORO_MIX4_CORPUS=${BASE_KOKORO_MIX4_CORPUS:-data/kokoro_mix4}
+PIPER16_CORPUS=${BASE_PIPER16_CORPUS:-data/piper16}
+MIX16=${BASE_MIX16:-data/base_kokoro16}
 # corpora, stages 1 and 2, the warm restarts, the text stages, the speaker stages, publishing
 TOTAL=$((RESTARTS + TEXT_STAGES + SPEAKER_STAGES + 4))
 # The voices the demo fine-tunes and tests on (scripts/demo.sh): the base model never hears them.
@@ -128,7 +137,7 @@ train() {  # train CONFIG OVERRIDES...: one resumable run on $PROCS processes
     train.mixed_precision="'$PRECISION'" "$@" --resume latest
 }
 
-say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)")$( ((SPEAKER_STAGES > 2)) && echo ", $KOKORO_MIX2_CORPUS (more mixes), $PIPER_CORPUS (Piper alone)")$( ((SPEAKER_STAGES > 3)) && echo ", $KOKORO_MIX3_CORPUS (mixes reading WordNet)") and $NATURAL (Piper, the dev set)"
+say "1/$TOTAL corpora: $CORPUS (every voice but the demo's, Piper x3)$( ((TEXT_STAGE)) && echo ", $TEXT_CORPUS (the same, more text)")$( ((TEXT_STAGES > 2)) && echo ", $LONG_CORPUS (long sentences)")$( ((TEXT_STAGES > 3)) && echo ", $WN_CORPUS (WordNet's sentences)")$( ((TEXT_STAGES > 4)) && echo ", $WN2_CORPUS (more of them)")$( ((TEXT_STAGES > 5)) && echo ", $WN3_CORPUS (the rest)")$( ((SPEAKER_STAGES)) && echo ", $KOKORO_CORPUS (Kokoro's speakers)")$( ((SPEAKER_STAGES > 1)) && echo ", $KOKORO_MIX_CORPUS (mixes of them)")$( ((SPEAKER_STAGES > 2)) && echo ", $KOKORO_MIX2_CORPUS (more mixes), $PIPER_CORPUS (Piper alone)")$( ((SPEAKER_STAGES > 3)) && echo ", $KOKORO_MIX3_CORPUS (mixes reading WordNet)")$( ((SPEAKER_STAGES > 4)) && echo ", $KOKORO_MIX4_CORPUS (more of them), $PIPER16_CORPUS (Piper alone)") and $NATURAL (Piper, the dev set)"
 # Same seed and dev/test sizes as the demo's corpora, so the demo's test sentences are never base training text.
 $PY scripts/make_corpus.py --out "$CORPUS" --train "${BASE_TRAIN:-8000}" --dev 200 --test 200 --seed 0 \
   --engine-weights piper=3 --exclude-voices "$DEMO_VOICES" --no-progress
@@ -164,8 +173,9 @@ fi
 # used here), so that both scripts share data/natural.
 $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATURAL_TRAIN:-600}" \
   --dev "${BASE_NATURAL_DEV:-200}" --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
-# Each speaker corpus reads none of the sentences of data/natural and of the Kokoro corpora before it; each speaker
-# stage trains on the first corpus beside every Kokoro corpus so far (stage 14 beside Piper's new sentences too).
+# Stages 12-14: each speaker corpus reads none of the sentences of data/natural and of the Kokoro corpora before it;
+# each stage trains on the first corpus beside every Kokoro corpus so far (stage 14 beside Piper's new sentences too).
+# Stages 15-16 read WordNet's sentences (none is a fortunes one) beside the first Kokoro corpus only (below).
 kokoro=()  # the Kokoro corpora made so far
 if ((SPEAKER_STAGES)); then  # other real speakers (Kokoro's), reading none of data/natural's sentences, beside data/base_nat
   $PY scripts/make_corpus.py --out "$KOKORO_CORPUS" --engines kokoro --exclude-voices 'kokoro:*jf_nezumi*' \
@@ -195,6 +205,16 @@ if ((SPEAKER_STAGES > 3)); then  # new mixes on a new text source (WordNet holds
     --text-source wordnet --train "${BASE_KOKORO_MIX3_TRAIN:-2800}" --dev 0 --test 0 --seed 15 --no-progress
   $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX3_CORPUS" --out "$MIX15/train.jsonl" \
     --no-progress
+fi
+if ((SPEAKER_STAGES > 4)); then  # more mixes on WordNet sentences the first WordNet mixes do not read, and Piper
+  # alone on new fortunes sentences (its share of the audio stays near 30%), beside everything stage 15 read
+  $PY scripts/make_corpus.py --out "$KOKORO_MIX4_CORPUS" --engines kokoro-mix --exclude-voices 'kokoro-mix:*jf_nezumi*' \
+    --text-source wordnet --exclude-sentences-of "$KOKORO_MIX3_CORPUS" --train "${BASE_KOKORO_MIX4_TRAIN:-2000}" \
+    --dev 0 --test 0 --seed 16 --no-progress
+  $PY scripts/make_corpus.py --out "$PIPER16_CORPUS" --engines piper --exclude-sentences-of "$NATURAL" "$CORPUS" \
+    "$KOKORO_CORPUS" --train "${BASE_PIPER16_TRAIN:-1000}" --dev 0 --test 0 --seed 16 --no-progress
+  $PY scripts/make_corpus.py --combine "$CORPUS" "$KOKORO_CORPUS" "$KOKORO_MIX3_CORPUS" "$KOKORO_MIX4_CORPUS" \
+    "$PIPER16_CORPUS" --out "$MIX16/train.jsonl" --no-progress
 fi
 if [ "${BASE_CORPORA_ONLY:-0}" = 1 ]; then  # a fresh machine's first step before a stage run by hand
   say "corpora made (BASE_CORPORA_ONLY=1: no training)"
@@ -247,12 +267,15 @@ done
 
 # The speaker stages: stage12.yaml (900 steps) on Kokoro's speakers and blends, stage13.yaml (1,200 steps) beside
 # their mixes too, stage14.yaml (1,500 steps) beside more mixes and more Piper, stage15.yaml (1,200 steps) on mixes
-# reading WordNet beside the first Kokoro corpus; each from the previous stage's mean, each published as its own mean.
+# reading WordNet beside the first Kokoro corpus, stage16.yaml (1,400 steps) beside more of them and more Piper; each
+# from the previous stage's mean, each published as its own mean.
 speaker_configs=(configs/train/base_natural_stage12.yaml configs/train/base_natural_stage13.yaml
-  configs/train/base_natural_stage14.yaml configs/train/base_natural_stage15.yaml)
-speaker_mixes=("$MIX12" "$MIX13" "$MIX14" "$MIX15")
-speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}" "${BASE_STEPS14:-1500}" "${BASE_STEPS15:-1200}")
-speaker_what=("new speakers" "a continuum of speakers" "more of them, and more Piper" "mixes reading new text")
+  configs/train/base_natural_stage14.yaml configs/train/base_natural_stage15.yaml configs/train/base_natural_stage16.yaml)
+speaker_mixes=("$MIX12" "$MIX13" "$MIX14" "$MIX15" "$MIX16")
+speaker_steps=("${BASE_STEPS12:-900}" "${BASE_STEPS13:-1200}" "${BASE_STEPS14:-1500}" "${BASE_STEPS15:-1200}"
+  "${BASE_STEPS16:-1400}")
+speaker_what=("new speakers" "a continuum of speakers" "more of them, and more Piper" "mixes reading new text"
+  "more mixes reading new text, and more Piper")
 for ((i = 0; i < SPEAKER_STAGES; i++)); do
   stage=$((RESTARTS + 3 + TEXT_STAGES + i))
   next="${RUN}_stage$stage"

@@ -53,8 +53,8 @@ def test_shipped_base_checkpoint_recognises_a_voice_of_its_corpus(tmp_path: Path
 
 
 @pytest.mark.parametrize(("knob", "value", "message"), [
-    ("BASE_SPEAKER_STAGES", "5", "BASE_SPEAKER_STAGES is 5; use 4 (every speaker stage), 3, 2, 1 or 0 (none)"),
-    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 4"),  # the knob's old name still reaches the check
+    ("BASE_SPEAKER_STAGES", "6", "BASE_SPEAKER_STAGES is 6; use 5 (every speaker stage), 4, 3, 2, 1 or 0 (none)"),
+    ("BASE_SPEAKER_STAGE", "x", "BASE_SPEAKER_STAGES is x; use 5"),  # the knob's old name still reaches the check
     ("BASE_TEXT_STAGES", "7", "BASE_TEXT_STAGES is 7; use 0, 1, 2, 3, 4, 5 or 6"),
 ])
 def test_the_base_recipe_refuses_a_bad_stage_count_in_one_line_before_any_work(
@@ -80,8 +80,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     stage (from 11's mean, on the 40-utterance corpus beside 6 utterances of Kokoro's speakers) 4 steps, the second
     (from 12's mean, beside 6 more read by mixes of Kokoro's speakers too) 4 steps, the third (from 13's mean,
     beside 6 more mixes and 6 new sentences read by Piper alone) 4 steps, the fourth (from 14's mean, on the
-    40-utterance corpus, the first Kokoro corpus and 6 WordNet sentences read by mixes) 4 steps, the mean of its
-    last 2 checkpoints published."""
+    40-utterance corpus, the first Kokoro corpus and 6 WordNet sentences read by mixes) 4 steps, the fifth (from
+    15's mean, on the same beside 6 more WordNet sentences read by mixes and 6 new sentences read by Piper) 4 steps,
+    the mean of its last 2 checkpoints published."""
     from asr.corpus import _installed_piper_voices
     from safetensors import safe_open
     from transformers import AutoModelForCTC
@@ -109,7 +110,10 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                "BASE_PIPER_CORPUS": str(tmp_path / "piper14"), "BASE_PIPER_TRAIN": "6",
                "BASE_MIX14": str(tmp_path / "mix14"), "BASE_STEPS14": "4",
                "BASE_KOKORO_MIX3_CORPUS": str(tmp_path / "kokoro_mix3"), "BASE_KOKORO_MIX3_TRAIN": "6",
-               "BASE_MIX15": str(tmp_path / "mix15"), "BASE_STEPS15": "4"}
+               "BASE_MIX15": str(tmp_path / "mix15"), "BASE_STEPS15": "4",
+               "BASE_KOKORO_MIX4_CORPUS": str(tmp_path / "kokoro_mix4"), "BASE_KOKORO_MIX4_TRAIN": "6",
+               "BASE_PIPER16_CORPUS": str(tmp_path / "piper16"), "BASE_PIPER16_TRAIN": "6",
+               "BASE_MIX16": str(tmp_path / "mix16"), "BASE_STEPS16": "4"}
     small = ["train.eval_every=3", "train.save_every=3", "optim.warmup_steps=2", "train.log_every=1",
              f"data.cache_dir={tmp_path / 'cache'}"]  # stage 2 packs as stage 1 (40 s): no batch override
     # BASE_CORPORA_ONLY=1 makes every corpus and trains nothing; the full run then reuses them
@@ -117,8 +121,9 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
                           env={**run_env, "BASE_CORPORA_ONLY": "1"}, capture_output=True, text=True, timeout=2900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "corpora made (BASE_CORPORA_ONLY=1: no training)" in proc.stdout and not list(tmp_path.glob("run*"))
-    made = {name: (tmp_path / name / "train.jsonl").read_text() for name in ("corpus", "kokoro", "kokoro_mix3")}
-    assert (tmp_path / "mix15" / "train.jsonl").is_file() and not out.exists()
+    made = {name: (tmp_path / name / "train.jsonl").read_text()
+            for name in ("corpus", "kokoro", "kokoro_mix3", "kokoro_mix4", "piper16")}
+    assert (tmp_path / "mix16" / "train.jsonl").is_file() and not out.exists()
     proc = subprocess.run(["bash", str(ROOT / "scripts/build_base_model.sh"), *small],
                           cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=2900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -138,8 +143,8 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     # every stage asks for the hardware's precision (BASE_PRECISION=auto); the log names what ran
     from asr.hardware import cpu_computes_bf16
 
-    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 4 speaker stages
-    assert len(configs) == 14 and all("mixed_precision: auto" in p.read_text() for p in configs)
+    configs = sorted(tmp_path.glob("run*/train_config.yaml"))  # stages 1-2, three restarts, 6 text, 5 speaker stages
+    assert len(configs) == 15 and all("mixed_precision: auto" in p.read_text() for p in configs)
     assert f"mixed precision {'bf16' if cpu_computes_bf16() else 'no'} (auto)" in proc.stderr
     # stage 3: a new run warm-started from stage 2's model, its own 3-step schedule; it is what gets published
     run3 = tmp_path / "run_stage3"
@@ -241,9 +246,24 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     base_train = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
     mix15 = [json.loads(line)["text"] for line in (tmp_path / "mix15" / "train.jsonl").read_text().splitlines()]
     assert mix15 == base_train + kokoro_texts + [r["text"] for r in rows]
-    assert not (tmp_path / "run_stage16").exists()
+    # the fifth (16) from stage 15's mean, on all of stage 15's corpora beside new WordNet sentences read by new
+    # mixes (none of the first WordNet mixes' sentences) and new fortunes sentences read by Piper alone
+    config = (tmp_path / "run_stage16" / "train_config.yaml").read_text()
+    assert f"name_or_path: {tmp_path / 'run_stage15' / 'average'}" in config and "seed: 25" in config
+    assert f"path: {tmp_path / 'mix16' / 'train.jsonl'}" in config
+    rows4 = [json.loads(line) for line in (tmp_path / "kokoro_mix4" / "train.jsonl").read_text().splitlines()]
+    assert len(rows4) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in rows4)
+    assert not any("jf_nezumi" in r["speaker"] for r in rows4)
+    assert {r["text"] for r in rows4} <= set(load_sentences(None, source="wordnet"))
+    assert not {r["text"] for r in rows4} & {r["text"] for r in rows}
+    piper16 = [json.loads(line) for line in (tmp_path / "piper16" / "train.jsonl").read_text().splitlines()]
+    assert len(piper16) == 6 and all(r["speaker"].startswith("piper:") for r in piper16)
+    assert not {r["text"] for r in piper16} & (base_texts | {r["text"] for r in dev} | set(kokoro_texts))
+    mix16 = [json.loads(line)["text"] for line in (tmp_path / "mix16" / "train.jsonl").read_text().splitlines()]
+    assert mix16 == mix15 + [r["text"] for r in rows4] + [r["text"] for r in piper16]
+    assert not (tmp_path / "run_stage17").exists()
     # what is published is the mean of the last speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
-    assert f"publishing {tmp_path / 'run_stage15' / 'average'} -> {out}" in proc.stdout
+    assert f"publishing {tmp_path / 'run_stage16' / 'average'} -> {out}" in proc.stdout
     assert json.loads((out / "metrics.json").read_text())["averaged"]["steps"] == [3, 4]
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
