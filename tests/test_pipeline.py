@@ -217,11 +217,22 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
     base_texts = {json.loads(line)["text"] for name in ("train", "dev", "test")
                   for line in (tmp_path / "corpus" / f"{name}.jsonl").read_text().splitlines()}
     spoken = {r["text"] for r in dev}
-    for stage, seed, parts in ((12, 21, [("kokoro", "kokoro")]), (13, 22, [("kokoro_mix", "kokoro-mix")]),
-                               (14, 23, [("kokoro_mix2", "kokoro-mix"), ("piper14", "piper")])):
+
+    def stage_config(stage: int, seed: int) -> None:  # from the previous stage's mean, on its own combined manifest
         config = (tmp_path / f"run_stage{stage}" / "train_config.yaml").read_text()
         assert f"name_or_path: {tmp_path / f'run_stage{stage - 1}' / 'average'}" in config and f"seed: {seed}" in config
         assert f"path: {tmp_path / f'mix{stage}' / 'train.jsonl'}" in config
+
+    def wordnet_mixes(corpus_dir: str) -> list[str]:  # 6 WordNet sentences, each read by a mix (never jf_nezumi)
+        rows = [json.loads(line) for line in (tmp_path / corpus_dir / "train.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in rows)
+        assert not any("jf_nezumi" in r["speaker"] for r in rows)
+        assert {r["text"] for r in rows} <= set(load_sentences(None, source="wordnet"))
+        return [r["text"] for r in rows]
+
+    for stage, seed, parts in ((12, 21, [("kokoro", "kokoro")]), (13, 22, [("kokoro_mix", "kokoro-mix")]),
+                               (14, 23, [("kokoro_mix2", "kokoro-mix"), ("piper14", "piper")])):
+        stage_config(stage, seed)
         for corpus_dir, engine in parts:
             rows = [json.loads(line) for line in (tmp_path / corpus_dir / "train.jsonl").read_text().splitlines()]
             assert len(rows) == 6 and all(r["speaker"].startswith(f"{engine}:") for r in rows)
@@ -234,33 +245,23 @@ def test_base_model_rebuild_command_in_short(tmp_path: Path) -> None:
         mix = [json.loads(line)["text"] for line in (tmp_path / f"mix{stage}" / "train.jsonl").read_text().splitlines()]
         assert mix == mixed
     # the fourth (15) from stage 14's mean, on the first corpus, the first Kokoro corpus replayed and WordNet's
-    # sentences read by new mixes (never jf_nezumi)
-    config = (tmp_path / "run_stage15" / "train_config.yaml").read_text()
-    assert f"name_or_path: {tmp_path / 'run_stage14' / 'average'}" in config and "seed: 24" in config
-    assert f"path: {tmp_path / 'mix15' / 'train.jsonl'}" in config
-    rows = [json.loads(line) for line in (tmp_path / "kokoro_mix3" / "train.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in rows)
-    assert not any("jf_nezumi" in r["speaker"] for r in rows)
-    assert {r["text"] for r in rows} <= set(load_sentences(None, source="wordnet"))
+    # sentences read by new mixes
+    stage_config(15, 24)
+    mix3_texts = wordnet_mixes("kokoro_mix3")
     kokoro_texts = [json.loads(line)["text"] for line in (tmp_path / "kokoro" / "train.jsonl").read_text().splitlines()]
     base_train = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "train.jsonl").read_text().splitlines()]
     mix15 = [json.loads(line)["text"] for line in (tmp_path / "mix15" / "train.jsonl").read_text().splitlines()]
-    assert mix15 == base_train + kokoro_texts + [r["text"] for r in rows]
+    assert mix15 == base_train + kokoro_texts + mix3_texts
     # the fifth (16) from stage 15's mean, on all of stage 15's corpora beside new WordNet sentences read by new
     # mixes (none of the first WordNet mixes' sentences) and new fortunes sentences read by Piper alone
-    config = (tmp_path / "run_stage16" / "train_config.yaml").read_text()
-    assert f"name_or_path: {tmp_path / 'run_stage15' / 'average'}" in config and "seed: 25" in config
-    assert f"path: {tmp_path / 'mix16' / 'train.jsonl'}" in config
-    rows4 = [json.loads(line) for line in (tmp_path / "kokoro_mix4" / "train.jsonl").read_text().splitlines()]
-    assert len(rows4) == 6 and all(r["speaker"].startswith("kokoro-mix:") for r in rows4)
-    assert not any("jf_nezumi" in r["speaker"] for r in rows4)
-    assert {r["text"] for r in rows4} <= set(load_sentences(None, source="wordnet"))
-    assert not {r["text"] for r in rows4} & {r["text"] for r in rows}
+    stage_config(16, 25)
+    mix4_texts = wordnet_mixes("kokoro_mix4")
+    assert not set(mix4_texts) & set(mix3_texts)
     piper16 = [json.loads(line) for line in (tmp_path / "piper16" / "train.jsonl").read_text().splitlines()]
     assert len(piper16) == 6 and all(r["speaker"].startswith("piper:") for r in piper16)
     assert not {r["text"] for r in piper16} & (base_texts | {r["text"] for r in dev} | set(kokoro_texts))
     mix16 = [json.loads(line)["text"] for line in (tmp_path / "mix16" / "train.jsonl").read_text().splitlines()]
-    assert mix16 == mix15 + [r["text"] for r in rows4] + [r["text"] for r in piper16]
+    assert mix16 == mix15 + mix4_texts + [r["text"] for r in piper16]
     assert not (tmp_path / "run_stage17").exists()
     # what is published is the mean of the last speaker stage's last 2 checkpoints (steps 3 and 4), not its best model
     assert f"publishing {tmp_path / 'run_stage16' / 'average'} -> {out}" in proc.stdout
