@@ -175,7 +175,8 @@ $PY scripts/make_corpus.py --out "$NATURAL" --engines piper --train "${BASE_NATU
   --dev "${BASE_NATURAL_DEV:-200}" --test "${BASE_NATURAL_TEST:-200}" --seed 0 --no-progress
 # Stages 12-14: each speaker corpus reads none of the sentences of data/natural and of the Kokoro corpora before it;
 # each stage trains on the first corpus beside every Kokoro corpus so far (stage 14 beside Piper's new sentences too).
-# Stages 15-16 read WordNet's sentences (none is a fortunes one) beside the first Kokoro corpus only (below).
+# Stages 15-16: mixes reading WordNet (none is a fortunes sentence) beside the first Kokoro corpus and the earlier
+# WordNet mixes, not kokoro_mix/kokoro_mix2/piper14 (a fresh machine could not remake them all in one session).
 kokoro=()  # the Kokoro corpora made so far
 if ((SPEAKER_STAGES)); then  # other real speakers (Kokoro's), reading none of data/natural's sentences, beside data/base_nat
   $PY scripts/make_corpus.py --out "$KOKORO_CORPUS" --engines kokoro --exclude-voices 'kokoro:*jf_nezumi*' \
